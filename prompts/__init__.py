@@ -1,0 +1,1 @@
+"""Prompt files (package data), loaded by name (installed as ``retllm.prompts``)."""

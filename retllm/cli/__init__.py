@@ -1,0 +1,1 @@
+"""The ``retllm`` command line."""

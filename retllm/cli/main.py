@@ -1,0 +1,264 @@
+"""``retllm``: index, search and demo commands. Settings are read here, once, and passed down."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from retllm.errors import CollectionNotFoundError, ConfigError, RetllmError
+from retllm.settings import Settings
+from retllm.types import VECTOR_NAMES, Hit, Query, VectorName
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Training-free multimodal retrieval: coarse CLIP search in Qdrant, fine MLLM re-ranking.")
+index_app = typer.Typer(no_args_is_help=True, help="Build and manage collections.")
+app.add_typer(index_app, name="index")
+
+out = Console()
+err = Console(stderr=True)
+
+
+class _State:
+    settings: Settings | None = None
+
+
+def settings() -> Settings:
+    if _State.settings is None:
+        try:
+            _State.settings = Settings()
+        except ValidationError as e:
+            first = e.errors()[0]
+            loc = ".".join(str(x) for x in first["loc"]) or "settings"
+            raise ConfigError(f"invalid setting {loc}: {first['msg']}") from e
+    return _State.settings
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log progress details.")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def _collection(name: str | None) -> str:
+    return name or settings().collection
+
+
+def _parse_filters(filters: list[str] | None) -> dict[str, str]:
+    out_: dict[str, str] = {}
+    for f in filters or []:
+        key, sep, value = f.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--filter {f!r} must look like key=value")
+        out_[key] = value
+    return out_
+
+
+CollectionOpt = Annotated[str | None, typer.Option("--collection", "-c", help="Collection (default RETLLM_COLLECTION).")]
+
+
+@index_app.command("add")
+def index_add(
+    paths: Annotated[list[Path], typer.Argument(help="Folders, JSONL/CSV manifests or single files.")],
+    collection: CollectionOpt = None,
+) -> None:
+    """Embed and store images and texts; bad items are skipped and listed."""
+    from retllm.ingest import Ingestor, iter_sources
+    from retllm.registry import make_embedder, make_index
+
+    s = settings()
+    name = _collection(collection)
+    sources = list(iter_sources(paths))
+    with make_index(s) as index:
+        if index.exists(name):
+            index.dim(name)  # fail on a broken collection before loading the model
+        embedder = make_embedder(s)
+        ing = Ingestor(embedder, index, name, blob_dir=s.blob_dir, fusion_weight=s.fusion_weight,
+                       max_image_pixels=s.max_image_pixels, url_timeout=s.url_timeout, workers=s.decode_workers)
+        report = ing.run(sources, progress=True)
+    err.print(f"added {report.added}, already present {report.already_present}, "
+              f"duplicates in input {report.duplicates}, skipped {len(report.skipped)}", highlight=False)
+    for origin, reason in report.skipped:
+        err.print(f"  skipped {origin}: {reason}", highlight=False, markup=False)
+    if report.added + report.already_present + report.duplicates == 0:
+        raise typer.Exit(1)
+
+
+@index_app.command("delete")
+def index_delete(ids: Annotated[list[str], typer.Argument(help="Item ids.")], collection: CollectionOpt = None) -> None:
+    """Delete items by id."""
+    from retllm.registry import make_index
+
+    with make_index(settings()) as index:
+        name = _collection(collection)
+        index.dim(name)
+        n = index.delete(name, ids)
+    out.print(f"deleted {n} of {len(ids)}")
+    if n < len(ids):
+        err.print(f"{len(ids) - n} id(s) were not in {name!r}")
+
+
+@index_app.command("stats")
+def index_stats(collection: CollectionOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Collections, their sizes and vector dimensions."""
+    from retllm.registry import make_index
+
+    s = settings()
+    with make_index(s) as index:
+        names = [_collection(collection)] if collection else index.list_collections()
+        rows = [{"collection": n, "points": index.count(n), "dim": index.dim(n)} for n in names]
+        where = s.qdrant_url or str(s.edge_dir)
+    if as_json:
+        out.print_json(json.dumps({"backend": where, "collections": rows}))
+        return
+    t = Table(title=f"retllm index at {where}")
+    for col in ("collection", "points", "dim"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["collection"], str(r["points"]), str(r["dim"]))
+    out.print(t)
+
+
+@index_app.command("export")
+def index_export(
+    output: Annotated[Path, typer.Option("--out", "-o", help="JSONL file to write.")],
+    collection: CollectionOpt = None,
+    vectors: Annotated[bool, typer.Option("--vectors/--no-vectors")] = False,
+) -> None:
+    """Write every item (payload, optionally vectors) as JSONL."""
+    from retllm.registry import make_index
+
+    n = 0
+    with make_index(settings()) as index, output.open("w") as f:
+        for rec in index.scroll(_collection(collection), with_vectors=vectors):
+            row: dict[str, Any] = {"id": rec.id, **{k: v for k, v in rec.payload.items() if k != "retllm_id"}}
+            if vectors:
+                row["vectors"] = {k: v.tolist() for k, v in rec.vectors.items()}
+            f.write(json.dumps(row) + "\n")
+            n += 1
+    err.print(f"exported {n} items to {output}")
+
+
+@index_app.command("migrate")
+def index_migrate(
+    to: Annotated[str, typer.Option("--to", help="Qdrant URL (or ':memory:'/folder for local mode).")],
+    collection: CollectionOpt = None,
+    api_key: Annotated[str | None, typer.Option("--api-key", envvar="RETLLM_MIGRATE_API_KEY")] = None,
+) -> None:
+    """Copy a collection from the embedded store to a Qdrant server, vectors and payloads; verify counts."""
+    from retllm.index.edge import EdgeIndex
+    from retllm.index.migrate import migrate
+    from retllm.index.qdrant import QdrantIndex
+
+    s = settings()
+    name = _collection(collection)
+    with EdgeIndex(s.edge_dir) as src, QdrantIndex(to, api_key=api_key) as dst:
+        n = migrate(src, dst, name, progress=True)
+    out.print(f"migrated {n} items of {name!r} to {to}; counts verified")
+
+
+def _print_hits(hits: list[Hit], *, as_json: bool, title: str) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps([h.model_dump(exclude_none=False) for h in hits], indent=2) + "\n")
+        return
+    t = Table(title=title)
+    for col in ("rank", "id", "coarse", "matched", "text", "image"):
+        t.add_column(col, overflow="fold")
+    for h in hits:
+        t.add_row(str(h.rank), h.id[:12], f"{h.coarse_score:.4f}", h.vector or "", (h.text or "")[:60],
+                  Path(h.image).name if h.image else "")
+    out.print(t)
+
+
+@app.command("search")
+def search(
+    text: Annotated[str | None, typer.Argument(help="Query text.")] = None,
+    image: Annotated[str | None, typer.Option("--image", help="Query image: path or URL.")] = None,
+    k: Annotated[int, typer.Option("-k", min=1, help="Coarse pool size (top-k).")] = 10,
+    filters: Annotated[list[str] | None, typer.Option("--filter", help="key=value payload filter (repeatable).")] = None,
+    collection: CollectionOpt = None,
+    coarse_only: Annotated[bool, typer.Option("--coarse-only", help="Skip the MLLM fine stage.")] = False,
+    vector: Annotated[str, typer.Option("--vector", help="Stored vector to match: auto, image, text, fused.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Search a collection with text, an image, or both."""
+    from retllm.pipeline import Retriever
+    from retllm.registry import make_embedder, make_index
+
+    query = Query(text=text, image=image)  # raises EmptyQueryError before any model loads
+    if vector != "auto" and vector not in VECTOR_NAMES:
+        raise ConfigError(f"--vector {vector!r}: use auto, {', '.join(VECTOR_NAMES)}")
+    using: VectorName | None = None if vector == "auto" else vector  # type: ignore[assignment]
+    flt = _parse_filters(filters)
+    s = settings()
+    name = _collection(collection)
+    with make_index(s) as index:
+        if not index.exists(name):
+            raise CollectionNotFoundError(
+                f"no collection {name!r}; existing: {', '.join(index.list_collections()) or 'none'} "
+                "(create one with: retllm index add PATH)"
+            )
+        index.dim(name)
+        retriever = Retriever(make_embedder(s), index, name, fusion_weight=s.fusion_weight,
+                              max_image_pixels=s.max_image_pixels, url_timeout=s.url_timeout)
+        hits = retriever.coarse(query, k=k, flt=flt or None, using=using)
+    _print_hits(hits, as_json=as_json, title=f"{query.modality} query on {name!r} (coarse)")
+
+
+@app.command("demo")
+def demo(
+    collection: Annotated[str, typer.Option("--collection", "-c")] = "demo",
+    k: Annotated[int, typer.Option("-k", min=1)] = 5,
+) -> None:
+    """Generate a small scene collection, ingest it, and run a few text and image queries."""
+    from retllm.demo import DEMO_QUERIES, build_demo_dataset
+    from retllm.ingest import Ingestor, iter_sources
+    from retllm.pipeline import Retriever
+    from retllm.registry import make_embedder, make_index
+
+    s = settings()
+    folder = s.data_dir / "demo-data"
+    manifest = build_demo_dataset(folder)
+    embedder = make_embedder(s)
+    with make_index(s) as index:
+        report = Ingestor(embedder, index, collection, blob_dir=s.blob_dir, workers=s.decode_workers).run(
+            iter_sources([manifest]), progress=True)
+        err.print(f"demo collection {collection!r}: added {report.added}, already present {report.already_present}")
+        r = Retriever(embedder, index, collection, fusion_weight=s.fusion_weight)
+        for q in DEMO_QUERIES:
+            _print_hits(r.coarse(Query(text=q), k=k, using="image"), as_json=False, title=f"text -> image: {q!r}")
+        probe = folder / "red_circle_white.png"
+        _print_hits(r.coarse(Query(image=str(probe)), k=k, using="image"), as_json=False,
+                    title=f"image -> image: {probe.name}")
+
+
+@app.command("config")
+def show_config() -> None:
+    """Print the effective settings (secrets masked)."""
+    data = settings().model_dump(mode="json")
+    if data.get("qdrant_api_key"):
+        data["qdrant_api_key"] = "***"
+    out.print_json(json.dumps(data))
+
+
+def main() -> None:
+    """Console entry point: RetllmError becomes one line on stderr and exit code 1."""
+    try:
+        app()
+    except RetllmError as e:
+        err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

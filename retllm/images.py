@@ -1,0 +1,120 @@
+"""Reading and normalising images: every accepted image becomes an RGB ``PIL.Image``.
+
+CMYK, 16-bit, palette+alpha and animated images are converted (first frame, alpha composited on
+white); empty, truncated, corrupt, oversized and unsupported inputs raise :class:`BadItemError`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import httpx
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from retllm.errors import BadItemError
+from retllm.types import ImageSource
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
+
+# We enforce our own pixel limit before decoding; PIL's bomb check would otherwise fire first.
+Image.MAX_IMAGE_PIXELS = None
+
+
+def is_url(src: object) -> bool:
+    """True for http(s) URLs given as strings."""
+    return isinstance(src, str) and src.startswith(("http://", "https://"))
+
+
+def read_image_bytes(src: ImageSource, *, timeout: float = 10.0) -> bytes:
+    """The encoded bytes of an image source (path, URL or bytes)."""
+    if isinstance(src, bytes):
+        data = src
+    elif is_url(src):
+        try:
+            resp = httpx.get(str(src), timeout=timeout, follow_redirects=True)
+            resp.raise_for_status()
+        except httpx.HTTPStatusError as e:
+            raise BadItemError(f"URL returned HTTP {e.response.status_code}: {src}") from e
+        except httpx.HTTPError as e:
+            raise BadItemError(f"URL unreachable ({type(e).__name__}): {src}") from e
+        data = resp.content
+    else:
+        path = Path(src)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as e:
+            raise BadItemError(f"file not found: {path}") from e
+        except OSError as e:
+            raise BadItemError(f"cannot read {path}: {e.strerror or e}") from e
+    if not data:
+        raise BadItemError("empty file (0 bytes)")
+    return data
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16/32-bit greyscale: scale the actual range into 8 bits instead of clipping.
+        im32 = im.convert("I")
+        lo, hi = im32.getextrema()  # type: ignore[misc]
+        span = max(int(hi) - int(lo), 1)
+        im = im32.point(lambda v: (v - lo) * 255 / span).convert("L")
+    elif mode == "F":
+        lo, hi = im.getextrema()  # type: ignore[misc]
+        span = max(float(hi) - float(lo), 1e-12)
+        im = im.point(lambda v: (v - lo) * 255 / span).convert("L")
+    if im.mode == "P":
+        im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, rgba)
+    return im.convert("RGB") if im.mode != "RGB" else im
+
+
+def decode_image(data: bytes, *, max_pixels: int = 64_000_000) -> Image.Image:
+    """Decode encoded image bytes into an RGB image, or raise :class:`BadItemError` with the reason."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as e:
+        raise BadItemError("not a supported image format (or corrupt header)") from e
+    except Exception as e:  # PIL raises many types for broken headers
+        raise BadItemError(f"corrupt image header: {e}") from e
+    w, h = im.size
+    if w * h > max_pixels:
+        raise BadItemError(f"image too large: {w}x{h} = {w * h:,} pixels > limit {max_pixels:,}")
+    if w == 0 or h == 0:
+        raise BadItemError("image has zero width or height")
+    try:
+        if getattr(im, "is_animated", False):
+            im.seek(0)
+        im.load()
+        im = ImageOps.exif_transpose(im) or im
+        return _to_rgb(im)
+    except OSError as e:
+        raise BadItemError(f"truncated or corrupt image data: {e}") from e
+    except (ValueError, SyntaxError) as e:
+        raise BadItemError(f"corrupt image data: {e}") from e
+
+
+def load_image(src: ImageSource, *, max_pixels: int = 64_000_000, timeout: float = 10.0) -> Image.Image:
+    """Read and decode an image source into RGB."""
+    return decode_image(read_image_bytes(src, timeout=timeout), max_pixels=max_pixels)
+
+
+def decode_text(data: bytes) -> str:
+    """Decode text bytes strictly as UTF-8 (a BOM is allowed)."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise BadItemError(f"text is not valid UTF-8 (byte {e.start}): re-save it as UTF-8") from e
+    if not text.strip():
+        raise BadItemError("text is empty")
+    return text

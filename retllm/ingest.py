@@ -1,0 +1,281 @@
+"""Ingest: folders, JSONL/CSV manifests and single files into a collection.
+
+Decoding and preprocessing run in a thread pool ahead of the model (bounded prefetch), embedding is
+batched, and each batch is upserted as soon as it is embedded. Ids are stable, items already stored
+are skipped before embedding, so re-running an interrupted ingest stores every item exactly once.
+Bad items are reported with their reason and never stop the rest.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from retllm.embedders.base import Embedder, fuse
+from retllm.errors import BadItemError
+from retllm.images import IMAGE_EXTENSIONS, decode_image, decode_text, is_url, read_image_bytes
+from retllm.index.base import Index, Record
+from retllm.types import Item, VectorName, content_id
+
+log = logging.getLogger(__name__)
+
+TEXT_EXTENSIONS = frozenset({".txt", ".md"})
+MANIFEST_EXTENSIONS = frozenset({".jsonl", ".csv"})
+_RESERVED = ("id", "text", "image")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class Source:
+    """One item to ingest, before any I/O: where it came from and what it points at."""
+
+    origin: str
+    item: Item | None = None
+    text_path: Path | None = None
+    error: str | None = None
+
+
+@dataclass
+class Prepared:
+    """An item after decoding: ready to embed."""
+
+    origin: str
+    id: str
+    text: str | None
+    image_input: Any
+    image_ref: str | None
+    meta: dict[str, Any]
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did: counts, and every skipped item with its reason."""
+
+    added: int = 0
+    already_present: int = 0
+    duplicates: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def seen(self) -> int:
+        return self.added + self.already_present + self.duplicates + len(self.skipped)
+
+
+def _row_to_source(row: dict[str, Any], base: Path, origin: str) -> Source:
+    row = {k: (None if v == "" else v) for k, v in row.items() if k is not None}
+    image = row.get("image")
+    if image is not None and not isinstance(image, str):
+        return Source(origin, error="'image' must be a path or URL string")
+    if isinstance(image, str) and not is_url(image) and not Path(image).is_absolute():
+        image = str(base / image)
+    text = row.get("text")
+    if text is not None and not isinstance(text, str):
+        text = str(text)
+    item_id = row.get("id")
+    meta = {k: v for k, v in row.items() if k not in _RESERVED}
+    if text is None and image is None:
+        return Source(origin, error="row has neither 'text' nor 'image'")
+    return Source(origin, Item(id=None if item_id is None else str(item_id), text=text, image=image, payload=meta))
+
+
+def _manifest_sources(path: Path) -> Iterator[Source]:
+    base = path.parent
+    if path.suffix.lower() == ".jsonl":
+        with path.open("rb") as f:
+            for n, raw in enumerate(f, 1):
+                origin = f"{path}:{n}"
+                if not raw.strip():
+                    continue
+                try:
+                    row = json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    yield Source(origin, error="line is not valid UTF-8")
+                    continue
+                except json.JSONDecodeError as e:
+                    yield Source(origin, error=f"invalid JSON: {e.msg}")
+                    continue
+                if not isinstance(row, dict):
+                    yield Source(origin, error="line is not a JSON object")
+                    continue
+                yield _row_to_source(row, base, origin)
+    else:
+        try:
+            text = path.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError:
+            yield Source(str(path), error="CSV manifest is not valid UTF-8")
+            return
+        for n, row in enumerate(csv.DictReader(text.splitlines()), 2):
+            yield _row_to_source(dict(row), base, f"{path}:{n}")
+
+
+def _file_source(path: Path) -> Source:
+    ext = path.suffix.lower()
+    if ext in IMAGE_EXTENSIONS:
+        return Source(str(path), Item(image=str(path), payload={}))
+    if ext in TEXT_EXTENSIONS:
+        return Source(str(path), text_path=path)
+    return Source(str(path), error=f"unsupported format {ext or '(no extension)'}")
+
+
+def iter_sources(paths: Iterable[str | Path]) -> Iterator[Source]:
+    """Expand CLI paths: folders (recursive), manifests (.jsonl/.csv) and single files."""
+    for p in paths:
+        path = Path(p)
+        if not path.exists():
+            yield Source(str(path), error="path not found")
+        elif path.is_dir():
+            for f in sorted(path.rglob("*")):
+                rel = f.relative_to(path)
+                if f.is_file() and not any(part.startswith(".") for part in rel.parts):
+                    yield _file_source(f)
+        elif path.suffix.lower() in MANIFEST_EXTENSIONS:
+            yield from _manifest_sources(path)
+        else:
+            yield _file_source(path)
+
+
+def prefetch_map(fn: Callable[[T], R], items: Iterable[T], pool: ThreadPoolExecutor, depth: int) -> Iterator[Future[R]]:
+    """Ordered, bounded ``pool.map``: at most ``depth`` items in flight, so memory stays flat."""
+    pending: deque[Future[R]] = deque()
+    for x in items:
+        pending.append(pool.submit(fn, x))
+        if len(pending) >= depth:
+            yield pending.popleft()
+    while pending:
+        yield pending.popleft()
+
+
+class Ingestor:
+    """Runs the decode → embed → upsert pipeline for one collection."""
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        index: Index,
+        collection: str,
+        *,
+        blob_dir: Path | None = None,
+        fusion_weight: float = 0.5,
+        max_image_pixels: int = 64_000_000,
+        url_timeout: float = 10.0,
+        workers: int = 2,
+    ) -> None:
+        self.embedder = embedder
+        self.index = index
+        self.collection = collection
+        self.blob_dir = blob_dir
+        self.fusion_weight = fusion_weight
+        self.max_image_pixels = max_image_pixels
+        self.url_timeout = url_timeout
+        self.workers = workers
+
+    def prepare(self, src: Source) -> Prepared:
+        """Read, decode and preprocess one source (runs in a worker thread)."""
+        if src.error is not None:
+            raise BadItemError(src.error)
+        if src.text_path is not None:
+            try:
+                data = src.text_path.read_bytes()
+            except OSError as e:
+                raise BadItemError(f"cannot read: {e.strerror or e}") from e
+            item = Item(text=decode_text(data), payload={})
+        else:
+            assert src.item is not None
+            item = src.item
+        image_input = image_ref = image_bytes = None
+        if item.image is not None:
+            image_bytes = read_image_bytes(item.image, timeout=self.url_timeout)
+            im = decode_image(image_bytes, max_pixels=self.max_image_pixels)
+            image_input = self.embedder.prepare_image(im)
+            image_ref = self._image_ref(item.image, image_bytes)
+        if item.text is not None and not item.text.strip():
+            raise BadItemError("text is empty")
+        item_id = item.id or content_id(item.text, image_bytes)
+        return Prepared(src.origin, item_id, item.text, image_input, image_ref, dict(item.payload))
+
+    def _image_ref(self, src: Any, data: bytes) -> str:
+        if not isinstance(src, bytes):
+            return str(Path(src).resolve()) if not is_url(src) else str(src)
+        if self.blob_dir is None:
+            raise BadItemError("image given as bytes but no blob folder is configured to keep it")
+        self.blob_dir.mkdir(parents=True, exist_ok=True)
+        blob = self.blob_dir / hashlib.sha256(data).hexdigest()
+        if not blob.exists():
+            tmp = blob.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            tmp.replace(blob)
+        return str(blob)
+
+    def _store(self, batch: list[Prepared], report: IngestReport, seen: set[str]) -> None:
+        fresh: list[Prepared] = []
+        for p in batch:
+            if p.id in seen:
+                report.duplicates += 1
+            else:
+                seen.add(p.id)
+                fresh.append(p)
+        present = self.index.existing(self.collection, [p.id for p in fresh])
+        report.already_present += len(present)
+        todo = [p for p in fresh if p.id not in present]
+        if not todo:
+            return
+        with_img = [p for p in todo if p.image_input is not None]
+        with_txt = [p for p in todo if p.text is not None]
+        img_vecs = dict(zip((p.id for p in with_img), self.embedder.embed_image_inputs([p.image_input for p in with_img]), strict=True))
+        txt_vecs = dict(zip((p.id for p in with_txt), self.embedder.embed_texts([p.text for p in with_txt if p.text]), strict=True))
+        records = []
+        for p in todo:
+            vecs: dict[VectorName, np.ndarray] = {}
+            if p.id in img_vecs:
+                vecs["image"] = img_vecs[p.id]
+            if p.id in txt_vecs:
+                vecs["text"] = txt_vecs[p.id]
+            if "image" in vecs and "text" in vecs:
+                vecs["fused"] = fuse(vecs["image"], vecs["text"], self.fusion_weight)
+            payload = {"retllm_id": p.id, "text": p.text, "image": p.image_ref, "source": p.origin, "meta": p.meta}
+            records.append(Record(p.id, vecs, payload))
+        self.index.upsert(self.collection, records)
+        report.added += len(records)
+        log.info("stored %d items (%d so far)", len(records), report.added)
+
+    def run(self, sources: Iterable[Source], *, progress: bool = False) -> IngestReport:
+        """Ingest ``sources``; bad ones land in ``report.skipped`` with their reason."""
+        from tqdm import tqdm
+
+        self.index.ensure_collection(self.collection, self.embedder.dim)
+        srcs = list(sources)
+        report = IngestReport()
+        seen: set[str] = set()
+        batch: list[Prepared] = []
+        bs = self.embedder.batch_size
+        bar = tqdm(total=len(srcs), unit="item", desc=f"ingest -> {self.collection}", disable=not progress)
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="retllm-decode") as pool:
+            for fut, src in zip(prefetch_map(self.prepare, srcs, pool, depth=max(2 * bs, 8)), srcs, strict=True):
+                try:
+                    batch.append(fut.result())
+                except BadItemError as e:
+                    report.skipped.append((src.origin, str(e)))
+                    log.warning("skipped %s: %s", src.origin, e)
+                    bar.update(1)
+                    continue
+                if len(batch) >= bs:
+                    self._store(batch, report, seen)
+                    bar.update(len(batch))
+                    batch = []
+            if batch:
+                self._store(batch, report, seen)
+                bar.update(len(batch))
+        bar.close()
+        return report

@@ -1,0 +1,57 @@
+"""The retrieval pipeline (no LangGraph): coarse top-k from the index, then (optionally) fine scores."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from retllm.embedders.base import Embedder
+from retllm.images import load_image
+from retllm.index.base import FilterSpec, Index, SearchResult
+from retllm.types import Hit, Query, VectorName
+
+log = logging.getLogger(__name__)
+
+
+def hit_from_result(r: SearchResult, rank: int) -> Hit:
+    """A coarse :class:`Hit` from an index result."""
+    p: Mapping[str, Any] = r.payload
+    return Hit(
+        id=r.id, rank=rank, coarse_score=r.score, text=p.get("text"), image=p.get("image"),
+        payload=dict(p.get("meta") or {}), vector=r.vector,
+    )
+
+
+class Retriever:
+    """Coarse search over one collection; the fine stage plugs in as a scorer."""
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        index: Index,
+        collection: str,
+        *,
+        fusion_weight: float = 0.5,
+        max_image_pixels: int = 64_000_000,
+        url_timeout: float = 10.0,
+    ) -> None:
+        self.embedder = embedder
+        self.index = index
+        self.collection = collection
+        self.fusion_weight = fusion_weight
+        self.max_image_pixels = max_image_pixels
+        self.url_timeout = url_timeout
+
+    def coarse(
+        self, query: Query, *, k: int = 10, flt: FilterSpec | None = None, using: VectorName | None = None
+    ) -> list[Hit]:
+        """Top-k by cosine similarity; checks the collection exists and its size fits the embedder."""
+        self.index.check_dim(self.collection, self.embedder.dim)
+        image = None
+        if query.image is not None:
+            image = load_image(query.image, max_pixels=self.max_image_pixels, timeout=self.url_timeout)
+        vectors = self.embedder.embed_query(query.text if query.text and query.text.strip() else None, image,
+                                            self.fusion_weight)
+        results = self.index.search(self.collection, vectors, limit=k, using=using, flt=flt)
+        return [hit_from_result(r, i + 1) for i, r in enumerate(results)]

@@ -1,0 +1,1 @@
+"""Real components made small: tiny models built from configs, and local servers."""
