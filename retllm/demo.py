@@ -10,8 +10,12 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 COLOURS = {
-    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
-    "yellow": (240, 210, 30), "purple": (140, 60, 180), "orange": (250, 140, 20),
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (240, 210, 30),
+    "purple": (140, 60, 180),
+    "orange": (250, 140, 20),
 }
 SHAPES = ("circle", "square", "triangle", "star")
 BACKGROUNDS = {"white": (250, 250, 250), "grey": (150, 150, 150), "black": (20, 20, 20)}
@@ -64,8 +68,15 @@ def build_demo_dataset(folder: Path, *, limit: int | None = None) -> Path:
                 path = folder / name
                 if not path.exists():
                     render_scene(shape, colour, bg, seed=n).save(path)
-                rows.append({"image": name, "text": f"a {colour} {shape} on a {bg} background",
-                             "colour": colour, "shape": shape, "background": bg})
+                rows.append(
+                    {
+                        "image": name,
+                        "text": f"a {colour} {shape} on a {bg} background",
+                        "colour": colour,
+                        "shape": shape,
+                        "background": bg,
+                    }
+                )
                 n += 1
     rows = rows[:limit] if limit else rows
     manifest = folder / "demo.jsonl"

@@ -26,8 +26,14 @@ def resolve_device(spec: str = "auto") -> torch.device:
 
 def resolve_dtype(device: torch.device, spec: str = "auto") -> torch.dtype:
     """fp32 on CPU (bf16 is several times slower there), bf16 on CUDA, unless ``spec`` names one."""
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if spec != "auto":
         if spec not in table:
             raise ConfigError(f"invalid dtype {spec!r}: use auto, {', '.join(sorted(table))}")

@@ -56,18 +56,19 @@ def read_image_bytes(src: ImageSource, *, timeout: float = 10.0) -> bytes:
     return data
 
 
+def _stretch_to_8bit(im: Image.Image) -> Image.Image:
+    lo, hi = (float(x) for x in im.getextrema())  # type: ignore[arg-type,union-attr]
+    span = max(hi - lo, 1e-12)
+    return im.point(lambda v: (v - lo) * 255 / span).convert("L")
+
+
 def _to_rgb(im: Image.Image) -> Image.Image:
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # 16/32-bit greyscale: scale the actual range into 8 bits instead of clipping.
-        im32 = im.convert("I")
-        lo, hi = im32.getextrema()  # type: ignore[misc]
-        span = max(int(hi) - int(lo), 1)
-        im = im32.point(lambda v: (v - lo) * 255 / span).convert("L")
+        im = _stretch_to_8bit(im.convert("I"))
     elif mode == "F":
-        lo, hi = im.getextrema()  # type: ignore[misc]
-        span = max(float(hi) - float(lo), 1e-12)
-        im = im.point(lambda v: (v - lo) * 255 / span).convert("L")
+        im = _stretch_to_8bit(im)
     if im.mode == "P":
         im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -96,8 +97,7 @@ def decode_image(data: bytes, *, max_pixels: int = 64_000_000) -> Image.Image:
         if getattr(im, "is_animated", False):
             im.seek(0)
         im.load()
-        im = ImageOps.exif_transpose(im) or im
-        return _to_rgb(im)
+        return _to_rgb(ImageOps.exif_transpose(im) or im)
     except OSError as e:
         raise BadItemError(f"truncated or corrupt image data: {e}") from e
     except (ValueError, SyntaxError) as e:

@@ -233,8 +233,16 @@ class Ingestor:
             return
         with_img = [p for p in todo if p.image_input is not None]
         with_txt = [p for p in todo if p.text is not None]
-        img_vecs = dict(zip((p.id for p in with_img), self.embedder.embed_image_inputs([p.image_input for p in with_img]), strict=True))
-        txt_vecs = dict(zip((p.id for p in with_txt), self.embedder.embed_texts([p.text for p in with_txt if p.text]), strict=True))
+        img_vecs = dict(
+            zip(
+                (p.id for p in with_img),
+                self.embedder.embed_image_inputs([p.image_input for p in with_img]),
+                strict=True,
+            )
+        )
+        txt_vecs = dict(
+            zip((p.id for p in with_txt), self.embedder.embed_texts([p.text for p in with_txt if p.text]), strict=True)
+        )
         records = []
         for p in todo:
             vecs: dict[VectorName, np.ndarray] = {}
@@ -249,6 +257,10 @@ class Ingestor:
         self.index.upsert(self.collection, records)
         report.added += len(records)
         log.info("stored %d items (%d so far)", len(records), report.added)
+
+    def add(self, items: Iterable[Item], *, progress: bool = False) -> IngestReport:
+        """Ingest :class:`Item` objects (API use); origins in the report are ``item[i]`` or the item id."""
+        return self.run((Source(it.id or f"item[{i}]", it) for i, it in enumerate(items)), progress=progress)
 
     def run(self, sources: Iterable[Source], *, progress: bool = False) -> IngestReport:
         """Ingest ``sources``; bad ones land in ``report.skipped`` with their reason."""

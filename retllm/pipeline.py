@@ -18,8 +18,13 @@ def hit_from_result(r: SearchResult, rank: int) -> Hit:
     """A coarse :class:`Hit` from an index result."""
     p: Mapping[str, Any] = r.payload
     return Hit(
-        id=r.id, rank=rank, coarse_score=r.score, text=p.get("text"), image=p.get("image"),
-        payload=dict(p.get("meta") or {}), vector=r.vector,
+        id=r.id,
+        rank=rank,
+        coarse_score=r.score,
+        text=p.get("text"),
+        image=p.get("image"),
+        payload=dict(p.get("meta") or {}),
+        vector=r.vector,
     )
 
 
@@ -51,7 +56,8 @@ class Retriever:
         image = None
         if query.image is not None:
             image = load_image(query.image, max_pixels=self.max_image_pixels, timeout=self.url_timeout)
-        vectors = self.embedder.embed_query(query.text if query.text and query.text.strip() else None, image,
-                                            self.fusion_weight)
+        vectors = self.embedder.embed_query(
+            query.text if query.text and query.text.strip() else None, image, self.fusion_weight
+        )
         results = self.index.search(self.collection, vectors, limit=k, using=using, flt=flt)
         return [hit_from_result(r, i + 1) for i, r in enumerate(results)]

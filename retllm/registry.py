@@ -29,7 +29,9 @@ def make_embedder(settings: Settings, spec: str | None = None) -> Embedder:
     spec = spec or settings.embedder
     provider, sep, model = spec.partition(":")
     if not sep or not model:
-        raise ConfigError(f"embedder id {spec!r} must look like provider:model, e.g. open_clip:ViT-B-32@laion2b_s34b_b79k")
+        raise ConfigError(
+            f"embedder id {spec!r} must look like provider:model, e.g. open_clip:ViT-B-32@laion2b_s34b_b79k"
+        )
     if provider not in EMBEDDERS:
         raise ConfigError(f"unknown embedder provider {provider!r}; valid: {', '.join(sorted(EMBEDDERS))}")
     return EMBEDDERS[provider](model, settings)

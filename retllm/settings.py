@@ -31,7 +31,9 @@ class Settings(BaseSettings):
     collection: str = Field(default="default", description="Default collection name.")
     batch_size: int = Field(default=32, ge=1, le=4096, description="Embedding batch size.")
     fusion_weight: float = Field(
-        default=0.5, ge=0.0, le=1.0,
+        default=0.5,
+        ge=0.0,
+        le=1.0,
         description="Image weight w in the fused vector normalise(w*img + (1-w)*txt).",
     )
     max_image_pixels: int = Field(default=64_000_000, ge=1, description="Larger images are skipped.")

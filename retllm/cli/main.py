@@ -17,8 +17,12 @@ from retllm.errors import CollectionNotFoundError, ConfigError, RetllmError
 from retllm.settings import Settings
 from retllm.types import VECTOR_NAMES, Hit, Query, VectorName
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Training-free multimodal retrieval: coarse CLIP search in Qdrant, fine MLLM re-ranking.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Training-free multimodal retrieval: coarse CLIP search in Qdrant, fine MLLM re-ranking.",
+)
 index_app = typer.Typer(no_args_is_help=True, help="Build and manage collections.")
 app.add_typer(index_app, name="index")
 
@@ -43,8 +47,11 @@ def settings() -> Settings:
 
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log progress details.")] = False) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
 
 
 def _collection(name: str | None) -> str:
@@ -61,7 +68,9 @@ def _parse_filters(filters: list[str] | None) -> dict[str, str]:
     return out_
 
 
-CollectionOpt = Annotated[str | None, typer.Option("--collection", "-c", help="Collection (default RETLLM_COLLECTION).")]
+CollectionOpt = Annotated[
+    str | None, typer.Option("--collection", "-c", help="Collection (default RETLLM_COLLECTION).")
+]
 
 
 @index_app.command("add")
@@ -80,11 +89,22 @@ def index_add(
         if index.exists(name):
             index.dim(name)  # fail on a broken collection before loading the model
         embedder = make_embedder(s)
-        ing = Ingestor(embedder, index, name, blob_dir=s.blob_dir, fusion_weight=s.fusion_weight,
-                       max_image_pixels=s.max_image_pixels, url_timeout=s.url_timeout, workers=s.decode_workers)
+        ing = Ingestor(
+            embedder,
+            index,
+            name,
+            blob_dir=s.blob_dir,
+            fusion_weight=s.fusion_weight,
+            max_image_pixels=s.max_image_pixels,
+            url_timeout=s.url_timeout,
+            workers=s.decode_workers,
+        )
         report = ing.run(sources, progress=True)
-    err.print(f"added {report.added}, already present {report.already_present}, "
-              f"duplicates in input {report.duplicates}, skipped {len(report.skipped)}", highlight=False)
+    err.print(
+        f"added {report.added}, already present {report.already_present}, "
+        f"duplicates in input {report.duplicates}, skipped {len(report.skipped)}",
+        highlight=False,
+    )
     for origin, reason in report.skipped:
         err.print(f"  skipped {origin}: {reason}", highlight=False, markup=False)
     if report.added + report.already_present + report.duplicates == 0:
@@ -122,7 +142,7 @@ def index_stats(collection: CollectionOpt = None, as_json: Annotated[bool, typer
     for col in ("collection", "points", "dim"):
         t.add_column(col)
     for r in rows:
-        t.add_row(r["collection"], str(r["points"]), str(r["dim"]))
+        t.add_row(str(r["collection"]), str(r["points"]), str(r["dim"]))
     out.print(t)
 
 
@@ -172,8 +192,14 @@ def _print_hits(hits: list[Hit], *, as_json: bool, title: str) -> None:
     for col in ("rank", "id", "coarse", "matched", "text", "image"):
         t.add_column(col, overflow="fold")
     for h in hits:
-        t.add_row(str(h.rank), h.id[:12], f"{h.coarse_score:.4f}", h.vector or "", (h.text or "")[:60],
-                  Path(h.image).name if h.image else "")
+        t.add_row(
+            str(h.rank),
+            h.id[:12],
+            f"{h.coarse_score:.4f}",
+            h.vector or "",
+            (h.text or "")[:60],
+            Path(h.image).name if h.image else "",
+        )
     out.print(t)
 
 
@@ -182,7 +208,9 @@ def search(
     text: Annotated[str | None, typer.Argument(help="Query text.")] = None,
     image: Annotated[str | None, typer.Option("--image", help="Query image: path or URL.")] = None,
     k: Annotated[int, typer.Option("-k", min=1, help="Coarse pool size (top-k).")] = 10,
-    filters: Annotated[list[str] | None, typer.Option("--filter", help="key=value payload filter (repeatable).")] = None,
+    filters: Annotated[
+        list[str] | None, typer.Option("--filter", help="key=value payload filter (repeatable).")
+    ] = None,
     collection: CollectionOpt = None,
     coarse_only: Annotated[bool, typer.Option("--coarse-only", help="Skip the MLLM fine stage.")] = False,
     vector: Annotated[str, typer.Option("--vector", help="Stored vector to match: auto, image, text, fused.")] = "auto",
@@ -206,8 +234,14 @@ def search(
                 "(create one with: retllm index add PATH)"
             )
         index.dim(name)
-        retriever = Retriever(make_embedder(s), index, name, fusion_weight=s.fusion_weight,
-                              max_image_pixels=s.max_image_pixels, url_timeout=s.url_timeout)
+        retriever = Retriever(
+            make_embedder(s),
+            index,
+            name,
+            fusion_weight=s.fusion_weight,
+            max_image_pixels=s.max_image_pixels,
+            url_timeout=s.url_timeout,
+        )
         hits = retriever.coarse(query, k=k, flt=flt or None, using=using)
     _print_hits(hits, as_json=as_json, title=f"{query.modality} query on {name!r} (coarse)")
 
@@ -229,14 +263,16 @@ def demo(
     embedder = make_embedder(s)
     with make_index(s) as index:
         report = Ingestor(embedder, index, collection, blob_dir=s.blob_dir, workers=s.decode_workers).run(
-            iter_sources([manifest]), progress=True)
+            iter_sources([manifest]), progress=True
+        )
         err.print(f"demo collection {collection!r}: added {report.added}, already present {report.already_present}")
         r = Retriever(embedder, index, collection, fusion_weight=s.fusion_weight)
         for q in DEMO_QUERIES:
             _print_hits(r.coarse(Query(text=q), k=k, using="image"), as_json=False, title=f"text -> image: {q!r}")
         probe = folder / "red_circle_white.png"
-        _print_hits(r.coarse(Query(image=str(probe)), k=k, using="image"), as_json=False,
-                    title=f"image -> image: {probe.name}")
+        _print_hits(
+            r.coarse(Query(image=str(probe)), k=k, using="image"), as_json=False, title=f"image -> image: {probe.name}"
+        )
 
 
 @app.command("config")

@@ -57,7 +57,9 @@ def resolve_open_clip_spec(spec: str) -> tuple[str, str | None]:
         raise ConfigError(f"unknown open_clip model {name!r}; see open_clip.list_models()")
     if not tag:
         tags = [t for m, t in open_clip.list_pretrained() if m == name]
-        raise ConfigError(f"open_clip:{name} needs a pretrained tag, e.g. open_clip:{name}@{tags[0] if tags else 'TAG'}")
+        raise ConfigError(
+            f"open_clip:{name} needs a pretrained tag, e.g. open_clip:{name}@{tags[0] if tags else 'TAG'}"
+        )
     cfg = open_clip.get_pretrained_cfg(name, tag)
     if not cfg:
         tags = [t for m, t in open_clip.list_pretrained() if m == name]

@@ -129,8 +129,10 @@ class EdgeIndex(Index):
             filter=edge_filter(flt),
             with_payload=True,
         )
-        return [SearchResult(p.payload["retllm_id"], float(p.score), p.payload, using)
-                for p in self._open(collection).query(req)]
+        return [
+            SearchResult(p.payload["retllm_id"], float(p.score), p.payload, using)
+            for p in self._open(collection).query(req)
+        ]
 
     def count(self, collection: str, flt: FilterSpec | None = None) -> int:
         q = _edge()

@@ -38,8 +38,12 @@ def migrate(src: Index, dst: Index, collection: str, *, batch: int = 256, progre
             ids += [r.id for r in buf]
             n += len(buf)
             bar.update(len(buf))
-    missing = sum(len(ids[i:i + 1000]) - len(dst.existing(collection, ids[i:i + 1000])) for i in range(0, len(ids), 1000))
+    missing = sum(
+        len(ids[i : i + 1000]) - len(dst.existing(collection, ids[i : i + 1000])) for i in range(0, len(ids), 1000)
+    )
     if n != total or missing:
-        raise RetllmError(f"migration of {collection!r} incomplete: source {total}, copied {n}, missing in target {missing}")
+        raise RetllmError(
+            f"migration of {collection!r} incomplete: source {total}, copied {n}, missing in target {missing}"
+        )
     log.info("migrated %d points; target now holds %d", n, dst.count(collection))
     return n

@@ -24,7 +24,9 @@ def client_filter(flt: FilterSpec | None) -> Any:
 
     must: list[Any] = []
     for key, value in flt.items():
-        alts = [m.FieldCondition(key=f"meta.{key}", match=m.MatchValue(value=v)) for v in filter_alternatives(value)]
+        alts: list[Any] = [
+            m.FieldCondition(key=f"meta.{key}", match=m.MatchValue(value=v)) for v in filter_alternatives(value)
+        ]
         must.append(alts[0] if len(alts) == 1 else m.Filter(should=alts))
     return m.Filter(must=must)
 
@@ -66,9 +68,8 @@ class QdrantIndex(Index):
 
     def _require(self, collection: str) -> None:
         if not self.exists(collection):
-            raise CollectionNotFoundError(
-                f"no collection {collection!r} at {self.location}; existing: {', '.join(self.list_collections()) or 'none'}"
-            )
+            existing = ", ".join(self.list_collections()) or "none"
+            raise CollectionNotFoundError(f"no collection {collection!r} at {self.location}; existing: {existing}")
 
     def _create(self, collection: str, dim: int) -> None:
         from qdrant_client import models as m
@@ -132,8 +133,11 @@ class QdrantIndex(Index):
             query_filter=client_filter(flt),
             with_payload=True,
         )
-        return [SearchResult(p.payload["retllm_id"], float(p.score), dict(p.payload), using)
-                for p in res.points if p.payload]
+        return [
+            SearchResult(p.payload["retllm_id"], float(p.score), dict(p.payload), using)
+            for p in res.points
+            if p.payload
+        ]
 
     def count(self, collection: str, flt: FilterSpec | None = None) -> int:
         self._require(collection)

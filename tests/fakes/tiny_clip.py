@@ -24,9 +24,16 @@ def build_tiny_clip(folder: Path, *, cfg: dict | None = None, seed: int = 0) -> 
     torch.manual_seed(seed)
     model = CLIP(**cfg)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "open_clip_config.json").write_text(json.dumps({
-        "model_cfg": cfg,
-        "preprocess_cfg": {"mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)},
-    }))
+    (folder / "open_clip_config.json").write_text(
+        json.dumps(
+            {
+                "model_cfg": cfg,
+                "preprocess_cfg": {
+                    "mean": list(open_clip.OPENAI_DATASET_MEAN),
+                    "std": list(open_clip.OPENAI_DATASET_STD),
+                },
+            }
+        )
+    )
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
     return folder

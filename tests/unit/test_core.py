@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from retllm.embedders.base import fuse, l2_normalise
+from retllm.errors import ConfigError, EmptyQueryError
+from retllm.registry import make_embedder, make_index
+from retllm.settings import Settings
+from retllm.types import Item, Query, content_id, point_id
+
+
+def test_query_needs_text_or_image() -> None:
+    with pytest.raises(EmptyQueryError):
+        Query()
+    with pytest.raises(EmptyQueryError):
+        Query(text="  ")
+    assert Query(text="a", image=b"x").modality == "text+image"
+    assert Query(image="x.png").modality == "image"
+
+
+def test_item_needs_content() -> None:
+    with pytest.raises(ValidationError, match="needs text, an image, or both"):
+        Item(payload={"a": 1})
+
+
+def test_ids_are_stable_and_content_sensitive() -> None:
+    assert content_id("a", b"img") == content_id("a", b"img")
+    assert (
+        len(
+            {
+                content_id("a", b"img"),
+                content_id("b", b"img"),
+                content_id("a", b"im"),
+                content_id("a", None),
+                content_id(None, b"img"),
+            }
+        )
+        == 5
+    )
+    assert point_id("x") == point_id("x") != point_id("y")
+
+
+def test_fusion_is_the_normalised_weighted_sum() -> None:
+    a = l2_normalise(np.array([[3.0, 4.0]], np.float32))[0]
+    b = np.array([1.0, 0.0], np.float32)
+    f = fuse(a, b, 0.5)
+    np.testing.assert_allclose(f, (a + b) / np.linalg.norm(a + b), atol=1e-6)
+    np.testing.assert_allclose(fuse(a, b, 1.0), a, atol=1e-6)
+
+
+def test_settings_validation(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("RETLLM_QDRANT_API_KEY", "k")
+    with pytest.raises(ValidationError, match="RETLLM_QDRANT_URL is not"):
+        Settings()
+    monkeypatch.setenv("RETLLM_QDRANT_URL", "http://localhost:6333")
+    monkeypatch.setenv("RETLLM_DATA_DIR", str(tmp_path))
+    s = Settings()
+    assert s.qdrant_api_key is not None and s.qdrant_api_key.get_secret_value() == "k"
+    assert s.edge_dir == tmp_path / "edge"
+
+
+def test_registry_errors_list_valid_choices(tmp_path) -> None:
+    s = Settings(data_dir=tmp_path)
+    with pytest.raises(ConfigError, match="valid: open_clip"):
+        make_embedder(s, "clip:foo")
+    with pytest.raises(ConfigError, match="provider:model"):
+        make_embedder(s, "open_clip")
+    with pytest.raises(ConfigError, match="unknown open_clip model 'ViT-Nope'"):
+        make_embedder(s, "open_clip:ViT-Nope@x")
+    with pytest.raises(ConfigError, match="valid: .*laion2b_s34b_b79k"):
+        make_embedder(s, "open_clip:ViT-B-32@nosuchtag")
+    with pytest.raises(ConfigError, match="no open_clip_config.json"):
+        make_embedder(s, f"open_clip:local-dir:{tmp_path}")
+    assert type(make_index(s)).__name__ == "EdgeIndex"
+    assert type(make_index(s, ":memory:")).__name__ == "QdrantIndex"
+
+
+def test_embedder_outputs_are_unit_vectors(embedder) -> None:
+    from PIL import Image
+
+    v = embedder.embed_texts(["a", "b c"])
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    q = embedder.embed_query("a", Image.new("RGB", (9, 9), (1, 2, 3)))
+    assert set(q) == {"text", "image", "fused"}
+    np.testing.assert_allclose(q["fused"], fuse(q["image"], q["text"]), atol=1e-6)
