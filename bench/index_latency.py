@@ -1,6 +1,6 @@
 """Upsert throughput and top-50 query latency: embedded qdrant-edge vs. qdrant-client local mode.
 
-    .venv/bin/python bench/index_latency.py --sizes 20000 100000
+.venv/bin/python bench/index_latency.py --sizes 20000 100000
 """
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ def bench(index: Index, n: int, queries: np.ndarray, vecs: np.ndarray, optimize:
     index.ensure_collection("b", DIM)
     t = time.perf_counter()
     for i in range(0, n, 1000):
-        recs = [Record(f"p{j}", {"image": vecs[j]}, {"retllm_id": f"p{j}", "meta": {"g": j % 7}}) for j in range(i, min(i + 1000, n))]
+        recs = [
+            Record(f"p{j}", {"image": vecs[j]}, {"retllm_id": f"p{j}", "meta": {"g": j % 7}})
+            for j in range(i, min(i + 1000, n))
+        ]
         index.upsert("b", recs)
     t_up = time.perf_counter() - t
     t_opt = 0.0
@@ -61,15 +64,19 @@ def main() -> None:
                 with make() as idx:
                     ups, p50, t_opt = bench(idx, n, queries, vecs, opt)
                 rows.append((n, name, ups, p50, t_opt))
-                print(f"{n:>7} {name:<36} upsert {ups:9.0f} pts/s   top-50 p50 {p50:8.2f} ms   optimize {t_opt:6.1f} s",
-                      flush=True)
+                print(
+                    f"{n:>7} {name:<36} upsert {ups:9.0f} pts/s   top-50 p50 {p50:8.2f} ms   optimize {t_opt:6.1f} s",
+                    flush=True,
+                )
     print()
     for n in args.sizes:
         r = {name: (ups, p50) for m, name, ups, p50, _ in rows if m == n}
         e, c = r["qdrant-edge (after optimize/HNSW)"], r["qdrant-client local :memory:"]
         pe = r["qdrant-edge (plain segments)"]
-        print(f"n={n}: edge/client upsert speed {pe[0] / c[0]:.1f}x; "
-              f"client/edge query latency {c[1] / pe[1]:.1f}x plain, {c[1] / e[1]:.1f}x with HNSW")
+        print(
+            f"n={n}: edge/client upsert speed {pe[0] / c[0]:.1f}x; "
+            f"client/edge query latency {c[1] / pe[1]:.1f}x plain, {c[1] / e[1]:.1f}x with HNSW"
+        )
 
 
 if __name__ == "__main__":

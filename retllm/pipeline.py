@@ -9,6 +9,8 @@ from typing import Any
 from retllm.embedders.base import Embedder
 from retllm.images import load_image
 from retllm.index.base import FilterSpec, Index, SearchResult
+from retllm.ranking import apply_scores
+from retllm.scorers.base import Candidate, Scorer
 from retllm.types import Hit, Query, VectorName
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,7 @@ class Retriever:
         index: Index,
         collection: str,
         *,
+        scorer: Scorer | None = None,
         fusion_weight: float = 0.5,
         max_image_pixels: int = 64_000_000,
         url_timeout: float = 10.0,
@@ -44,6 +47,7 @@ class Retriever:
         self.embedder = embedder
         self.index = index
         self.collection = collection
+        self.scorer = scorer
         self.fusion_weight = fusion_weight
         self.max_image_pixels = max_image_pixels
         self.url_timeout = url_timeout
@@ -61,3 +65,25 @@ class Retriever:
         )
         results = self.index.search(self.collection, vectors, limit=k, using=using, flt=flt)
         return [hit_from_result(r, i + 1) for i, r in enumerate(results)]
+
+    def search(
+        self,
+        query: Query,
+        *,
+        k: int = 10,
+        top: int | None = None,
+        flt: FilterSpec | None = None,
+        using: VectorName | None = None,
+        coarse_only: bool = False,
+    ) -> list[Hit]:
+        """Coarse top-k, then (unless ``coarse_only`` or no scorer) fine scores and re-ranking.
+
+        Args:
+            k: Coarse pool size: how many candidates the MLLM sees.
+            top: How many final hits to return (default all k).
+        """
+        hits = self.coarse(query, k=k, flt=flt, using=using)
+        if not coarse_only and self.scorer is not None and hits:
+            cands = [Candidate(h.id, h.text, h.image, h.coarse_score) for h in hits]
+            hits = apply_scores(hits, self.scorer.score(query, cands))
+        return hits[:top] if top else hits

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from retllm.embedders.base import Embedder
 from retllm.errors import ConfigError
 from retllm.index.base import Index
-from retllm.settings import Settings
+from retllm.scorers.base import Scorer
+from retllm.settings import DEFAULT_SCORER, Settings
 
 
 def _open_clip(model: str, settings: Settings) -> Embedder:
@@ -48,3 +49,43 @@ def make_index(settings: Settings, location: str | None = None) -> Index:
     from retllm.index.edge import EdgeIndex
 
     return EdgeIndex(settings.edge_dir)
+
+
+def _hf(model: str, settings: Settings) -> Scorer:
+    from retllm.scorers.hf import HFScorer
+
+    return HFScorer.from_pretrained(
+        model,
+        device=settings.device,
+        dtype=settings.dtype,
+        batch_size=settings.scorer_batch_size,
+        retrace=settings.retrace,
+        vision_cache_size=settings.vision_cache_size,
+    )
+
+
+def _openai(model: str, settings: Settings) -> Scorer:
+    from retllm.scorers.openai import OpenAIScorer
+
+    return OpenAIScorer.from_settings(model, settings)
+
+
+SCORERS: dict[str, Callable[[str, Settings], Scorer]] = {"hf": _hf, "openai": _openai}
+
+
+def register_scorer(provider: str, factory: Callable[[str, Settings], Scorer]) -> None:
+    """Add a scorer provider (ids stay ``provider:model``)."""
+    SCORERS[provider] = factory
+
+
+def make_scorer(settings: Settings, spec: str | None = None) -> Scorer:
+    """Build the scorer named by ``spec`` (default ``settings.scorer``)."""
+    spec = spec or settings.scorer
+    provider, sep, model = spec.partition(":")
+    if not sep or not model:
+        raise ConfigError(
+            f"scorer id {spec!r} must look like provider:model, e.g. hf:{DEFAULT_SCORER.split(':', 1)[1]}"
+        )
+    if provider not in SCORERS:
+        raise ConfigError(f"unknown scorer provider {provider!r}; valid: {', '.join(sorted(SCORERS))}")
+    return SCORERS[provider](model, settings)

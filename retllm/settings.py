@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from retllm.scorers.retrace import RetraceConfig
+
 DEFAULT_EMBEDDER = "open_clip:ViT-B-32@laion2b_s34b_b79k"
+DEFAULT_SCORER = "hf:HuggingFaceTB/SmolVLM-256M-Instruct"
 
 
 class Settings(BaseSettings):
     """All ``RETLLM_*`` settings. Library code receives this object; it never reads the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="RETLLM_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="RETLLM_", extra="ignore", env_nested_delimiter="__")
 
     data_dir: Path = Field(
         default_factory=lambda: Path(platformdirs.user_data_dir("retllm")),
@@ -39,6 +43,26 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=64_000_000, ge=1, description="Larger images are skipped.")
     url_timeout: float = Field(default=10.0, gt=0, description="Seconds to fetch one image URL.")
     decode_workers: int = Field(default=2, ge=1, le=64, description="Threads decoding images at ingest.")
+
+    scorer: str = Field(default=DEFAULT_SCORER, description="Fine-stage scorer: hf:<id or folder> or openai:<model>.")
+    dtype: str = Field(default="auto", description="Scorer dtype: auto (fp32 CPU, bf16 CUDA), float32, bfloat16.")
+    scorer_batch_size: int = Field(default=8, ge=1, le=1024, description="Pairs per forward (local scorers).")
+    vision_cache_size: int = Field(default=256, ge=0, description="Images kept in the vision-output cache.")
+    retrace: RetraceConfig = Field(default_factory=RetraceConfig, description="Visual retracing (RETLLM_RETRACE__*).")
+    openai_base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint base URL.")
+    openai_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OPENAI_API_KEY", "RETLLM_OPENAI_API_KEY"),
+        description="API key for the endpoint (OPENAI_API_KEY).",
+    )
+    openai_concurrency: int = Field(default=8, ge=1, le=256, description="Requests in flight at once.")
+    openai_timeout: float = Field(default=60.0, gt=0, description="Seconds per request.")
+    openai_retries: int = Field(default=3, ge=0, le=20, description="Retries per pair (429/5xx/timeouts).")
+    revisit: Literal["auto", "on", "off"] = Field(
+        default="auto", description="Offer the revisit_image tool: auto = on for endpoints that accept tools."
+    )
+    max_revisits: int = Field(default=1, ge=0, le=8, description="Revisit-image calls allowed per pair.")
+    send_image_urls: bool = Field(default=False, description="Send http(s) image URLs as URLs, not data URLs.")
 
     @field_validator("qdrant_url")
     @classmethod

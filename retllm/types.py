@@ -104,3 +104,4 @@ class Hit(BaseModel):
     retraced: int | None = None
     revisits: int | None = None
     error: str | None = None
+    coarse_rank: int | None = None

@@ -44,3 +44,32 @@ def cli_env(tmp_path: Path, tiny_clip_spec: str) -> dict[str, str]:
         TRANSFORMERS_OFFLINE="1",
     )
     return env
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random-weight Qwen2-VL, Qwen2.5-VL and Idefics3 checkpoint folders."""
+    from tests.fakes.tiny_vlm import build_tiny_idefics3, build_tiny_qwen
+
+    root = tmp_path_factory.mktemp("tiny_vlms")
+    return {
+        "qwen2_vl": build_tiny_qwen(root / "qwen2_vl", "qwen2_vl"),
+        "qwen2_5_vl": build_tiny_qwen(root / "qwen2_5_vl", "qwen2_5_vl"),
+        "idefics3": build_tiny_idefics3(root / "idefics3"),
+    }
+
+
+@pytest.fixture(scope="session")
+def candidate_images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Six small images of different sizes (so image-token counts and padding differ)."""
+    import numpy as np
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("cands")
+    out = []
+    for i in range(6):
+        arr = np.random.default_rng(100 + i).integers(0, 256, (28 + 9 * i, 40 + 5 * (i % 3), 3), dtype=np.uint8)
+        p = d / f"cand_{i}.png"
+        Image.fromarray(arr).save(p)
+        out.append(p)
+    return out

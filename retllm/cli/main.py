@@ -186,20 +186,27 @@ def index_migrate(
 
 def _print_hits(hits: list[Hit], *, as_json: bool, title: str) -> None:
     if as_json:
-        sys.stdout.write(json.dumps([h.model_dump(exclude_none=False) for h in hits], indent=2) + "\n")
+        sys.stdout.write(json.dumps([h.model_dump() for h in hits], indent=2) + "\n")
         return
+    fine = any(h.score is not None for h in hits)
     t = Table(title=title)
-    for col in ("rank", "id", "coarse", "matched", "text", "image"):
+    middle = ["score", "method", "retraced", "was"] if fine else ["matched"]
+    cols = ["rank", "id", "coarse", *middle, "text", "image"]
+    for col in cols:
         t.add_column(col, overflow="fold")
     for h in hits:
-        t.add_row(
-            str(h.rank),
-            h.id[:12],
-            f"{h.coarse_score:.4f}",
-            h.vector or "",
-            (h.text or "")[:60],
-            Path(h.image).name if h.image else "",
-        )
+        row = [str(h.rank), h.id[:12], f"{h.coarse_score:.4f}"]
+        if fine:
+            row += [
+                f"{h.score:.4f}" if h.score is not None else "",
+                h.method or "",
+                "" if h.retraced is None else f"L{h.retraced}",
+                f"#{h.coarse_rank}" if h.coarse_rank else "",
+            ]
+        else:
+            row += [h.vector or ""]
+        row += [(h.text or "")[:50], Path(h.image).name if h.image else ""]
+        t.add_row(*row)
     out.print(t)
 
 
@@ -207,7 +214,8 @@ def _print_hits(hits: list[Hit], *, as_json: bool, title: str) -> None:
 def search(
     text: Annotated[str | None, typer.Argument(help="Query text.")] = None,
     image: Annotated[str | None, typer.Option("--image", help="Query image: path or URL.")] = None,
-    k: Annotated[int, typer.Option("-k", min=1, help="Coarse pool size (top-k).")] = 10,
+    k: Annotated[int, typer.Option("-k", min=1, help="Coarse pool size (top-k) the MLLM re-ranks.")] = 10,
+    top: Annotated[int | None, typer.Option("--top", min=1, help="Results shown (default all k).")] = None,
     filters: Annotated[
         list[str] | None, typer.Option("--filter", help="key=value payload filter (repeatable).")
     ] = None,
@@ -218,7 +226,7 @@ def search(
 ) -> None:
     """Search a collection with text, an image, or both."""
     from retllm.pipeline import Retriever
-    from retllm.registry import make_embedder, make_index
+    from retllm.registry import make_embedder, make_index, make_scorer
 
     query = Query(text=text, image=image)  # raises EmptyQueryError before any model loads
     if vector != "auto" and vector not in VECTOR_NAMES:
@@ -234,45 +242,78 @@ def search(
                 "(create one with: retllm index add PATH)"
             )
         index.dim(name)
+        scorer = None if coarse_only else make_scorer(s)
         retriever = Retriever(
             make_embedder(s),
             index,
             name,
+            scorer=scorer,
             fusion_weight=s.fusion_weight,
             max_image_pixels=s.max_image_pixels,
             url_timeout=s.url_timeout,
         )
-        hits = retriever.coarse(query, k=k, flt=flt or None, using=using)
-    _print_hits(hits, as_json=as_json, title=f"{query.modality} query on {name!r} (coarse)")
+        hits = retriever.search(query, k=k, top=top, flt=flt or None, using=using, coarse_only=coarse_only)
+    stage = "coarse" if coarse_only else f"re-ranked by {s.scorer}"
+    _print_hits(hits, as_json=as_json, title=f"{query.modality} query on {name!r} ({stage})")
 
 
 @app.command("demo")
 def demo(
     collection: Annotated[str, typer.Option("--collection", "-c")] = "demo",
-    k: Annotated[int, typer.Option("-k", min=1)] = 5,
+    k: Annotated[int, typer.Option("-k", min=1, help="Coarse pool size the MLLM re-ranks.")] = 5,
+    coarse_only: Annotated[bool, typer.Option("--coarse-only", help="Skip the MLLM fine stage.")] = False,
 ) -> None:
-    """Generate a small scene collection, ingest it, and run a few text and image queries."""
+    """Generate a small scene collection, ingest it, and show coarse vs. re-ranked results for a few queries."""
     from retllm.demo import DEMO_QUERIES, build_demo_dataset
     from retllm.ingest import Ingestor, iter_sources
     from retllm.pipeline import Retriever
-    from retllm.registry import make_embedder, make_index
+    from retllm.ranking import apply_scores
+    from retllm.registry import make_embedder, make_index, make_scorer
+    from retllm.scorers.base import Candidate
 
     s = settings()
     folder = s.data_dir / "demo-data"
     manifest = build_demo_dataset(folder)
     embedder = make_embedder(s)
+    scorer = None if coarse_only else make_scorer(s)
     with make_index(s) as index:
         report = Ingestor(embedder, index, collection, blob_dir=s.blob_dir, workers=s.decode_workers).run(
             iter_sources([manifest]), progress=True
         )
         err.print(f"demo collection {collection!r}: added {report.added}, already present {report.already_present}")
         r = Retriever(embedder, index, collection, fusion_weight=s.fusion_weight)
-        for q in DEMO_QUERIES:
-            _print_hits(r.coarse(Query(text=q), k=k, using="image"), as_json=False, title=f"text -> image: {q!r}")
         probe = folder / "red_circle_white.png"
-        _print_hits(
-            r.coarse(Query(image=str(probe)), k=k, using="image"), as_json=False, title=f"image -> image: {probe.name}"
+        queries = [(Query(text=q), f"text -> image: {q!r}") for q in DEMO_QUERIES]
+        queries.append((Query(image=str(probe)), f"image -> image: {probe.name}"))
+        for q, title in queries:
+            coarse = r.coarse(q, k=k, using="image")
+            if scorer is None:
+                _print_hits(coarse, as_json=False, title=f"{title} (coarse)")
+                continue
+            cands = [Candidate(h.id, None, h.image, h.coarse_score) for h in coarse]
+            fine = apply_scores(coarse, scorer.score(q, cands))
+            _print_side_by_side(coarse, fine, title)
+
+
+def _print_side_by_side(coarse: list[Hit], fine: list[Hit], title: str) -> None:
+    t = Table(title=title)
+    for col in ("rank", "coarse order", "cos", "re-ranked order", "score", "retraced"):
+        t.add_column(col)
+
+    def name(h: Hit) -> str:
+        return Path(h.image).stem if h.image else h.id[:12]
+
+    for c, f in zip(coarse, fine, strict=True):
+        score = f"{f.score:.3f}" if f.score is not None else ""
+        t.add_row(
+            str(c.rank),
+            name(c),
+            f"{c.coarse_score:.3f}",
+            name(f),
+            score,
+            "" if f.retraced is None else f"L{f.retraced}",
         )
+    out.print(t)
 
 
 @app.command("config")

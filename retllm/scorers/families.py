@@ -1,0 +1,77 @@
+"""Model-family constants for local MLLMs, in one table keyed by ``config.model_type``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from retllm.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between model families.
+
+    Attributes:
+        name: Human name.
+        answers: The (positive, negative) answer strings as the first generated token after the
+            generation prompt (SmolVLM's prompt ends in ``Assistant:``, so its answers carry a space).
+        text_model: Attribute path from the top model to the decoder stack (with ``layers`` and ``norm``).
+        vision_cache: Whether per-image vision outputs can be injected (``mm_encoder_outputs`` split per image).
+        deepstack: Whether vision outputs carry per-layer deepstack features (Qwen3-VL).
+    """
+
+    name: str
+    answers: tuple[str, str]
+    text_model: str
+    vision_cache: bool
+    deepstack: bool = False
+
+
+FAMILIES: dict[str, Family] = {
+    "qwen2_vl": Family("Qwen2-VL", ("True", "False"), "model.language_model", vision_cache=True),
+    "qwen2_5_vl": Family("Qwen2.5-VL", ("True", "False"), "model.language_model", vision_cache=True),
+    "qwen3_vl": Family("Qwen3-VL", ("True", "False"), "model.language_model", vision_cache=True, deepstack=True),
+    # Idefics3/SmolVLM split vision outputs per sample, not per image: no vision cache there.
+    "idefics3": Family("Idefics3", (" True", " False"), "model.text_model", vision_cache=False),
+    "smolvlm": Family("SmolVLM", (" True", " False"), "model.text_model", vision_cache=False),
+}
+
+
+def family_of(model: Any) -> Family:
+    """The family entry for a loaded model, or a ConfigError listing the supported ones."""
+    mt = getattr(model.config, "model_type", None)
+    if mt not in FAMILIES:
+        raise ConfigError(f"model type {mt!r} is not supported; supported: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[mt]
+
+
+def resolve_attr(obj: Any, path: str) -> Any:
+    for name in path.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+def answer_token_ids(tokenizer: Any, family: Family, words: tuple[str, ...] | None = None) -> list[int]:
+    """Token ids of the answer strings; each must be exactly one token in this vocabulary."""
+    out = []
+    for w in words or family.answers:
+        ids = tokenizer.encode(w, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ConfigError(f"answer {w!r} is {len(ids)} tokens in this {family.name} tokenizer; need exactly one")
+        out.append(int(ids[0]))
+    return out
+
+
+def mlp_gate_weight(mlp: torch.nn.Module) -> torch.Tensor:
+    """The weight whose mean |.| scales V in visual retracing (gate_proj; else the MLP's first linear)."""
+    for name in ("gate_proj", "up_proj", "fc1", "w1"):
+        lin = getattr(mlp, name, None)
+        if isinstance(lin, torch.nn.Linear):
+            return lin.weight
+    for m in mlp.modules():
+        if isinstance(m, torch.nn.Linear):
+            return m.weight
+    raise ConfigError(f"cannot find a linear layer in MLP {type(mlp).__name__} for visual retracing")

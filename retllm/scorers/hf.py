@@ -1,0 +1,254 @@
+"""Local MLLM scorer over transformers ``AutoModelForImageTextToText`` + ``AutoProcessor``.
+
+One prefill-only forward per pair (batched with left padding), LM head on the last position only,
+fp32 scores. Visual retracing runs as hooks; a bounded cache of per-image vision-tower outputs lets a
+candidate image seen by an earlier query skip the vision tower.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from retllm.device import resolve_device, resolve_dtype
+from retllm.errors import ConfigError, ModelUnavailableError
+from retllm.hub import require_hub
+from retllm.prompting import Rendered, prompt_for, render
+from retllm.scorers.base import Candidate, Score, Scorer, two_way
+from retllm.scorers.families import Family, answer_token_ids, family_of, resolve_attr
+from retllm.scorers.retrace import RetraceConfig, visual_retracing
+from retllm.types import Query
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HF_MODEL = "HuggingFaceTB/SmolVLM-256M-Instruct"
+QUALITY_HF_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
+
+
+def _image_key(im: Image.Image) -> str:
+    h = hashlib.sha256(f"{im.mode}{im.size}".encode())
+    h.update(im.tobytes())
+    return h.hexdigest()
+
+
+class VisionCache:
+    """Bounded LRU of per-image vision outputs (``pooler_output`` rows, deepstack features)."""
+
+    def __init__(self, capacity: int = 256) -> None:
+        self.capacity = capacity
+        self._d: OrderedDict[str, Any] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> Any:
+        if key in self._d:
+            self._d.move_to_end(key)
+            self.hits += 1
+            return self._d[key]
+        self.misses += 1
+        return None
+
+    def put(self, key: str, value: Any) -> None:
+        self._d[key] = value
+        self._d.move_to_end(key)
+        while len(self._d) > self.capacity:
+            self._d.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def clear(self) -> None:
+        self._d.clear()
+
+
+def resolve_hf_model(id_or_path: str) -> str:
+    """A local folder for ``id_or_path``: the folder itself, or the cached hub snapshot (hub checked fast)."""
+    if Path(id_or_path).expanduser().is_dir():
+        return str(Path(id_or_path).expanduser())
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(id_or_path, local_files_only=True)
+    except Exception:  # not cached (LocalEntryNotFoundError and friends)
+        fix = "download it on a connected machine, or set RETLLM_SCORER=hf:/path/to/model-folder"
+        require_hub(f"hf:{id_or_path}", fix)
+        try:
+            return snapshot_download(id_or_path)
+        except Exception as e:
+            raise ModelUnavailableError(f"could not download hf:{id_or_path}: {e}; {fix}") from e
+
+
+class HFScorer(Scorer):
+    """Pointwise scores from a local Hugging Face MLLM.
+
+    Args:
+        model: A loaded ``*ForConditionalGeneration`` model in eval mode.
+        processor: Its processor (tokenizer, image processor, chat template).
+        batch_size: Pairs per forward.
+        retrace: Visual retracing settings (``None`` or ``enabled=False`` turns it off).
+        vision_cache_size: Images kept in the vision cache (0 disables it).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        *,
+        model_id: str = "hf",
+        batch_size: int = 8,
+        retrace: RetraceConfig | None = None,
+        vision_cache_size: int = 256,
+    ) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.family: Family = family_of(model)
+        self.id = model_id
+        self.batch_size = batch_size
+        self.retrace = retrace if retrace is not None else RetraceConfig()
+        self.tokenizer = processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        self.answer_ids = answer_token_ids(self.tokenizer, self.family)
+        self.text_model = resolve_attr(model, self.family.text_model)
+        self.lm_head = model.get_output_embeddings()
+        self.image_token_id = getattr(model.config, "image_token_id", None)
+        use_cache = vision_cache_size > 0 and self.family.vision_cache
+        self.vision_cache: VisionCache | None = VisionCache(vision_cache_size) if use_cache else None
+
+    @classmethod
+    def from_pretrained(cls, id_or_path: str, *, device: str = "auto", dtype: str = "auto", **kwargs: Any) -> HFScorer:
+        """Load a model folder or hub id (cached snapshots are used without touching the network)."""
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        path = resolve_hf_model(id_or_path)
+        dev = resolve_device(device)
+        dt = resolve_dtype(dev, dtype)
+        try:
+            model = AutoModelForImageTextToText.from_pretrained(path, dtype=dt).to(dev)  # type: ignore[arg-type]
+            processor = AutoProcessor.from_pretrained(path)
+        except (OSError, ValueError, KeyError) as e:
+            raise ConfigError(f"could not load hf:{id_or_path}: {e}") from e
+        return cls(model, processor, model_id=f"hf:{id_or_path}", **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # --- prompts -------------------------------------------------------------------------------
+
+    def _pair(self, query: Query, q_img: Image.Image | None, c: Candidate) -> tuple[Rendered, list[Image.Image]]:
+        spec = prompt_for(query.modality, c.modality)
+        r = render(
+            spec,
+            query_text=query.text,
+            query_image=q_img is not None,
+            candidate_text=c.text,
+            candidate_image=c.image is not None,
+        )
+        images = []
+        for role in r.image_roles:
+            if role == "query":
+                assert q_img is not None
+                images.append(q_img)
+            else:
+                assert c.image is not None
+                images.append(self.load(c.image))
+        return r, images
+
+    def _chat_text(self, r: Rendered) -> str:
+        content = [{"type": "image"} if k == "image" else {"type": "text", "text": v} for k, v in r.parts]
+        return str(
+            self.processor.apply_chat_template(
+                [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+            )
+        )
+
+    # --- vision cache ----------------------------------------------------------------------------
+
+    def _inject_cached_vision(self, inputs: dict[str, Any], images: list[Image.Image]) -> None:
+        """Replace ``pixel_values`` by per-image vision outputs, running the tower only for new images."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        assert self.vision_cache is not None
+        grid = inputs["image_grid_thw"]
+        sizes = grid.prod(-1).tolist()
+        pv = inputs.pop("pixel_values").split(sizes)
+        keys = [_image_key(im) for im in images]
+        feats: list[Any] = [self.vision_cache.get(k) for k in keys]
+        todo = [i for i, f in enumerate(feats) if f is None]
+        if todo:
+            out = self.model.model.get_image_features(torch.cat([pv[i] for i in todo]), grid[todo], return_dict=True)
+            ds = getattr(out, "deepstack_features", None) if self.family.deepstack else None
+            for j, i in enumerate(todo):
+                entry = (out.pooler_output[j], [layer[j] for layer in ds] if ds else None)
+                self.vision_cache.put(keys[i], entry)
+                feats[i] = entry
+        vis = BaseModelOutputWithPooling(pooler_output=tuple(f[0] for f in feats))  # type: ignore[arg-type]
+        if self.family.deepstack:
+            n_layers = len(feats[0][1])
+            vis.deepstack_features = [tuple(f[1][li] for f in feats) for li in range(n_layers)]
+        inputs["mm_encoder_outputs"] = {"image": vis}
+
+    # --- scoring ---------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _forward(self, texts: list[str], images: list[list[Image.Image]]) -> tuple[torch.Tensor, list[int | None]]:
+        flat = [im for ims in images for im in ims]
+        inputs = dict(self.processor(text=texts, images=images if flat else None, padding=True, return_tensors="pt"))
+        inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        if self.vision_cache is not None and flat and "image_grid_thw" in inputs:
+            self._inject_cached_vision(inputs, flat)
+        attn = inputs["attention_mask"]
+        image_mask = inputs["input_ids"] == self.image_token_id if self.image_token_id is not None else None
+        retraced: list[int | None] = [None] * len(texts)
+        if self.retrace.enabled:
+            with visual_retracing(self.text_model, self.lm_head, self.retrace, attn, image_mask) as st:
+                out = self.model(**inputs, logits_to_keep=1, use_cache=False)
+            retraced = list(st.fired)
+        else:
+            out = self.model(**inputs, logits_to_keep=1, use_cache=False)
+        return out.logits[:, -1, :].float(), retraced
+
+    def score(self, query: Query, candidates: Sequence[Candidate]) -> list[Score]:
+        q_img = self.load(query.image) if query.image is not None else None
+        results: list[Score | None] = [None] * len(candidates)
+        prepared: list[tuple[int, str, list[Image.Image]]] = []
+        for i, c in enumerate(candidates):
+            try:
+                r, ims = self._pair(query, q_img, c)
+            except Exception as e:  # one bad candidate image must not fail the query
+                log.warning("candidate %s not scored: %s", c.id, e)
+                results[i] = Score(value=c.coarse_score, method="coarse", error=str(e))
+                continue
+            prepared.append((i, self._chat_text(r), ims))
+        # Same number of images per pair within a batch keeps processors simple and padding small.
+        prepared.sort(key=lambda p: len(p[2]))
+        for s in range(0, len(prepared), self.batch_size):
+            chunk = prepared[s : s + self.batch_size]
+            t0 = time.perf_counter()
+            logits, retraced = self._forward([p[1] for p in chunk], [p[2] for p in chunk])
+            dt = (time.perf_counter() - t0) / len(chunk)
+            logp = F.log_softmax(logits, dim=-1)
+            ent = -(logp.exp() * logp).sum(-1)
+            t_id, f_id = self.answer_ids
+            for row, (i, _, _) in enumerate(chunk):
+                lt, lf = logits[row, t_id].item(), logits[row, f_id].item()
+                results[i] = Score(
+                    value=two_way(lt, lf),
+                    p_true=float(logp[row, t_id].exp()),
+                    entropy=float(ent[row]),
+                    method="logits",
+                    retraced=retraced[row],
+                    latency_s=dt,
+                )
+        return [r for r in results if r is not None]

@@ -1,0 +1,226 @@
+"""HFScorer on tiny random-weight Qwen2-VL, Qwen2.5-VL and Idefics3 loaded through from_pretrained."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from retllm.errors import ConfigError
+from retllm.scorers.base import Candidate
+from retllm.scorers.families import FAMILIES, answer_token_ids
+from retllm.scorers.hf import HFScorer
+from retllm.scorers.retrace import RetraceConfig
+from retllm.types import Query
+
+FAMS = ["qwen2_vl", "qwen2_5_vl", "idefics3"]
+OFF = RetraceConfig(enabled=False)
+
+
+def scorer(dirs: dict[str, Path], fam: str, retrace: RetraceConfig = OFF, **kw) -> HFScorer:
+    return HFScorer.from_pretrained(str(dirs[fam]), device="cpu", retrace=retrace, **kw)
+
+
+def cands(paths: list[Path], n: int | None = None) -> list[Candidate]:
+    return [Candidate(f"c{i}", image=str(p), coarse_score=0.5 - i / 100) for i, p in enumerate(paths[:n])]
+
+
+def max_diff(a, b, field: str) -> float:
+    return max(abs(getattr(x, field) - getattr(y, field)) for x, y in zip(a, b, strict=True))
+
+
+def plain_inputs(s: HFScorer, query: Query, c: Candidate) -> dict:
+    r, ims = s._pair(query, s.load(query.image) if query.image else None, c)
+    return dict(s.processor(text=[s._chat_text(r)], images=[ims] if ims else None, return_tensors="pt"))
+
+
+@pytest.mark.parametrize("fam", FAMS)
+def test_scores_and_provenance(tiny_vlm_dirs, candidate_images, fam: str) -> None:
+    s = scorer(tiny_vlm_dirs, fam)
+    out = s.score(Query(text="a red circle"), cands(candidate_images, 3))
+    assert len(out) == 3
+    for sc in out:
+        assert 0 < sc.value < 1 and 0 < sc.p_true < 1 and sc.entropy > 0
+        assert sc.method == "logits" and sc.retraced is None and sc.revisits == 0 and sc.latency_s > 0
+
+
+@pytest.mark.parametrize("fam", FAMS)
+def test_score_is_two_way_normalised_over_the_full_forward(tiny_vlm_dirs, candidate_images, fam: str) -> None:
+    """Last-position-only LM head gives the same numbers as the full forward, in fp32."""
+    s = scorer(tiny_vlm_dirs, fam, vision_cache_size=0)
+    q, c = Query(text="a blue square"), cands(candidate_images, 1)[0]
+    got = s.score(q, [c])[0]
+    with torch.inference_mode():
+        logits = s.model(**plain_inputs(s, q, c)).logits[0, -1].float()
+    t, f = answer_token_ids(s.tokenizer, FAMILIES[fam])
+    p = F.softmax(logits, -1)
+    assert got.value == pytest.approx(torch.sigmoid(logits[t] - logits[f]).item(), abs=1e-6)
+    assert got.p_true == pytest.approx(p[t].item(), abs=1e-6)
+    assert got.entropy == pytest.approx(-(p * p.clamp_min(1e-45).log()).sum().item(), abs=1e-4)
+
+
+def _probe_entropies(s: HFScorer, q: Query, cs: list[Candidate], layer: int) -> list[float]:
+    out = []
+    for c in cs:
+        with torch.inference_mode():
+            hs = s.model(**plain_inputs(s, q, c), output_hidden_states=True).hidden_states
+            top = s.lm_head(hs[layer + 1][0, -1]).float().topk(10).values
+        lp = F.log_softmax(top, -1)
+        out.append((-(lp.exp() * lp).sum() / math.log(10)).item())
+    return out
+
+
+@pytest.mark.parametrize("fam", FAMS)
+@pytest.mark.parametrize("mode", ["off", "forced", "mixed"])
+def test_batched_equals_one_by_one(tiny_vlm_dirs, candidate_images, fam: str, mode: str) -> None:
+    q = Query(text="a green triangle")
+    cs = cands(candidate_images)
+    retrace = OFF
+    if mode == "forced":
+        retrace = RetraceConfig(start=0, end=3, threshold=-1.0)
+    elif mode == "mixed":
+        # A threshold between the samples' layer-1 entropies: some fire at layer 2, others later or never.
+        ents = sorted(_probe_entropies(scorer(tiny_vlm_dirs, fam, vision_cache_size=0), q, cs, 1))
+        retrace = RetraceConfig(start=0, end=3, threshold=(ents[2] + ents[3]) / 2)
+    s = scorer(tiny_vlm_dirs, fam, retrace, batch_size=6)
+    batched = s.score(q, cs)
+    single = [s.score(q, [c])[0] for c in cs]
+    for field in ("value", "p_true", "entropy"):
+        assert max_diff(batched, single, field) <= 1e-5, field
+    assert [b.retraced for b in batched] == [x.retraced for x in single]
+    if mode == "forced":
+        assert all(b.retraced == 2 for b in batched)
+    if mode == "mixed":
+        assert len({b.retraced for b in batched}) > 1
+
+
+def reference_logits(s: HFScorer, inputs: dict, cfg: RetraceConfig) -> tuple[torch.Tensor, int | None]:
+    """METHOD.md §3 written out plainly, batch 1: probe with the LM head over ALL positions (as the research
+    code does) on the hidden states of an unmodified pass, then re-run with the armed layer's MLP replaced."""
+    model, tm = s.model, s.text_model
+    layers = list(tm.layers)
+    with torch.inference_mode():
+        out = model(**inputs, output_hidden_states=True, use_cache=False)
+        hs = out.hidden_states
+        armed = None
+        for li in range(len(layers)):
+            if cfg.start < li < cfg.end:
+                h = hs[li + 1][0]
+                if cfg.final_norm:
+                    h = tm.norm(h)
+                logits_all = s.lm_head(h)
+                top = logits_all[-1].topk(cfg.top_k).values
+                p = torch.softmax(top, -1)
+                ent = -(p * torch.log(p)).sum() / math.log(cfg.top_k)
+                if ent > cfg.threshold:
+                    armed = li + 1
+                    break
+        if armed is None or armed >= len(layers):
+            return out.logits[0, -1].float(), None
+        v = hs[0][0]
+        if cfg.v_rows == "image":
+            v = v[inputs["input_ids"][0] == model.config.image_token_id]
+        w_gate = layers[armed].mlp.gate_proj.weight
+
+        def hook(_m, args, output):
+            x, o = args[0][0], output[0]
+            sc = w_gate.abs().mean() / v.abs().mean()
+            a = F.silu(x @ (sc * v).T) @ v
+            a = (o.abs().mean() / a.abs().mean()) * a
+            return ((1 - cfg.ratio) * o + cfg.ratio * a)[None]
+
+        handle = layers[armed].mlp.register_forward_hook(hook)
+        try:
+            return model(**inputs, use_cache=False).logits[0, -1].float(), armed
+        finally:
+            handle.remove()
+
+
+@pytest.mark.parametrize("fam", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        RetraceConfig(start=0, end=3, threshold=-1.0),
+        RetraceConfig(start=0, end=3, threshold=2.0),
+        RetraceConfig(start=0, end=3, threshold=-1.0, v_rows="image", final_norm=True, ratio=0.3),
+        RetraceConfig(start=1, end=3, threshold=-1.0, top_k=5),
+    ],
+    ids=["forced-on", "forced-off", "image-rows+norm", "window+topk"],
+)
+def test_retracing_equals_reference(tiny_vlm_dirs, candidate_images, fam: str, cfg: RetraceConfig) -> None:
+    s = scorer(tiny_vlm_dirs, fam, cfg, vision_cache_size=0)
+    q = Query(text="a yellow star")
+    for c in cands(candidate_images, 3):
+        inputs = plain_inputs(s, q, c)
+        ref, armed = reference_logits(s, inputs, cfg)
+        got, fired = s._forward([s._chat_text(s._pair(q, None, c)[0])], [[s.load(c.image)]])
+        assert fired == [armed]
+        assert (got[0] - ref).abs().max().item() <= 1e-5
+    if cfg.threshold < 0:
+        assert armed is not None
+
+
+def test_hooks_leave_no_state_behind(tiny_vlm_dirs, candidate_images) -> None:
+    s = scorer(tiny_vlm_dirs, "qwen2_vl", RetraceConfig(start=0, end=3, threshold=-1.0), vision_cache_size=0)
+    q, c = Query(text="a red circle"), cands(candidate_images, 1)[0]
+    inputs = plain_inputs(s, q, c)
+    with torch.inference_mode():
+        before = s.model(**inputs).logits[0, -1]
+    first = s.score(q, [c])[0]
+    assert first.retraced == 2
+    for m in s.model.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks
+    with torch.inference_mode():
+        after = s.model(**inputs).logits[0, -1]
+    assert torch.equal(before, after)
+    assert s.score(q, [c])[0].value == first.value
+
+
+@pytest.mark.parametrize("fam", ["qwen2_vl", "qwen2_5_vl"])
+def test_vision_cache_skips_the_tower_and_changes_nothing(tiny_vlm_dirs, candidate_images, fam: str) -> None:
+    cs = cands(candidate_images, 4)
+    cached = scorer(tiny_vlm_dirs, fam, vision_cache_size=3)
+    plain = scorer(tiny_vlm_dirs, fam, vision_cache_size=0)
+    assert plain.vision_cache is None
+    calls = []
+    handle = cached.model.model.visual.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
+    q1, q2 = Query(text="a red circle"), Query(text="a blue square")
+    first = cached.score(q1, cs)
+    n_calls = len(calls)
+    second = cached.score(q2, cs[1:])  # all three most recent images are cached
+    handle.remove()
+    assert len(calls) == n_calls, "vision tower ran for cached images"
+    assert cached.vision_cache.hits == 3 and len(cached.vision_cache) == 3
+    assert max_diff(first, plain.score(q1, cs), "value") <= 1e-5
+    assert max_diff(second, plain.score(q2, cs[1:]), "value") <= 1e-5
+
+
+def test_idefics3_has_no_vision_cache(tiny_vlm_dirs) -> None:
+    assert scorer(tiny_vlm_dirs, "idefics3").vision_cache is None
+
+
+def test_bad_candidate_falls_back_to_coarse(tiny_vlm_dirs, candidate_images, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\nnope")
+    cs = [*cands(candidate_images, 2), Candidate("bad", image=str(broken), coarse_score=0.42)]
+    out = scorer(tiny_vlm_dirs, "qwen2_vl").score(Query(text="x"), cs)
+    assert [o.method for o in out] == ["logits", "logits", "coarse"]
+    assert out[2].value == 0.42 and "corrupt" in out[2].error
+
+
+def test_text_candidates_and_image_queries(tiny_vlm_dirs, candidate_images) -> None:
+    s = scorer(tiny_vlm_dirs, "qwen2_vl")
+    texts = [Candidate("t1", text="a red circle"), Candidate("t2", text="a blue square")]
+    assert all(o.method == "logits" for o in s.score(Query(image=str(candidate_images[0])), texts))
+    assert all(o.method == "logits" for o in s.score(Query(text="red"), texts))
+    mixed = s.score(Query(text="red", image=str(candidate_images[1])), cands(candidate_images, 2) + texts)
+    assert len(mixed) == 4 and all(o.method == "logits" for o in mixed)
+
+
+def test_answer_tokens_must_be_single_tokens(tiny_vlm_dirs) -> None:
+    s = scorer(tiny_vlm_dirs, "qwen2_vl")
+    with pytest.raises(ConfigError, match="need exactly one"):
+        answer_token_ids(s.tokenizer, FAMILIES["qwen2_vl"], ("Truthfully yes",))
