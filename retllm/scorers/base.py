@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from PIL import Image
 
+from retllm.errors import ConfigError
 from retllm.images import load_image
 from retllm.types import ImageSource, Query
 
@@ -61,6 +63,26 @@ def two_way(logit_true: float, logit_false: float) -> float:
     return 1.0 / (1.0 + math.exp(-d)) if d >= 0 else math.exp(d) / (1.0 + math.exp(d))
 
 
+@dataclass
+class Choice:
+    """A listwise answer: which option the model picked, read from option-token probabilities.
+
+    Attributes:
+        index: The chosen option, as an index into the caller's option list.
+        probs: Probability of each option (caller's order), normalised over the option labels.
+        order: The presentation order used (``order[j]`` is the caller index shown at position ``j``).
+        method: ``logits``, ``logprobs`` or ``verbalized``.
+    """
+
+    index: int
+    probs: list[float]
+    order: list[int]
+    method: str
+
+
+MAX_OPTIONS = 10
+
+
 class Scorer(ABC):
     """Judges (query, candidate) pairs with a multimodal LLM."""
 
@@ -72,9 +94,48 @@ class Scorer(ABC):
     def score(self, query: Query, candidates: Sequence[Candidate]) -> list[Score]:
         """One :class:`Score` per candidate, in the candidates' order."""
 
+    def choose(self, query: Query, options: Sequence[str], *, seed: int | None = 0) -> Choice:
+        """Listwise choice over 2-10 text options in one call; the option order is shuffled with ``seed``
+        (``None`` keeps the given order) so that position bias averages out across queries."""
+        n = len(options)
+        if not 2 <= n <= MAX_OPTIONS:
+            raise ConfigError(f"listwise mode takes 2 to {MAX_OPTIONS} options, got {n}")
+        order = list(range(n))
+        if seed is not None:
+            random.Random(seed).shuffle(order)
+        logps, method = self._option_logprobs(query, [options[i] for i in order])
+        m = max(logps)
+        shown = [math.exp(lp - m) for lp in logps]
+        z = sum(shown)
+        probs = [0.0] * n
+        for pos, i in enumerate(order):
+            probs[i] = shown[pos] / z
+        return Choice(index=max(range(n), key=probs.__getitem__), probs=probs, order=order, method=method)
+
+    def _option_logprobs(self, query: Query, shown: list[str]) -> tuple[list[float], str]:
+        """Log-probabilities of the option labels ``0..n-1`` at the answer position."""
+        raise ConfigError(f"{type(self).__name__} has no listwise mode")
+
     def load(self, src: ImageSource) -> Image.Image:
         """Load an image for scoring (RGB)."""
         return load_image(src, max_pixels=self.max_image_pixels, timeout=self.url_timeout)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and models."""
+
+
+def position_bias(scorer: Scorer, query: Query, options: Sequence[str], *, trials: int = 8) -> dict[str, object]:
+    """Ask the same question under ``trials`` shuffled orders.
+
+    Returns:
+        ``consistency``: share of trials that picked the most-picked option (1.0 = order-independent);
+        ``positions``: how often each presentation position was picked (a position-biased model piles up
+        on one position whatever the options are); ``choices``: the option picked per trial.
+    """
+    choices, positions = [], [0] * len(options)
+    for seed in range(trials):
+        c = scorer.choose(query, options, seed=seed)
+        choices.append(c.index)
+        positions[c.order.index(c.index)] += 1
+    modal = max(set(choices), key=choices.count)
+    return {"consistency": choices.count(modal) / trials, "positions": positions, "choices": choices}

@@ -22,7 +22,7 @@ from PIL import Image
 from retllm.device import resolve_device, resolve_dtype
 from retllm.errors import ConfigError, ModelUnavailableError
 from retllm.hub import require_hub
-from retllm.prompting import Rendered, prompt_for, render
+from retllm.prompting import Rendered, load_prompt, prompt_for, render
 from retllm.scorers.base import Candidate, Score, Scorer, two_way
 from retllm.scorers.families import Family, answer_token_ids, family_of, resolve_attr
 from retllm.scorers.retrace import RetraceConfig, visual_retracing
@@ -218,6 +218,26 @@ class HFScorer(Scorer):
         else:
             out = self.model(**inputs, logits_to_keep=1, use_cache=False)
         return out.logits[:, -1, :].float(), retraced
+
+    def _label_ids(self, n: int) -> list[int]:
+        prefix = " " if self.family.answers[0].startswith(" ") else ""
+        ids = []
+        for d in range(n):
+            for word in (f"{prefix}{d}", str(d)):
+                tok = self.tokenizer.encode(word, add_special_tokens=False)
+                if len(tok) == 1:
+                    ids.append(int(tok[0]))
+                    break
+            else:
+                raise ConfigError(f"option label {d} is not a single token for {self.family.name}")
+        return ids
+
+    def _option_logprobs(self, query: Query, shown: list[str]) -> tuple[list[float], str]:
+        q_img = self.load(query.image) if query.image is not None else None
+        r = render(load_prompt("listwise"), query_text=query.text, query_image=q_img is not None, options=shown)
+        logits, _ = self._forward([self._chat_text(r)], [[q_img]] if q_img is not None else [[]])
+        sel = logits[0, self._label_ids(len(shown))]
+        return F.log_softmax(sel, -1).tolist(), "logits"
 
     def score(self, query: Query, candidates: Sequence[Candidate]) -> list[Score]:
         q_img = self.load(query.image) if query.image is not None else None

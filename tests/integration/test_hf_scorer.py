@@ -224,3 +224,22 @@ def test_answer_tokens_must_be_single_tokens(tiny_vlm_dirs) -> None:
     s = scorer(tiny_vlm_dirs, "qwen2_vl")
     with pytest.raises(ConfigError, match="need exactly one"):
         answer_token_ids(s.tokenizer, FAMILIES["qwen2_vl"], ("Truthfully yes",))
+
+
+@pytest.mark.parametrize("fam", FAMS)
+def test_listwise_choice_from_option_logits(tiny_vlm_dirs, candidate_images, fam: str) -> None:
+    from retllm.scorers.base import position_bias
+
+    s = scorer(tiny_vlm_dirs, fam)
+    q = Query(image=str(candidate_images[0]))
+    options = ["a red circle", "a blue square", "a green triangle"]
+    c = s.choose(q, options, seed=1)
+    assert (
+        c.method == "logits"
+        and sum(c.probs) == pytest.approx(1.0)
+        and c.index == max(range(3), key=c.probs.__getitem__)
+    )
+    same = s.choose(q, [options[i] for i in c.order], seed=None)  # the shown order, unshuffled: same numbers
+    assert [same.probs[j] for j in range(3)] == pytest.approx([c.probs[i] for i in c.order], abs=1e-6)
+    bias = position_bias(s, q, options, trials=4)
+    assert sum(bias["positions"]) == 4 and 0 < bias["consistency"] <= 1

@@ -1,0 +1,226 @@
+"""A real local HTTP server speaking the OpenAI chat-completions API, with switches for failure modes.
+
+Answers are deterministic: P(True) is derived from the first image in the conversation (or the text when
+there is none), so tests can compute the expected score with :func:`expected_p_true`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Switches:
+    logprobs: bool = True  # include logprobs when asked (several real servers silently drop them)
+    reject_logprobs: bool = False  # 400 when logprobs are requested
+    tools: bool = True  # accept tools; False: 400 when tools are sent
+    tool_call_first: bool = False  # first turn answers with a revisit_image call (with a zoom box)
+    fail_5xx: int = 0  # the first N requests get 500
+    rate_limit: int = 0  # the first N requests get 429 with Retry-After
+    retry_after: float = 0.3
+    delay: float = 0.0  # seconds before each answer
+    garbage: bool = False  # answer text that is neither True nor False (and no logprobs)
+    position_bias: bool = False  # listwise: always pick the first shown option, whatever it says
+
+
+@dataclass
+class FakeOpenAI:
+    switches: Switches = field(default_factory=Switches)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    url: str = ""
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _served: int = 0
+
+
+def _first_image_bytes(messages: list[dict[str, Any]]) -> bytes | None:
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            for part in content:
+                if part.get("type") == "image_url":
+                    url = part["image_url"]["url"]
+                    if url.startswith("data:"):
+                        return base64.b64decode(url.split(",", 1)[1])
+                    return url.encode()
+    return None
+
+
+def expected_p_true(key: bytes) -> float:
+    """The fake's P(True) for a conversation whose first image (or text) is ``key``."""
+    h = int(hashlib.sha256(key).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return 0.05 + 0.9 * h
+
+
+def _key(messages: list[dict[str, Any]]) -> bytes:
+    img = _first_image_bytes(messages)
+    if img is not None:
+        return img
+    return json.dumps(messages[0]["content"], sort_keys=True).encode()
+
+
+def option_preference(text: str) -> float:
+    """The fake's (order-independent) log-preference for a listwise option's text."""
+    return 4.0 * int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
+def _listwise(body: dict[str, Any], text: str, sw: Switches) -> dict[str, Any]:
+    import re
+
+    opts = re.findall(r"^(\d)\. <(.*)>$", text, flags=re.M)
+    prefs = [100.0 if (sw.position_bias and i == 0) else option_preference(t) for i, (_, t) in enumerate(opts)]
+    m = max(prefs)
+    z = math.log(sum(math.exp(p - m) for p in prefs)) + m
+    top = [{"token": lab, "logprob": p - z, "bytes": None} for (lab, _), p in zip(opts, prefs, strict=True)]
+    best = max(top, key=lambda t: t["logprob"])
+    logprobs = None
+    if body.get("logprobs") and sw.logprobs:
+        logprobs = {"content": [{**best, "top_logprobs": top[: body.get("top_logprobs") or 0]}], "refusal": None}
+    return {
+        "index": 0,
+        "message": {"role": "assistant", "content": best["token"]},
+        "finish_reason": "length",
+        "logprobs": logprobs,
+    }
+
+
+def _completion(body: dict[str, Any], sw: Switches) -> dict[str, Any]:
+    messages = body["messages"]
+    last_text = [p.get("text", "") for p in messages[0]["content"] if isinstance(p, dict)][-1]
+    if "Answer with the option number only" in last_text:
+        return _listwise(body, last_text, sw)
+    tools = body.get("tools")
+    if tools and sw.tool_call_first and not any(m.get("role") == "tool" for m in messages):
+        cid = tools[0]["function"]["parameters"]["properties"]["candidate_id"]["enum"][0]
+        call = {
+            "id": f"call_{len(messages)}",
+            "type": "function",
+            "function": {
+                "name": "revisit_image",
+                "arguments": json.dumps({"candidate_id": cid, "box": [0.0, 0.0, 0.5, 0.5]}),
+            },
+        }
+        msg = {"role": "assistant", "content": None, "tool_calls": [call]}
+        return {"index": 0, "message": msg, "finish_reason": "tool_calls", "logprobs": None}
+    if sw.garbage:
+        return {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Maybe"},
+            "finish_reason": "length",
+            "logprobs": None,
+        }
+    p = expected_p_true(_key(messages))
+    answer = "True" if p >= 0.5 else "False"
+    lt, lf = math.log(p * 0.9), math.log((1 - p) * 0.9)
+    top = [
+        {"token": "True", "logprob": lt, "bytes": None},
+        {"token": "False", "logprob": lf, "bytes": None},
+        {"token": " true", "logprob": math.log(0.05), "bytes": None},
+        {"token": "Yes", "logprob": math.log(0.05), "bytes": None},
+    ]
+    n = body.get("top_logprobs") or 0
+    logprobs = None
+    if body.get("logprobs") and sw.logprobs:
+        first = {
+            "token": answer,
+            "logprob": lt if answer == "True" else lf,
+            "bytes": None,
+            "top_logprobs": sorted(top, key=lambda t: -t["logprob"])[:n],
+        }
+        logprobs = {"content": [first], "refusal": None}
+    return {
+        "index": 0,
+        "message": {"role": "assistant", "content": answer},
+        "finish_reason": "length",
+        "logprobs": logprobs,
+    }
+
+
+def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _send(self, code: int, obj: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+            data = json.dumps(obj).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            try:
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            sw = fake.switches
+            with fake._lock:
+                fake.requests.append(body)
+                fake.times.append(time.monotonic())
+                n = fake._served
+                fake._served += 1
+                fake.in_flight += 1
+                fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+            try:
+                if sw.delay:
+                    time.sleep(sw.delay)
+                if n < sw.rate_limit:
+                    return self._send(
+                        429,
+                        {"error": {"message": "rate limited", "type": "rate_limit"}},
+                        {"Retry-After": str(sw.retry_after)},
+                    )
+                if n < sw.rate_limit + sw.fail_5xx:
+                    return self._send(500, {"error": {"message": "boom", "type": "server_error"}})
+                if body.get("tools") and not sw.tools:
+                    return self._send(400, {"error": {"message": "tools are not supported by this model"}})
+                if body.get("logprobs") and sw.reject_logprobs:
+                    return self._send(400, {"error": {"message": "logprobs is not supported"}})
+                choice = _completion(body, sw)
+                self._send(
+                    200,
+                    {
+                        "id": f"cmpl-{n}",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": body["model"],
+                        "choices": [choice],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                    },
+                )
+            finally:
+                with fake._lock:
+                    fake.in_flight -= 1
+
+    return H
+
+
+@contextmanager
+def fake_openai(switches: Switches | None = None) -> Iterator[FakeOpenAI]:
+    """Run the fake on 127.0.0.1; ``fake.url`` is the ``base_url`` (ends in /v1)."""
+    fake = FakeOpenAI(switches or Switches())
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
+    server.daemon_threads = True
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield fake
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,164 @@
+"""OpenAIScorer against a real local HTTP server speaking the chat-completions API."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import openai
+import pytest
+
+from retllm.errors import ScoringError
+from retllm.scorers.base import Candidate
+from retllm.scorers.openai import OpenAIScorer, parse_logprobs, parse_verbalized
+from retllm.types import Query
+from tests.fakes.openai_server import Switches, expected_p_true, fake_openai
+
+
+def make(url: str, **kw) -> OpenAIScorer:
+    client = openai.OpenAI(base_url=url, api_key="test", timeout=kw.pop("timeout", 5.0))
+    kw.setdefault("backoff_base", 0.05)
+    return OpenAIScorer(client, "fake-vlm", **kw)
+
+
+def cands(paths: list[Path], n: int = 3) -> list[Candidate]:
+    return [Candidate(f"c{i}", image=str(p), coarse_score=0.3 + i / 100) for i, p in enumerate(paths[:n])]
+
+
+def expected(p: float) -> float:
+    lt, lf = math.log(p * 0.9 + 0.05), math.log((1 - p) * 0.9)  # ' true' variant adds 0.05 to True's mass
+    return 1 / (1 + math.exp(lf - lt))
+
+
+def test_logprobs_give_two_way_scores(candidate_images) -> None:
+    with fake_openai() as fake:
+        out = make(fake.url, revisit="off").score(Query(text="a red circle"), cands(candidate_images))
+        body = fake.requests[0]
+    assert body["max_tokens"] == 1 and body["logprobs"] is True and body["top_logprobs"] == 20
+    img_part = body["messages"][0]["content"][0]
+    assert img_part["type"] == "image_url" and img_part["image_url"]["url"].startswith("data:image/png;base64,")
+    for s, p in zip(out, candidate_images[:3], strict=True):
+        pt = expected_p_true(p.read_bytes())
+        assert s.method == "logprobs" and s.revisits == 0 and s.error is None
+        assert s.value == pytest.approx(expected(pt), abs=1e-9)
+        assert s.p_true == pytest.approx(pt * 0.9 + 0.05, abs=1e-9)
+        assert s.entropy > 0 and s.latency_s > 0
+
+
+def test_missing_logprobs_fall_back_to_verbalised(candidate_images) -> None:
+    with fake_openai(Switches(logprobs=False)) as fake:
+        out = make(fake.url, revisit="off").score(Query(text="x"), cands(candidate_images))
+    for s, p in zip(out, candidate_images, strict=False):
+        assert s.method == "verbalized"
+        assert s.value == (1.0 if expected_p_true(p.read_bytes()) >= 0.5 else 0.0)
+
+
+def test_endpoint_rejecting_logprobs_is_remembered(candidate_images) -> None:
+    with fake_openai(Switches(reject_logprobs=True)) as fake:
+        sc = make(fake.url, revisit="off", concurrency=1)
+        out = sc.score(Query(text="x"), cands(candidate_images))
+        assert [s.method for s in out] == ["verbalized"] * 3
+        assert len(fake.requests) == 4  # one rejected request, then three without logprobs
+
+
+def test_garbage_answers_fall_back_to_coarse(candidate_images) -> None:
+    with fake_openai(Switches(garbage=True)) as fake:
+        out = make(fake.url, revisit="off").score(Query(text="x"), cands(candidate_images))
+    assert all(s.method == "coarse" and "unparseable answer 'Maybe'" in s.error for s in out)
+    assert [s.value for s in out] == [0.3, 0.31, 0.32]
+
+
+def test_429_honours_retry_after(candidate_images) -> None:
+    with fake_openai(Switches(rate_limit=2, retry_after=0.3)) as fake:
+        out = make(fake.url, revisit="off", concurrency=1).score(Query(text="x"), cands(candidate_images, 1))
+        gaps = [b - a for a, b in zip(fake.times, fake.times[1:], strict=False)]
+    assert out[0].method == "logprobs"
+    assert len(gaps) == 2 and all(g >= 0.28 for g in gaps)
+
+
+def test_5xx_retries_then_falls_back(candidate_images) -> None:
+    with fake_openai(Switches(fail_5xx=2)) as fake:
+        ok = make(fake.url, revisit="off", concurrency=1, retries=2).score(Query(text="x"), cands(candidate_images, 1))
+    assert ok[0].method == "logprobs"
+    with fake_openai(Switches(fail_5xx=100)) as fake:
+        out = make(fake.url, revisit="off", retries=1).score(Query(text="x"), cands(candidate_images, 2))
+    assert all(s.method == "coarse" and "InternalServerError" in s.error for s in out)
+
+
+def test_timeouts_fall_back_per_pair(candidate_images) -> None:
+    with fake_openai(Switches(delay=1.5)) as fake:
+        out = make(fake.url, revisit="off", retries=0, timeout=0.3).score(Query(text="x"), cands(candidate_images, 2))
+    assert all(s.method == "coarse" and "Timeout" in s.error for s in out)
+
+
+def test_revisit_tool_resends_a_zoomed_crop(candidate_images) -> None:
+    with fake_openai(Switches(tool_call_first=True)) as fake:
+        out = make(fake.url, revisit="on", concurrency=1).score(Query(text="x"), cands(candidate_images, 2))
+        first, second = fake.requests[0], fake.requests[1]
+    assert [s.revisits for s in out] == [1, 1] and all(s.method == "logprobs" for s in out)
+    assert first["tools"][0]["function"]["name"] == "revisit_image" and first["max_tokens"] == 64
+    roles = [m["role"] for m in second["messages"]]
+    assert roles == ["user", "assistant", "tool", "user"]
+    assert second["messages"][3]["content"][0]["image_url"]["url"].startswith("data:image/png")
+    assert "tools" not in second and second["max_tokens"] == 1  # revisits are bounded (max 1)
+    assert out[0].value == pytest.approx(expected(expected_p_true(candidate_images[0].read_bytes())), abs=1e-9)
+
+
+def test_endpoint_without_tools_turns_revisits_off(candidate_images) -> None:
+    with fake_openai(Switches(tools=False)) as fake:
+        sc = make(fake.url, revisit="auto", concurrency=1)
+        out = sc.score(Query(text="x"), cands(candidate_images, 2))
+    assert all(s.method == "logprobs" and s.revisits == 0 for s in out)
+    assert sc._tools_ok is False and len(fake.requests) == 3
+
+
+def test_concurrency_is_bounded(candidate_images) -> None:
+    with fake_openai(Switches(delay=0.2)) as fake:
+        cs = [Candidate(f"t{i}", text=f"caption {i}") for i in range(12)]
+        out = make(fake.url, concurrency=4).score(Query(text="q"), cs)
+        assert 1 < fake.max_in_flight <= 4
+    assert len(out) == 12 and all(s.method == "logprobs" for s in out)
+
+
+def test_parsers_are_strict() -> None:
+    assert parse_verbalized(" true.").value == 1.0
+    assert parse_verbalized("False").value == 0.0
+    for bad in ["True or False", "yes", "", None, "Truely"]:
+        with pytest.raises(ScoringError):
+            parse_verbalized(bad)
+    s = parse_logprobs([("True", math.log(0.6)), ("Yes", math.log(0.3))])
+    assert s.value == pytest.approx(0.6 / (0.6 + 0.3))  # False missing: bounded by the smallest listed
+    with pytest.raises(ScoringError):
+        parse_logprobs([("Yes", -0.1)])
+
+
+OPTIONS = ["a cat on a mat", "a dog in the park", "two birds", "a red car"]
+
+
+def test_listwise_reads_option_logprobs_and_undoes_the_shuffle() -> None:
+    from retllm.scorers.base import position_bias
+    from tests.fakes.openai_server import option_preference
+
+    with fake_openai() as fake:
+        sc = make(fake.url)
+        c = sc.choose(Query(text="which one?"), OPTIONS, seed=3)
+        assert c.method == "logprobs" and sorted(c.order) == [0, 1, 2, 3] and c.order != [0, 1, 2, 3]
+        prefs = [option_preference(o) for o in OPTIONS]
+        z = sum(math.exp(p) for p in prefs)
+        assert c.probs == pytest.approx([math.exp(p) / z for p in prefs], abs=1e-9)
+        assert c.index == max(range(4), key=prefs.__getitem__)
+        bias = position_bias(sc, Query(text="which one?"), OPTIONS, trials=6)
+        assert bias["consistency"] == 1.0 and len(set(bias["choices"])) == 1
+    with fake_openai(Switches(position_bias=True)) as fake:
+        bias = position_bias(make(fake.url), Query(text="which one?"), OPTIONS, trials=6)
+        assert bias["positions"][0] == 6 and bias["consistency"] < 1.0
+
+
+def test_listwise_verbalised_and_bounds() -> None:
+    from retllm.errors import ConfigError
+
+    with fake_openai(Switches(logprobs=False)) as fake:
+        c = make(fake.url).choose(Query(text="q"), OPTIONS[:2], seed=None)
+        assert c.method == "verbalized" and sorted(c.probs) == [0.0, 1.0]
+        with pytest.raises(ConfigError, match="2 to 10 options"):
+            make(fake.url).choose(Query(text="q"), ["only one"])
