@@ -55,7 +55,7 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("OPENAI_API_KEY", "RETLLM_OPENAI_API_KEY"),
         description="API key for the endpoint (OPENAI_API_KEY).",
     )
-    openai_concurrency: int = Field(default=8, ge=1, le=256, description="Requests in flight at once.")
+    openai_concurrency: int = Field(default=16, ge=1, le=256, description="Requests in flight at once.")
     openai_timeout: float = Field(default=60.0, gt=0, description="Seconds per request.")
     openai_retries: int = Field(default=3, ge=0, le=20, description="Retries per pair (429/5xx/timeouts).")
     revisit: Literal["auto", "on", "off"] = Field(

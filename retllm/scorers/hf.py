@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from retllm.device import resolve_device, resolve_dtype
-from retllm.errors import ConfigError, ModelUnavailableError
+from retllm.errors import BadItemError, ConfigError, ModelUnavailableError
 from retllm.hub import require_hub
 from retllm.prompting import Rendered, load_prompt, prompt_for, render
 from retllm.scorers.base import Candidate, Score, Scorer, two_way
@@ -246,7 +246,7 @@ class HFScorer(Scorer):
         for i, c in enumerate(candidates):
             try:
                 r, ims = self._pair(query, q_img, c)
-            except Exception as e:  # one bad candidate image must not fail the query
+            except BadItemError as e:  # one bad candidate image must not fail the query
                 log.warning("candidate %s not scored: %s", c.id, e)
                 results[i] = Score(value=c.coarse_score, method="coarse", error=str(e))
                 continue

@@ -148,7 +148,7 @@ class OpenAIScorer(Scorer):
         client: Any,
         model: str,
         *,
-        concurrency: int = 8,
+        concurrency: int = 16,
         retries: int = 3,
         revisit: str = "auto",
         max_revisits: int = 1,

@@ -84,78 +84,88 @@ def _sharpen(model: torch.nn.Module) -> None:
         model.get_output_embeddings().weight.mul_(40.0)  # type: ignore[union-attr]
 
 
-def build_tiny_qwen(folder: Path, family: str = "qwen2_vl", *, layers: int = 4, seed: int = 0) -> Path:
-    """A tiny Qwen2-VL or Qwen2.5-VL checkpoint folder (model, tokenizer, processor)."""
+TINY_TEXT = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
+)
+TINY_VISION = {
+    "qwen2_vl": dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2),
+    "qwen2_5_vl": dict(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        out_hidden_size=64,
+        window_size=56,
+        fullatt_block_indexes=[1],
+    ),
+}
+
+
+def make_qwen(
+    family: str = "qwen2_vl",
+    *,
+    layers: int = 4,
+    text: dict | None = None,
+    vision: dict | None = None,
+    vocab_size: int | None = None,
+    tie: bool = False,
+    sharpen: bool = True,
+    pixels: tuple[int, int] = (56 * 56, 112 * 112),
+    seed: int = 0,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+):
+    """A random-init Qwen2-VL / Qwen2.5-VL model and processor in memory (any shape; tiny by default)."""
+    import transformers
     from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
     tok = _train_tokenizer(QWEN_SPECIALS, ["True", "False"])
     tok.add_special_tokens({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"})
     tok.chat_template = QWEN_CHAT_TEMPLATE
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
-    text = dict(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
+    text_cfg = dict(TINY_TEXT, **(text or {}))
+    text_cfg.update(
+        vocab_size=vocab_size or len(tok),
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
+        max_position_embeddings=32768,
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
     )
+    vision_cfg = dict(TINY_VISION[family], patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    vision_cfg.update(vision or {})
     common = dict(
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie,
     )
-    img_proc = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112)
-    if family == "qwen2_vl":
-        from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
-
-        vision = dict(
-            depth=1,
-            embed_dim=32,
-            hidden_size=64,
-            num_heads=2,
-            mlp_ratio=2,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-        )
-        config = Qwen2VLConfig(text_config=text, vision_config=vision, **common)
-        model_cls, proc_cls = Qwen2VLForConditionalGeneration, Qwen2VLProcessor
-    elif family == "qwen2_5_vl":
-        from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
-
-        vision = dict(
-            depth=2,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
-            out_hidden_size=64,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            window_size=56,
-            fullatt_block_indexes=[1],
-        )
-        config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **common)
-        model_cls, proc_cls = Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
-    else:
-        raise ValueError(family)
+    prefix = {"qwen2_vl": "Qwen2VL", "qwen2_5_vl": "Qwen2_5_VL"}[family]
+    config = getattr(transformers, f"{prefix}Config")(text_config=text_cfg, vision_config=vision_cfg, **common)
     torch.manual_seed(seed)
-    model = model_cls(config).eval()
-    _sharpen(model)
+    model_cls = getattr(transformers, f"{prefix}ForConditionalGeneration")
+    with torch.device(device or "cpu"):
+        model = model_cls._from_config(config, dtype=dtype or torch.float32).eval()
+    if sharpen:
+        _sharpen(model)
+    proc_cls = getattr(transformers, f"{prefix}Processor")
     processor = proc_cls(
-        image_processor=img_proc,
+        image_processor=Qwen2VLImageProcessor(min_pixels=pixels[0], max_pixels=pixels[1]),
         tokenizer=tok,
         video_processor=Qwen2VLVideoProcessor(),
         chat_template=QWEN_CHAT_TEMPLATE,
     )
+    return model, processor
+
+
+def build_tiny_qwen(folder: Path, family: str = "qwen2_vl", *, layers: int = 4, seed: int = 0) -> Path:
+    """A tiny Qwen2-VL or Qwen2.5-VL checkpoint folder (model, tokenizer, processor), saved for from_pretrained."""
+    model, processor = make_qwen(family, layers=layers, seed=seed)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
