@@ -37,18 +37,43 @@ from tests.fakes.tiny_vlm import make_qwen  # noqa: E402
 SHAPES = {
     # Qwen2-0.5B's decoder (tied embeddings) with Qwen2-VL's 32-block vision tower at width 640, so that
     # vision : decoder (non-embedding) parameters stay ~0.45 as in Qwen2-VL-2B (675M : 1.5B).
-    "qwen2-vl-0.5b": dict(family="qwen2_vl", layers=24, vocab_size=151936, tie=True,
-                          text=dict(hidden_size=896, intermediate_size=4864, num_attention_heads=14,
-                                    num_key_value_heads=2, rope_parameters={"rope_type": "default",
-                                    "mrope_section": [16, 8, 8], "rope_theta": 1e6}),
-                          vision=dict(depth=32, embed_dim=640, hidden_size=896, num_heads=10, mlp_ratio=4)),
+    "qwen2-vl-0.5b": dict(
+        family="qwen2_vl",
+        layers=24,
+        vocab_size=151936,
+        tie=True,
+        text=dict(
+            hidden_size=896,
+            intermediate_size=4864,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            rope_parameters={"rope_type": "default", "mrope_section": [16, 8, 8], "rope_theta": 1e6},
+        ),
+        vision=dict(depth=32, embed_dim=640, hidden_size=896, num_heads=10, mlp_ratio=4),
+    ),
     # Qwen2.5-VL-7B-Instruct's published shape.
-    "qwen2.5-vl-7b": dict(family="qwen2_5_vl", layers=28, vocab_size=152064, tie=False,
-                          text=dict(hidden_size=3584, intermediate_size=18944, num_attention_heads=28,
-                                    num_key_value_heads=4, rope_parameters={"rope_type": "default",
-                                    "mrope_section": [16, 24, 24], "rope_theta": 1e6}),
-                          vision=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
-                                      out_hidden_size=3584, window_size=112, fullatt_block_indexes=[7, 15, 23, 31])),
+    "qwen2.5-vl-7b": dict(
+        family="qwen2_5_vl",
+        layers=28,
+        vocab_size=152064,
+        tie=False,
+        text=dict(
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6},
+        ),
+        vision=dict(
+            depth=32,
+            hidden_size=1280,
+            intermediate_size=3420,
+            num_heads=16,
+            out_hidden_size=3584,
+            window_size=112,
+            fullatt_block_indexes=[7, 15, 23, 31],
+        ),
+    ),
 }
 
 
@@ -77,6 +102,7 @@ def research_pair(scorer: HFScorer, query: Query, c: Candidate, cfg: RetraceConf
             ent = -(p * p.log()).sum() / math.log(cfg.top_k)
             if st["armed"] is None and ent > cfg.threshold:
                 st["armed"] = li + 1
+
         return hook
 
     def inject(li, w):
@@ -88,6 +114,7 @@ def research_pair(scorer: HFScorer, query: Query, c: Candidate, cfg: RetraceConf
             A = F.silu(x @ (s * v).T) @ v
             A = A * (o[0].float().abs().mean() / A.abs().mean())
             return ((1 - cfg.ratio) * o[0].float() + cfg.ratio * A).to(o.dtype)[None]
+
         return hook
 
     hs = [tm.register_forward_pre_hook(capture, with_kwargs=True)]
@@ -130,8 +157,9 @@ def main() -> None:
     shape = dict(SHAPES[args.shape])
     t0 = time.perf_counter()
     px = args.image_size * args.image_size
-    model, processor = make_qwen(shape.pop("family"), sharpen=False, pixels=(px, px), device=str(dev), dtype=dtype,
-                                 **shape)
+    model, processor = make_qwen(
+        shape.pop("family"), sharpen=False, pixels=(px, px), device=str(dev), dtype=dtype, **shape
+    )
     n_params = sum(p.numel() for p in model.parameters()) / 1e9
     print(f"{args.shape}: {n_params:.2f}B params, {dtype}, {dev}, built in {time.perf_counter() - t0:.0f}s", flush=True)
     rng = np.random.default_rng(0)
@@ -165,17 +193,25 @@ def main() -> None:
         times["cold"].append(timed(lambda: cached.score(q1, cands), dev)[0])
         times["warm"].append(timed(lambda: cached.score(q2, cands), dev)[0])
     t_on, t_off, t_cold, t_warm = (min(times[k]) for k in ("on", "off", "cold", "warm"))
-    for name, t in [("ours, retrace on ", t_on), ("ours, retrace off", t_off), ("ours, cache cold ", t_cold),
-                    ("ours, cache warm ", t_warm)]:
+    for name, t in [
+        ("ours, retrace on ", t_on),
+        ("ours, retrace off", t_off),
+        ("ours, cache cold ", t_cold),
+        ("ours, cache warm ", t_warm),
+    ]:
         print(f"{name} : {args.k / t:7.2f} pairs/s ({t:.2f} s, best of {args.repeats})")
     dp = max(abs(a - s.p_true) for a, s in zip(p_research, scores_on, strict=True))
     print()
-    print(f"fine stage vs research loop (k={args.k}): {t_research / t_cold:.2f}x cold cache (target >= 5x), "
-          f"{t_research / t_warm:.2f}x warm cache")
+    print(
+        f"fine stage vs research loop (k={args.k}): {t_research / t_cold:.2f}x cold cache (target >= 5x), "
+        f"{t_research / t_warm:.2f}x warm cache"
+    )
     print(f"retracing overhead: {100 * (t_on / t_off - 1):+.1f}% (target <= 10%)")
     print(f"second query, vision cache warm vs first: {t_cold / t_warm:.2f}x (target >= 1.5x)")
-    print(f"max |p_true(research) - p_true(ours)| = {dp:.2e}; retraced layers: "
-          f"{sorted({s.retraced for s in scores_on}, key=str)}")
+    print(
+        f"max |p_true(research) - p_true(ours)| = {dp:.2e}; retraced layers: "
+        f"{sorted({s.retraced for s in scores_on}, key=str)}"
+    )
 
 
 if __name__ == "__main__":

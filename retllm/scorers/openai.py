@@ -56,6 +56,15 @@ def _retry_after(exc: Any) -> float | None:
         return None
 
 
+def _has_http_image(kwargs: dict[str, Any]) -> bool:
+    return any(
+        isinstance(part, dict) and part.get("type") == "image_url" and is_url(part["image_url"]["url"])
+        for m in kwargs.get("messages", [])
+        if isinstance(m.get("content"), list)
+        for part in m["content"]
+    )
+
+
 def _logsumexp(xs: list[float]) -> float | None:
     if not xs:
         return None
@@ -206,6 +215,8 @@ class OpenAIScorer(Scorer):
                 return self.client.chat.completions.create(**kwargs)
             except openai.BadRequestError as e:
                 text = str(e).lower()
+                if self.send_image_urls and ("url" in text or "fetch" in text) and _has_http_image(kwargs):
+                    raise _Unsupported("image_urls", str(e)) from e
                 if "tool" in text and "tools" in kwargs:
                     raise _Unsupported("tools", str(e)) from e
                 if "logprob" in text and kwargs.get("logprobs"):
@@ -244,6 +255,8 @@ class OpenAIScorer(Scorer):
             try:
                 return self._create(**kwargs)
             except _Unsupported as e:
+                if e.feature == "image_urls":
+                    raise
                 with self._lock:
                     if e.feature == "tools":
                         log.warning("endpoint rejects tools; revisits off: %s", e)
@@ -296,43 +309,54 @@ class OpenAIScorer(Scorer):
     def _score_pair(self, query: Query, q_img: tuple[ImageSource, bytes | None] | None, c: Candidate) -> Score:
         t0 = time.perf_counter()
         try:
-            r = render(
-                prompt_for(query.modality, c.modality),
-                query_text=query.text,
-                query_image=q_img is not None,
-                candidate_text=c.text,
-                candidate_image=c.image is not None,
-            )
-            images: dict[str, tuple[ImageSource, bytes | None]] = {}
-            if q_img is not None:
-                images["query"] = q_img
-            if c.image is not None:
-                images["candidate"] = (c.image, self._fetch(c.image))
-            messages: list[dict[str, Any]] = [{"role": "user", "content": self._content(r, images)}]
-            tools = [self._tool(c.id)] if c.image is not None and self.max_revisits > 0 else None
-            revisits = 0
-            while True:
-                resp = self._ask(messages, tools if revisits < self.max_revisits else None)
-                choice = resp.choices[0]
-                calls = getattr(choice.message, "tool_calls", None) or []
-                if not calls:
-                    break
-                messages.append(
-                    {
-                        "role": "assistant",
-                        "content": choice.message.content,
-                        "tool_calls": [tc.model_dump() for tc in calls],
-                    }
-                )
-                for tc in calls:
-                    revisits += 1
-                    messages.extend(self._revisit(tc, c, images.get("candidate")))
-            s = self._parse(choice)
-            s.revisits = revisits
+            try:
+                s = self._score_pair_once(query, q_img, c)
+            except _Unsupported as e:  # the endpoint cannot fetch image URLs: inline the bytes from now on
+                log.warning("endpoint rejects image URLs; sending data URLs: %s", e)
+                self.send_image_urls = False
+                if q_img is not None and q_img[1] is None:
+                    q_img = (q_img[0], read_image_bytes(q_img[0], timeout=self.url_timeout))
+                s = self._score_pair_once(query, q_img, c)
         except Exception as e:  # one failing pair never fails the query
             log.warning("pair %s fell back to its coarse score: %s", c.id, e)
             s = Score(value=c.coarse_score, method="coarse", error=f"{type(e).__name__}: {e}")
         s.latency_s = time.perf_counter() - t0
+        return s
+
+    def _score_pair_once(self, query: Query, q_img: tuple[ImageSource, bytes | None] | None, c: Candidate) -> Score:
+        r = render(
+            prompt_for(query.modality, c.modality),
+            query_text=query.text,
+            query_image=q_img is not None,
+            candidate_text=c.text,
+            candidate_image=c.image is not None,
+        )
+        images: dict[str, tuple[ImageSource, bytes | None]] = {}
+        if q_img is not None:
+            images["query"] = q_img
+        if c.image is not None:
+            images["candidate"] = (c.image, self._fetch(c.image))
+        messages: list[dict[str, Any]] = [{"role": "user", "content": self._content(r, images)}]
+        tools = [self._tool(c.id)] if c.image is not None and self.max_revisits > 0 else None
+        revisits = 0
+        while True:
+            resp = self._ask(messages, tools if revisits < self.max_revisits else None)
+            choice = resp.choices[0]
+            calls = getattr(choice.message, "tool_calls", None) or []
+            if not calls:
+                break
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": choice.message.content,
+                    "tool_calls": [tc.model_dump() for tc in calls],
+                }
+            )
+            for tc in calls:
+                revisits += 1
+                messages.extend(self._revisit(tc, c, images.get("candidate")))
+        s = self._parse(choice)
+        s.revisits = revisits
         return s
 
     def _revisit(self, tc: Any, c: Candidate, img: tuple[ImageSource, bytes | None] | None) -> list[dict[str, Any]]:

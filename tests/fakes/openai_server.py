@@ -31,6 +31,7 @@ class Switches:
     delay: float = 0.0  # seconds before each answer
     garbage: bool = False  # answer text that is neither True nor False (and no logprobs)
     position_bias: bool = False  # listwise: always pick the first shown option, whatever it says
+    reject_urls: bool = False  # 400 when an image is given as an http(s) URL (server cannot fetch)
 
 
 @dataclass
@@ -187,6 +188,8 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                     )
                 if n < sw.rate_limit + sw.fail_5xx:
                     return self._send(500, {"error": {"message": "boom", "type": "server_error"}})
+                if sw.reject_urls and b"http" in (_first_image_bytes(body["messages"]) or b"")[:4]:
+                    return self._send(400, {"error": {"message": "failed to fetch image url"}})
                 if body.get("tools") and not sw.tools:
                     return self._send(400, {"error": {"message": "tools are not supported by this model"}})
                 if body.get("logprobs") and sw.reject_logprobs:

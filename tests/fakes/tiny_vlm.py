@@ -102,6 +102,16 @@ TINY_VISION = {
         window_size=56,
         fullatt_block_indexes=[1],
     ),
+    "qwen3_vl": dict(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        out_hidden_size=64,
+        patch_size=16,
+        num_position_embeddings=64,
+        deepstack_visual_indexes=[0, 1],
+    ),
 }
 
 
@@ -119,7 +129,7 @@ def make_qwen(
     device: str | None = None,
     dtype: torch.dtype | None = None,
 ):
-    """A random-init Qwen2-VL / Qwen2.5-VL model and processor in memory (any shape; tiny by default)."""
+    """A random-init Qwen2-VL / Qwen2.5-VL / Qwen3-VL model and processor in memory (any shape; tiny by default)."""
     import transformers
     from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
@@ -136,7 +146,8 @@ def make_qwen(
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
     )
-    vision_cfg = dict(TINY_VISION[family], patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    vision_cfg = dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    vision_cfg.update(TINY_VISION[family])
     vision_cfg.update(vision or {})
     common = dict(
         image_token_id=ids["<|image_pad|>"],
@@ -145,7 +156,10 @@ def make_qwen(
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=tie,
     )
-    prefix = {"qwen2_vl": "Qwen2VL", "qwen2_5_vl": "Qwen2_5_VL"}[family]
+    if family == "qwen3_vl":
+        text_cfg["head_dim"] = text_cfg["hidden_size"] // text_cfg["num_attention_heads"]
+        text_cfg["rope_parameters"] = dict(text_cfg["rope_parameters"], mrope_interleaved=True)
+    prefix = {"qwen2_vl": "Qwen2VL", "qwen2_5_vl": "Qwen2_5_VL", "qwen3_vl": "Qwen3VL"}[family]
     config = getattr(transformers, f"{prefix}Config")(text_config=text_cfg, vision_config=vision_cfg, **common)
     torch.manual_seed(seed)
     model_cls = getattr(transformers, f"{prefix}ForConditionalGeneration")
@@ -154,10 +168,11 @@ def make_qwen(
     if sharpen:
         _sharpen(model)
     proc_cls = getattr(transformers, f"{prefix}Processor")
+    patch = vision_cfg["patch_size"]
     processor = proc_cls(
-        image_processor=Qwen2VLImageProcessor(min_pixels=pixels[0], max_pixels=pixels[1]),
+        image_processor=Qwen2VLImageProcessor(min_pixels=pixels[0], max_pixels=pixels[1], patch_size=patch),
         tokenizer=tok,
-        video_processor=Qwen2VLVideoProcessor(),
+        video_processor=getattr(transformers, f"{prefix}VideoProcessor", Qwen2VLVideoProcessor)(),
         chat_template=QWEN_CHAT_TEMPLATE,
     )
     return model, processor

@@ -1,4 +1,4 @@
-"""HFScorer on tiny random-weight Qwen2-VL, Qwen2.5-VL and Idefics3 loaded through from_pretrained."""
+"""HFScorer on tiny random-weight Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Idefics3 loaded through from_pretrained."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from retllm.scorers.hf import HFScorer
 from retllm.scorers.retrace import RetraceConfig
 from retllm.types import Query
 
-FAMS = ["qwen2_vl", "qwen2_5_vl", "idefics3"]
+FAMS = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3"]
 OFF = RetraceConfig(enabled=False)
 
 
@@ -139,7 +139,7 @@ def reference_logits(s: HFScorer, inputs: dict, cfg: RetraceConfig) -> tuple[tor
             handle.remove()
 
 
-@pytest.mark.parametrize("fam", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("fam", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 @pytest.mark.parametrize(
     "cfg",
     [
@@ -179,7 +179,7 @@ def test_hooks_leave_no_state_behind(tiny_vlm_dirs, candidate_images) -> None:
     assert s.score(q, [c])[0].value == first.value
 
 
-@pytest.mark.parametrize("fam", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("fam", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_vision_cache_skips_the_tower_and_changes_nothing(tiny_vlm_dirs, candidate_images, fam: str) -> None:
     cs = cands(candidate_images, 4)
     cached = scorer(tiny_vlm_dirs, fam, vision_cache_size=3)

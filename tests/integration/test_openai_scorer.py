@@ -162,3 +162,24 @@ def test_listwise_verbalised_and_bounds() -> None:
         assert c.method == "verbalized" and sorted(c.probs) == [0.0, 1.0]
         with pytest.raises(ConfigError, match="2 to 10 options"):
             make(fake.url).choose(Query(text="q"), ["only one"])
+
+
+@pytest.mark.parametrize("reject", [False, True])
+def test_http_images_as_urls_or_inlined_when_the_endpoint_cannot_fetch(candidate_images, reject: bool) -> None:
+    from tests.fakes.http_files import serve_folder
+
+    folder = candidate_images[0].parent
+    with serve_folder(folder) as base, fake_openai(Switches(reject_urls=reject)) as fake:
+        urls = [f"{base}/{p.name}" for p in candidate_images[:2]]
+        cs = [Candidate(f"u{i}", image=u) for i, u in enumerate(urls)]
+        sc = make(fake.url, revisit="off", concurrency=1, send_image_urls=True)
+        out = sc.score(Query(text="x"), cs)
+        sent = [b["messages"][0]["content"][0]["image_url"]["url"] for b in fake.requests]
+    assert all(s.method == "logprobs" for s in out)
+    if not reject:
+        assert sent == urls
+        assert out[0].value == pytest.approx(expected(expected_p_true(urls[0].encode())), abs=1e-9)
+    else:
+        assert sent[0] == urls[0] and all(u.startswith("data:image/png") for u in sent[1:])
+        assert sc.send_image_urls is False
+        assert out[0].value == pytest.approx(expected(expected_p_true(candidate_images[0].read_bytes())), abs=1e-9)
