@@ -105,7 +105,7 @@ def test_migrate_to_qdrant_client_local_mode(cli_env: dict[str, str], tmp_path: 
 
 
 def test_demo_runs_end_to_end(cli_env: dict[str, str]) -> None:
-    r = run(["demo", "-k", "2"], cli_env)
+    r = run(["demo", "-k", "2", "--coarse-only"], cli_env)
     assert r.returncode == 0, r.stderr
     assert "demo collection 'demo': added 68" in r.stderr
     assert "text -> image: 'a red circle'" in r.stdout and "image -> image" in r.stdout
