@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 from retllm.embedders.base import Embedder
 from retllm.errors import ConfigError
 from retllm.index.base import Index
 from retllm.scorers.base import Scorer
-from retllm.settings import DEFAULT_SCORER, Settings
+from retllm.settings import DEFAULT_EMBEDDER, DEFAULT_SCORER, Settings
+
+T = TypeVar("T")
 
 
 def _open_clip(model: str, settings: Settings) -> Embedder:
@@ -25,17 +28,21 @@ def register_embedder(provider: str, factory: Callable[[str, Settings], Embedder
     EMBEDDERS[provider] = factory
 
 
-def make_embedder(settings: Settings, spec: str | None = None) -> Embedder:
-    """Build the embedder named by ``spec`` (default ``settings.embedder``)."""
-    spec = spec or settings.embedder
+def _resolve(
+    role: str, spec: str, table: dict[str, Callable[[str, Settings], T]], example: str
+) -> tuple[Callable[[str, Settings], T], str]:
     provider, sep, model = spec.partition(":")
     if not sep or not model:
-        raise ConfigError(
-            f"embedder id {spec!r} must look like provider:model, e.g. open_clip:ViT-B-32@laion2b_s34b_b79k"
-        )
-    if provider not in EMBEDDERS:
-        raise ConfigError(f"unknown embedder provider {provider!r}; valid: {', '.join(sorted(EMBEDDERS))}")
-    return EMBEDDERS[provider](model, settings)
+        raise ConfigError(f"{role} id {spec!r} must look like provider:model, e.g. {example}")
+    if provider not in table:
+        raise ConfigError(f"unknown {role} provider {provider!r}; valid: {', '.join(sorted(table))}")
+    return table[provider], model
+
+
+def make_embedder(settings: Settings, spec: str | None = None) -> Embedder:
+    """Build the embedder named by ``spec`` (default ``settings.embedder``)."""
+    factory, model = _resolve("embedder", spec or settings.embedder, EMBEDDERS, DEFAULT_EMBEDDER)
+    return factory(model, settings)
 
 
 def make_index(settings: Settings, location: str | None = None) -> Index:
@@ -80,12 +87,5 @@ def register_scorer(provider: str, factory: Callable[[str, Settings], Scorer]) -
 
 def make_scorer(settings: Settings, spec: str | None = None) -> Scorer:
     """Build the scorer named by ``spec`` (default ``settings.scorer``)."""
-    spec = spec or settings.scorer
-    provider, sep, model = spec.partition(":")
-    if not sep or not model:
-        raise ConfigError(
-            f"scorer id {spec!r} must look like provider:model, e.g. hf:{DEFAULT_SCORER.split(':', 1)[1]}"
-        )
-    if provider not in SCORERS:
-        raise ConfigError(f"unknown scorer provider {provider!r}; valid: {', '.join(sorted(SCORERS))}")
-    return SCORERS[provider](model, settings)
+    factory, model = _resolve("scorer", spec or settings.scorer, SCORERS, DEFAULT_SCORER)
+    return factory(model, settings)

@@ -9,7 +9,7 @@ import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from retllm.scorers.retrace import RetraceConfig
+from retllm.scorers.config import RetraceConfig
 
 DEFAULT_EMBEDDER = "open_clip:ViT-B-32@laion2b_s34b_b79k"
 DEFAULT_SCORER = "hf:HuggingFaceTB/SmolVLM-256M-Instruct"

@@ -21,30 +21,13 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
 
+from retllm.scorers.config import RetraceConfig
 from retllm.scorers.families import mlp_gate_weight
-
-
-class RetraceConfig(BaseModel):
-    """Every constant and variant switch of visual retracing (defaults: the research code's)."""
-
-    enabled: bool = True
-    start: int = Field(default=5, description="Probe after layers l with start < l < end.")
-    end: int = 16
-    threshold: float = Field(default=0.75, description="Normalised top-k entropy that arms the next layer.")
-    ratio: float = Field(default=0.12, ge=0.0, le=1.0, description="Weight of the retraced signal in the MLP output.")
-    top_k: int = Field(default=10, ge=2)
-    v_rows: Literal["all", "image"] = Field(
-        default="all", description="V = all input rows (research code) or image-token rows (MemVR)."
-    )
-    final_norm: bool = Field(
-        default=False, description="Apply the final norm before the logit-lens probe (MemVR: True)."
-    )
 
 
 @dataclass
