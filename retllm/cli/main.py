@@ -223,6 +223,7 @@ def search(
     coarse_only: Annotated[bool, typer.Option("--coarse-only", help="Skip the MLLM fine stage.")] = False,
     vector: Annotated[str, typer.Option("--vector", help="Stored vector to match: auto, image, text, fused.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    html_out: Annotated[Path | None, typer.Option("--html", help="Also write an HTML gallery of the hits.")] = None,
 ) -> None:
     """Search a collection with text, an image, or both."""
     from retllm.pipeline import Retriever
@@ -254,7 +255,12 @@ def search(
         )
         hits = retriever.search(query, k=k, top=top, flt=flt or None, using=using, coarse_only=coarse_only)
     stage = "coarse" if coarse_only else f"re-ranked by {s.scorer}"
-    _print_hits(hits, as_json=as_json, title=f"{query.modality} query on {name!r} ({stage})")
+    title = f"{query.modality} query on {name!r} ({stage})"
+    _print_hits(hits, as_json=as_json, title=title)
+    if html_out is not None:
+        from retllm.gallery import write_gallery
+
+        err.print(f"gallery: {write_gallery(html_out, [(title, hits)], title=query.text or str(query.image))}")
 
 
 @app.command("demo")
@@ -262,6 +268,7 @@ def demo(
     collection: Annotated[str, typer.Option("--collection", "-c")] = "demo",
     k: Annotated[int, typer.Option("-k", min=1, help="Coarse pool size the MLLM re-ranks.")] = 5,
     coarse_only: Annotated[bool, typer.Option("--coarse-only", help="Skip the MLLM fine stage.")] = False,
+    html_out: Annotated[Path | None, typer.Option("--html", help="Gallery file (default DATA_DIR/demo.html).")] = None,
 ) -> None:
     """Generate a small scene collection, ingest it, and show coarse vs. re-ranked results for a few queries."""
     from retllm.demo import DEMO_QUERIES, build_demo_dataset
@@ -285,14 +292,20 @@ def demo(
         probe = folder / "red_circle_white.png"
         queries = [(Query(text=q), f"text -> image: {q!r}") for q in DEMO_QUERIES]
         queries.append((Query(image=str(probe)), f"image -> image: {probe.name}"))
+        sections: list[tuple[str, list[Hit]]] = []
         for q, title in queries:
             coarse = r.coarse(q, k=k, using="image")
+            sections.append((f"{title}: coarse order", coarse))
             if scorer is None:
                 _print_hits(coarse, as_json=False, title=f"{title} (coarse)")
                 continue
             cands = [Candidate(h.id, None, h.image, h.coarse_score) for h in coarse]
             fine = apply_scores(coarse, scorer.score(q, cands))
+            sections.append((f"{title}: re-ranked by {s.scorer}", fine))
             _print_side_by_side(coarse, fine, title)
+    from retllm.gallery import write_gallery
+
+    err.print(f"gallery: {write_gallery(html_out or s.data_dir / 'demo.html', sections, title='retllm demo')}")
 
 
 def _print_side_by_side(coarse: list[Hit], fine: list[Hit], title: str) -> None:

@@ -76,3 +76,21 @@ def test_unknown_scorer_and_offline_scorer_fail_fast(cli_env, candidate_images, 
     r = run(["search", "x"], {**cli_env, "HF_HOME": str(tmp_path / "empty")})  # default hub scorer, offline
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
     assert "hf:HuggingFaceTB/SmolVLM-256M-Instruct is not cached and offline mode is on" in r.stderr
+
+
+def test_html_gallery_of_search_and_demo(cli_env, tiny_vlm_dirs, candidate_images, tmp_path) -> None:
+    import re
+
+    env = {**cli_env, "RETLLM_SCORER": f"hf:{tiny_vlm_dirs['qwen2_vl']}"}
+    _ingest(env, candidate_images[:4])
+    page = tmp_path / "g" / "search.html"
+    r = run(["search", "<script>alert(1)</script>", "-k", "4", "--html", str(page)], env)
+    assert r.returncode == 0, r.stderr
+    text = page.read_text()
+    assert len(re.findall(r"<figure>", text)) == 4
+    assert len(re.findall(r'src="data:image/jpeg;base64,', text)) == 4
+    assert "<script>" not in text and "&lt;script&gt;" in text  # untrusted query text is escaped
+    r = run(["demo", "-k", "2"], env)
+    demo_page = Path(env["RETLLM_DATA_DIR"]) / "demo.html"
+    assert r.returncode == 0 and demo_page.is_file()
+    assert demo_page.read_text().count("<figure>") == 5 * 2 * 2  # 5 queries x (coarse, re-ranked) x k
