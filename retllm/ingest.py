@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 from collections import deque
@@ -116,8 +117,10 @@ def _manifest_sources(path: Path) -> Iterator[Source]:
         except UnicodeDecodeError:
             yield Source(str(path), error="CSV manifest is not valid UTF-8")
             return
-        for n, row in enumerate(csv.DictReader(text.splitlines()), 2):
-            yield _row_to_source(dict(row), base, f"{path}:{n}")
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        for row in reader:
+            # line_num is where the row ends, so quoted multi-line fields still get a findable origin.
+            yield _row_to_source(dict(row), base, f"{path}:{reader.line_num}")
 
 
 def _file_source(path: Path) -> Source:
@@ -277,9 +280,10 @@ class Ingestor:
             for fut, src in zip(prefetch_map(self.prepare, srcs, pool, depth=max(2 * bs, 8)), srcs, strict=True):
                 try:
                     batch.append(fut.result())
-                except BadItemError as e:
-                    report.skipped.append((src.origin, str(e)))
-                    log.warning("skipped %s: %s", src.origin, e)
+                except Exception as e:  # one bad item never stops the rest; each is reported
+                    reason = str(e) if isinstance(e, BadItemError) else f"unexpected {type(e).__name__}: {e}"
+                    report.skipped.append((src.origin, reason))
+                    log.info("skipped %s: %s", src.origin, reason, exc_info=not isinstance(e, BadItemError))
                     bar.update(1)
                     continue
                 if len(batch) >= bs:

@@ -87,7 +87,7 @@ def test_manifests_jsonl_and_csv(embedder, index, tmp_path: Path) -> None:
             + "\n"
         )
         csvp = d / "items.csv"
-        csvp.write_text("id,text,image,tag\nb,second,imgs/img_001.png,x\nc,,imgs/img_002.png,y\n")
+        csvp.write_text('id,text,image,tag\nb,"second,\nwith a line break",imgs/img_001.png,x\nc,,imgs/img_002.png,y\n')
         report = make(embedder, index, tmp_path).run(iter_sources([jl, csvp]))
     assert report.added == 5
     reasons = dict(report.skipped)
@@ -98,6 +98,8 @@ def test_manifests_jsonl_and_csv(embedder, index, tmp_path: Path) -> None:
     assert a.payload["meta"] == {"colour": "red", "n": 3}
     assert a.payload["text"] == "first" and a.payload["image"].endswith("imgs/img_000.png")
     assert index.count("c", {"tag": "y"}) == 1
+    b = next(r for r in index.scroll("c") if r.id == "b")
+    assert b.payload["text"] == "second,\nwith a line break" and b.payload["source"] == f"{csvp}:3"
     both = next(r for r in index.scroll("c", with_vectors=True) if r.id == "a")
     assert set(both.vectors) == {"image", "text", "fused"}
 
@@ -118,3 +120,23 @@ def test_pixel_limit_skips_large_images(embedder, index, tmp_path: Path) -> None
         iter_sources([tmp_path / "big.png", tmp_path / "small.png"])
     )
     assert report.added == 1 and "too large" in report.skipped[0][1]
+
+
+def test_an_unexpected_error_in_one_item_is_reported_and_the_rest_stored(embedder, index, tmp_path: Path) -> None:
+    from retllm.embedders.open_clip import OpenClipEmbedder
+
+    class Fussy(OpenClipEmbedder):
+        """The real embedder, except that it chokes on 25-pixel-high images."""
+
+        def __init__(self, base: OpenClipEmbedder) -> None:
+            self.__dict__.update(base.__dict__)
+
+        def prepare_image(self, image):  # noqa: ANN001, ANN201
+            if image.size[1] == 25:
+                raise RuntimeError("preprocess blew up")
+            return super().prepare_image(image)
+
+    paths = write_good_images(tmp_path / "in", n=4)  # heights 24, 25, 26, 27
+    report = Ingestor(Fussy(embedder), index, "c").run(iter_sources(paths))
+    assert report.added == 3
+    assert report.skipped == [(str(paths[1]), "unexpected RuntimeError: preprocess blew up")]
