@@ -251,10 +251,12 @@ class HFScorer(Scorer):
                 results[i] = Score(value=c.coarse_score, method="coarse", error=str(e))
                 continue
             prepared.append((i, self._chat_text(r), ims))
-        # Same number of images per pair within a batch keeps processors simple and padding small.
-        prepared.sort(key=lambda p: len(p[2]))
-        for s in range(0, len(prepared), self.batch_size):
-            chunk = prepared[s : s + self.batch_size]
+        # Batches hold pairs with the same number of images: processors need it, and padding stays small.
+        groups: dict[int, list[tuple[int, str, list[Image.Image]]]] = {}
+        for p in prepared:
+            groups.setdefault(len(p[2]), []).append(p)
+        chunks = [g[s : s + self.batch_size] for g in groups.values() for s in range(0, len(g), self.batch_size)]
+        for chunk in chunks:
             t0 = time.perf_counter()
             logits, retraced = self._forward([p[1] for p in chunk], [p[2] for p in chunk])
             dt = (time.perf_counter() - t0) / len(chunk)

@@ -111,7 +111,11 @@ def visual_retracing(
 
     def inject(layer_idx: int, w_gate: torch.Tensor) -> Any:
         def hook(_mod: Any, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor | None:
-            hit = [b for b in range(state.batch) if state.armed[b] == layer_idx and state.fired[b] is None]
+            hit = [
+                b
+                for b in range(state.batch)
+                if state.armed[b] == layer_idx and state.fired[b] is None and state.v_rows[b].shape[0] > 0
+            ]
             if not hit:
                 return None
             x = args[0]

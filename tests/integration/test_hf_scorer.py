@@ -243,3 +243,15 @@ def test_listwise_choice_from_option_logits(tiny_vlm_dirs, candidate_images, fam
     assert [same.probs[j] for j in range(3)] == pytest.approx([c.probs[i] for i in c.order], abs=1e-6)
     bias = position_bias(s, q, options, trials=4)
     assert sum(bias["positions"]) == 4 and 0 < bias["consistency"] <= 1
+
+
+def test_mixed_text_and_image_candidates_in_one_call(tiny_vlm_dirs, candidate_images) -> None:
+    """Pairs with and without images never share a forward; image-row retracing skips text-only pairs."""
+    cfg = RetraceConfig(start=0, end=3, threshold=-1.0, v_rows="image")
+    s = scorer(tiny_vlm_dirs, "qwen2_vl", cfg, batch_size=8)
+    cs = [Candidate("t0", text="a red circle"), *cands(candidate_images, 2), Candidate("t1", text="a dog")]
+    out = s.score(Query(text="red"), cs)
+    assert [o.method for o in out] == ["logits"] * 4
+    assert [o.retraced for o in out] == [None, 2, 2, None]
+    single = [s.score(Query(text="red"), [c])[0] for c in cs]
+    assert max_diff(out, single, "value") <= 1e-5
