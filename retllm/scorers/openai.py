@@ -183,6 +183,8 @@ class OpenAIScorer(Scorer):
         self.pixel_budget = pixel_budget
         self._tools_ok = revisit != "off"
         self._logprobs_ok = True
+        self._temperature_ok = True
+        self._token_param = "max_tokens"
         self._lock = threading.Lock()
 
     @classmethod
@@ -217,6 +219,10 @@ class OpenAIScorer(Scorer):
                 text = str(e).lower()
                 if self.send_image_urls and ("url" in text or "fetch" in text) and _has_http_image(kwargs):
                     raise _Unsupported("image_urls", str(e)) from e
+                if "max_tokens" in text and "max_tokens" in kwargs:
+                    raise _Unsupported("max_tokens", str(e)) from e
+                if "temperature" in text and "temperature" in kwargs:
+                    raise _Unsupported("temperature", str(e)) from e
                 if "tool" in text and "tools" in kwargs:
                     raise _Unsupported("tools", str(e)) from e
                 if "logprob" in text and kwargs.get("logprobs"):
@@ -245,20 +251,27 @@ class OpenAIScorer(Scorer):
 
     def _ask(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> Any:
         while True:
-            kwargs: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": 0}
+            kwargs: dict[str, Any] = {"model": self.model, "messages": messages}
+            if self._temperature_ok:
+                kwargs["temperature"] = 0
             if self._logprobs_ok:
                 kwargs.update(logprobs=True, top_logprobs=self.top_logprobs)
             if tools and self._tools_ok:
-                kwargs.update(tools=tools, tool_choice="auto", max_tokens=64)
+                kwargs.update(tools=tools, tool_choice="auto")
+                kwargs[self._token_param] = 64
             else:
-                kwargs["max_tokens"] = 1
+                kwargs[self._token_param] = 1
             try:
                 return self._create(**kwargs)
             except _Unsupported as e:
                 if e.feature == "image_urls":
                     raise
                 with self._lock:
-                    if e.feature == "tools":
+                    if e.feature == "max_tokens":  # newer OpenAI models take max_completion_tokens only
+                        self._token_param = "max_completion_tokens"
+                    elif e.feature == "temperature":  # reasoning models fix their own temperature
+                        self._temperature_ok = False
+                    elif e.feature == "tools":
                         log.warning("endpoint rejects tools; revisits off: %s", e)
                         self._tools_ok = False
                     else:

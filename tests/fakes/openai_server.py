@@ -32,6 +32,7 @@ class Switches:
     garbage: bool = False  # answer text that is neither True nor False (and no logprobs)
     position_bias: bool = False  # listwise: always pick the first shown option, whatever it says
     reject_urls: bool = False  # 400 when an image is given as an http(s) URL (server cannot fetch)
+    new_params_only: bool = False  # 400 for max_tokens and temperature, as OpenAI's reasoning models do
 
 
 @dataclass
@@ -190,6 +191,11 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                     return self._send(500, {"error": {"message": "boom", "type": "server_error"}})
                 if sw.reject_urls and b"http" in (_first_image_bytes(body["messages"]) or b"")[:4]:
                     return self._send(400, {"error": {"message": "failed to fetch image url"}})
+                if sw.new_params_only and "max_tokens" in body:
+                    msg = "Unsupported parameter: 'max_tokens'. Use 'max_completion_tokens' instead."
+                    return self._send(400, {"error": {"message": msg}})
+                if sw.new_params_only and "temperature" in body:
+                    return self._send(400, {"error": {"message": "Unsupported value: 'temperature' must be 1"}})
                 if body.get("tools") and not sw.tools:
                     return self._send(400, {"error": {"message": "tools are not supported by this model"}})
                 if body.get("logprobs") and sw.reject_logprobs:

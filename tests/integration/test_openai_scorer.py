@@ -183,3 +183,11 @@ def test_http_images_as_urls_or_inlined_when_the_endpoint_cannot_fetch(candidate
         assert sent[0] == urls[0] and all(u.startswith("data:image/png") for u in sent[1:])
         assert sc.send_image_urls is False
         assert out[0].value == pytest.approx(expected(expected_p_true(candidate_images[0].read_bytes())), abs=1e-9)
+
+
+def test_models_that_take_only_max_completion_tokens_and_no_temperature(candidate_images) -> None:
+    with fake_openai(Switches(new_params_only=True)) as fake:
+        out = make(fake.url, revisit="off", concurrency=1).score(Query(text="x"), cands(candidate_images, 2))
+        last = fake.requests[-1]
+    assert all(s.method == "logprobs" for s in out)
+    assert last["max_completion_tokens"] == 1 and "max_tokens" not in last and "temperature" not in last
