@@ -332,10 +332,7 @@ def _print_side_by_side(coarse: list[Hit], fine: list[Hit], title: str) -> None:
 @app.command("config")
 def show_config() -> None:
     """Print the effective settings (secrets masked)."""
-    data = settings().model_dump(mode="json")
-    if data.get("qdrant_api_key"):
-        data["qdrant_api_key"] = "***"
-    out.print_json(json.dumps(data))
+    out.print_json(json.dumps(settings().model_dump(mode="json")))  # SecretStr fields dump as "**********"
 
 
 def main() -> None:

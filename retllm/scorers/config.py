@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 
 class RetraceConfig(BaseModel):
@@ -22,3 +22,9 @@ class RetraceConfig(BaseModel):
     final_norm: bool = Field(
         default=False, description="Apply the final norm before the logit-lens probe (MemVR: True)."
     )
+
+    @model_validator(mode="after")
+    def _window(self) -> RetraceConfig:
+        if self.end <= self.start + 1:
+            raise ValueError(f"retrace window start < l < end is empty (start={self.start}, end={self.end})")
+        return self

@@ -85,3 +85,17 @@ def test_embedder_outputs_are_unit_vectors(embedder) -> None:
     q = embedder.embed_query("a", Image.new("RGB", (9, 9), (1, 2, 3)))
     assert set(q) == {"text", "image", "fused"}
     np.testing.assert_allclose(q["fused"], fuse(q["image"], q["text"]), atol=1e-6)
+
+
+def test_retrace_settings_from_env_and_validation(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("RETLLM_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("RETLLM_RETRACE__THRESHOLD", "0.5")
+    monkeypatch.setenv("RETLLM_RETRACE__V_ROWS", "image")
+    s = Settings()
+    assert s.retrace.threshold == 0.5 and s.retrace.v_rows == "image" and s.retrace.start == 5
+    monkeypatch.setenv("RETLLM_RETRACE__END", "6")
+    with pytest.raises(ValidationError, match="window"):
+        Settings()
+    monkeypatch.setenv("RETLLM_RETRACE__END", "16")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    assert Settings().openai_api_key.get_secret_value() == "sk-x"
