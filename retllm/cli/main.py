@@ -125,6 +125,22 @@ def index_delete(ids: Annotated[list[str], typer.Argument(help="Item ids.")], co
         err.print(f"{len(ids) - n} id(s) were not in {name!r}")
 
 
+@index_app.command("drop")
+def index_drop(
+    collection: Annotated[str, typer.Option("--collection", "-c", help="Collection to delete.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm: this deletes every point.")] = False,
+) -> None:
+    """Delete a whole collection."""
+    from retllm.registry import make_index
+
+    with make_index(settings()) as index:
+        n = index.count(collection)  # raises for an unknown collection
+        if not yes:
+            raise ConfigError(f"dropping {collection!r} deletes {n} items; repeat with --yes")
+        index.drop_collection(collection)
+    out.print(f"dropped {collection!r} ({n} items)")
+
+
 @index_app.command("stats")
 def index_stats(collection: CollectionOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Collections, their sizes and vector dimensions."""
@@ -224,6 +240,7 @@ def search(
     vector: Annotated[str, typer.Option("--vector", help="Stored vector to match: auto, image, text, fused.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     html_out: Annotated[Path | None, typer.Option("--html", help="Also write an HTML gallery of the hits.")] = None,
+    scorer_id: Annotated[str | None, typer.Option("--scorer", help="Override RETLLM_SCORER for this call.")] = None,
 ) -> None:
     """Search a collection with text, an image, or both."""
     from retllm.pipeline import Retriever
@@ -243,7 +260,7 @@ def search(
                 "(create one with: retllm index add PATH)"
             )
         index.dim(name)
-        scorer = None if coarse_only else make_scorer(s)
+        scorer = None if coarse_only else make_scorer(s, scorer_id)
         retriever = Retriever(
             make_embedder(s),
             index,
@@ -254,7 +271,7 @@ def search(
             url_timeout=s.url_timeout,
         )
         hits = retriever.search(query, k=k, top=top, flt=flt or None, using=using, coarse_only=coarse_only)
-    stage = "coarse" if coarse_only else f"re-ranked by {s.scorer}"
+    stage = "coarse" if coarse_only else f"re-ranked by {scorer_id or s.scorer}"
     title = f"{query.modality} query on {name!r} ({stage})"
     _print_hits(hits, as_json=as_json, title=title)
     if html_out is not None:
@@ -269,6 +286,7 @@ def demo(
     k: Annotated[int, typer.Option("-k", min=1, help="Coarse pool size the MLLM re-ranks.")] = 5,
     coarse_only: Annotated[bool, typer.Option("--coarse-only", help="Skip the MLLM fine stage.")] = False,
     html_out: Annotated[Path | None, typer.Option("--html", help="Gallery file (default DATA_DIR/demo.html).")] = None,
+    scorer_id: Annotated[str | None, typer.Option("--scorer", help="Override RETLLM_SCORER for this call.")] = None,
 ) -> None:
     """Generate a small scene collection, ingest it, and show coarse vs. re-ranked results for a few queries."""
     from retllm.demo import DEMO_QUERIES, build_demo_dataset
@@ -282,7 +300,7 @@ def demo(
     folder = s.data_dir / "demo-data"
     manifest = build_demo_dataset(folder)
     embedder = make_embedder(s)
-    scorer = None if coarse_only else make_scorer(s)
+    scorer = None if coarse_only else make_scorer(s, scorer_id)
     with make_index(s) as index:
         report = Ingestor(embedder, index, collection, blob_dir=s.blob_dir, workers=s.decode_workers).run(
             iter_sources([manifest]), progress=True
@@ -301,7 +319,7 @@ def demo(
                 continue
             cands = [Candidate(h.id, None, h.image, h.coarse_score) for h in coarse]
             fine = apply_scores(coarse, scorer.score(q, cands))
-            sections.append((f"{title}: re-ranked by {s.scorer}", fine))
+            sections.append((f"{title}: re-ranked by {scorer_id or s.scorer}", fine))
             _print_side_by_side(coarse, fine, title)
     from retllm.gallery import write_gallery
 

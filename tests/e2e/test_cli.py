@@ -32,10 +32,14 @@ def test_add_search_stats_delete_export(cli_env: dict[str, str], tmp_path: Path)
     r = run(["index", "delete", hits[0]["id"], "no-such-id", "-c", "pics"], cli_env)
     assert r.returncode == 0 and "deleted 1 of 2" in r.stdout
 
+    r = run(["index", "drop", "-c", "pics"], cli_env)
+    assert r.returncode == 1 and "deletes 5 items; repeat with --yes" in r.stderr
     out = tmp_path / "export.jsonl"
     r = run(["index", "export", "-c", "pics", "--out", str(out), "--vectors"], cli_env)
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(rows) == 5 and len(rows[0]["vectors"]["image"]) == 32
+    assert run(["index", "drop", "-c", "pics", "--yes"], cli_env).returncode == 0
+    assert json.loads(run(["index", "stats", "--json"], cli_env).stdout)["collections"] == []
 
 
 def test_filters_on_manifest_fields(cli_env: dict[str, str], tmp_path: Path) -> None:

@@ -33,7 +33,10 @@ def test_search_reranks_with_local_mllm(cli_env, tiny_vlm_dirs, candidate_images
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     coarse = json.loads(run(["search", "a red circle", "-k", "5", "--coarse-only", "--json"], env).stdout)
     assert all(h["score"] is None for h in coarse)
-    table = run(["search", "a red circle", "-k", "3"], {**env, "COLUMNS": "250"})
+    table = run(
+        ["search", "a red circle", "-k", "3", "--scorer", f"hf:{tiny_vlm_dirs['qwen2_5_vl']}"],
+        {**env, "COLUMNS": "250", "RETLLM_SCORER": "nope:x"},
+    )
     assert "re-ranked by" in table.stdout and "L2" in table.stdout
 
 
