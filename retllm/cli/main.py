@@ -68,6 +68,21 @@ def _parse_filters(filters: list[str] | None) -> dict[str, str]:
     return out_
 
 
+def _ingestor(s: Settings, embedder: Any, index: Any, collection: str) -> Any:
+    from retllm.ingest import Ingestor
+
+    return Ingestor(
+        embedder,
+        index,
+        collection,
+        blob_dir=s.blob_dir,
+        fusion_weight=s.fusion_weight,
+        max_image_pixels=s.max_image_pixels,
+        url_timeout=s.url_timeout,
+        workers=s.decode_workers,
+    )
+
+
 CollectionOpt = Annotated[
     str | None, typer.Option("--collection", "-c", help="Collection (default RETLLM_COLLECTION).")
 ]
@@ -79,7 +94,7 @@ def index_add(
     collection: CollectionOpt = None,
 ) -> None:
     """Embed and store images and texts; bad items are skipped and listed."""
-    from retllm.ingest import Ingestor, iter_sources
+    from retllm.ingest import iter_sources
     from retllm.registry import make_embedder, make_index
 
     s = settings()
@@ -89,17 +104,7 @@ def index_add(
         if index.exists(name):
             index.dim(name)  # fail on a broken collection before loading the model
         embedder = make_embedder(s)
-        ing = Ingestor(
-            embedder,
-            index,
-            name,
-            blob_dir=s.blob_dir,
-            fusion_weight=s.fusion_weight,
-            max_image_pixels=s.max_image_pixels,
-            url_timeout=s.url_timeout,
-            workers=s.decode_workers,
-        )
-        report = ing.run(sources, progress=True)
+        report = _ingestor(s, embedder, index, name).run(sources, progress=True)
     err.print(
         f"added {report.added}, already present {report.already_present}, "
         f"duplicates in input {report.duplicates}, skipped {len(report.skipped)}",
@@ -290,7 +295,7 @@ def demo(
 ) -> None:
     """Generate a small scene collection, ingest it, and show coarse vs. re-ranked results for a few queries."""
     from retllm.demo import DEMO_QUERIES, build_demo_dataset
-    from retllm.ingest import Ingestor, iter_sources
+    from retllm.ingest import iter_sources
     from retllm.pipeline import Retriever
     from retllm.ranking import apply_scores
     from retllm.registry import make_embedder, make_index, make_scorer
@@ -302,9 +307,7 @@ def demo(
     embedder = make_embedder(s)
     scorer = None if coarse_only else make_scorer(s, scorer_id)
     with make_index(s) as index:
-        report = Ingestor(embedder, index, collection, blob_dir=s.blob_dir, workers=s.decode_workers).run(
-            iter_sources([manifest]), progress=True
-        )
+        report = _ingestor(s, embedder, index, collection).run(iter_sources([manifest]), progress=True)
         err.print(f"demo collection {collection!r}: added {report.added}, already present {report.already_present}")
         r = Retriever(embedder, index, collection, fusion_weight=s.fusion_weight)
         probe = folder / "red_circle_white.png"
