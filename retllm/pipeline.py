@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from retllm.embedders.base import Embedder
+from retllm.errors import ConfigError
 from retllm.images import load_image
 from retllm.index.base import FilterSpec, Index, SearchResult
 from retllm.ranking import apply_scores
@@ -83,7 +84,20 @@ class Retriever:
             top: How many final hits to return (default all k).
         """
         hits = self.coarse(query, k=k, flt=flt, using=using)
-        if not coarse_only and self.scorer is not None and hits:
-            cands = [Candidate(h.id, h.text, h.image, h.coarse_score) for h in hits]
-            hits = apply_scores(hits, self.scorer.score(query, cands))
+        if not coarse_only and self.scorer is not None:
+            hits = self.rerank(query, hits)
         return hits[:top] if top else hits
+
+    def rerank(self, query: Query, hits: list[Hit], *, candidate_text: bool = True) -> list[Hit]:
+        """Fine-score coarse hits and re-rank them (needs a scorer).
+
+        Args:
+            candidate_text: Show the MLLM each candidate's text; ``False`` judges images alone
+                (text-to-image retrieval over captioned images, as in the demo).
+        """
+        if self.scorer is None:
+            raise ConfigError("re-ranking needs a scorer (RETLLM_SCORER)")
+        if not hits:
+            return hits
+        cands = [Candidate(h.id, h.text if candidate_text else None, h.image, h.coarse_score) for h in hits]
+        return apply_scores(hits, self.scorer.score(query, cands))

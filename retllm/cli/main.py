@@ -297,9 +297,7 @@ def demo(
     from retllm.demo import DEMO_QUERIES, build_demo_dataset
     from retllm.ingest import iter_sources
     from retllm.pipeline import Retriever
-    from retllm.ranking import apply_scores
     from retllm.registry import make_embedder, make_index, make_scorer
-    from retllm.scorers.base import Candidate
 
     s = settings()
     folder = s.data_dir / "demo-data"
@@ -309,7 +307,7 @@ def demo(
     with make_index(s) as index:
         report = _ingestor(s, embedder, index, collection).run(iter_sources([manifest]), progress=True)
         err.print(f"demo collection {collection!r}: added {report.added}, already present {report.already_present}")
-        r = Retriever(embedder, index, collection, fusion_weight=s.fusion_weight)
+        r = Retriever(embedder, index, collection, scorer=scorer, fusion_weight=s.fusion_weight)
         probe = folder / "red_circle_white.png"
         queries = [(Query(text=q), f"text -> image: {q!r}") for q in DEMO_QUERIES]
         queries.append((Query(image=str(probe)), f"image -> image: {probe.name}"))
@@ -320,8 +318,7 @@ def demo(
             if scorer is None:
                 _print_hits(coarse, as_json=False, title=f"{title} (coarse)")
                 continue
-            cands = [Candidate(h.id, None, h.image, h.coarse_score) for h in coarse]
-            fine = apply_scores(coarse, scorer.score(q, cands))
+            fine = r.rerank(q, coarse, candidate_text=False)
             sections.append((f"{title}: re-ranked by {scorer_id or s.scorer}", fine))
             _print_side_by_side(coarse, fine, title)
     from retllm.gallery import write_gallery

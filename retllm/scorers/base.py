@@ -6,7 +6,7 @@ import math
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from PIL import Image
 
@@ -54,7 +54,6 @@ class Score:
     revisits: int = 0
     latency_s: float = 0.0
     error: str | None = None
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 def two_way(logit_true: float, logit_false: float) -> float:

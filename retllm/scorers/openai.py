@@ -379,7 +379,7 @@ class OpenAIScorer(Scorer):
                 raise ScoringError(f"unknown tool {tc.function.name!r}")
             data = img[1] if img[1] is not None else read_image_bytes(img[0], timeout=self.url_timeout)
             view = crop_for_revisit(data, args.get("box"), self.pixel_budget)
-        except (ScoringError, json.JSONDecodeError, Exception) as e:
+        except Exception as e:  # bad arguments, unknown tool, unreadable image: tell the model
             return [{"role": "tool", "tool_call_id": tc.id, "content": f"error: {e}"}]
         note = f"Candidate {c.id} image" + (f", zoomed to {args['box']}" if args.get("box") else "") + ", below."
         return [
