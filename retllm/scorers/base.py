@@ -6,7 +6,7 @@ import math
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PIL import Image
 
@@ -69,14 +69,16 @@ class Choice:
     Attributes:
         index: The chosen option, as an index into the caller's option list.
         probs: Probability of each option (caller's order), normalised over the option labels.
-        order: The presentation order used (``order[j]`` is the caller index shown at position ``j``).
-        method: ``logits``, ``logprobs`` or ``verbalized``.
+        order: The (first) presentation order used (``order[j]`` is the caller index shown at position ``j``).
+        method: ``logits``, ``logprobs`` or ``verbalized`` (joined with ``+`` if rounds differed).
+        orders: Every round's presentation order.
     """
 
     index: int
     probs: list[float]
     order: list[int]
     method: str
+    orders: list[list[int]] = field(default_factory=list)
 
 
 MAX_OPTIONS = 10
@@ -93,23 +95,41 @@ class Scorer(ABC):
     def score(self, query: Query, candidates: Sequence[Candidate]) -> list[Score]:
         """One :class:`Score` per candidate, in the candidates' order."""
 
-    def choose(self, query: Query, options: Sequence[str], *, seed: int | None = 0) -> Choice:
-        """Listwise choice over 2-10 text options in one call; the option order is shuffled with ``seed``
-        (``None`` keeps the given order) so that position bias averages out across queries."""
+    def choose(self, query: Query, options: Sequence[str], *, seed: int | None = 0, rounds: int = 1) -> Choice:
+        """Listwise choice over 2-10 text options.
+
+        Args:
+            seed: The option order is shuffled with it (``None`` keeps the given order), so that position
+                bias averages out across queries.
+            rounds: Calls per question, averaging the option probabilities. Round ``r`` shows the seeded
+                order cyclically shifted by ``r`` positions, so ``rounds == len(options)`` puts every option
+                in every slot exactly once and cancels a preference for a slot within the query itself
+                (2 rounds for a two-choice task such as SugarCrepe).
+        """
         n = len(options)
         if not 2 <= n <= MAX_OPTIONS:
             raise ConfigError(f"listwise mode takes 2 to {MAX_OPTIONS} options, got {n}")
-        order = list(range(n))
+        if not 1 <= rounds <= n:
+            raise ConfigError(f"rounds must be between 1 and the number of options ({n}), got {rounds}")
+        base = list(range(n))
         if seed is not None:
-            random.Random(seed).shuffle(order)
-        logps, method = self._option_logprobs(query, [options[i] for i in order])
-        m = max(logps)
-        shown = [math.exp(lp - m) for lp in logps]
-        z = sum(shown)
+            random.Random(seed).shuffle(base)
         probs = [0.0] * n
-        for pos, i in enumerate(order):
-            probs[i] = shown[pos] / z
-        return Choice(index=max(range(n), key=probs.__getitem__), probs=probs, order=order, method=method)
+        orders, methods = [], []
+        for r in range(rounds):
+            order = base[r:] + base[:r]
+            logps, method = self._option_logprobs(query, [options[i] for i in order])
+            m = max(logps)
+            shown = [math.exp(lp - m) for lp in logps]
+            z = sum(shown)
+            for pos, i in enumerate(order):
+                probs[i] += shown[pos] / z / rounds
+            orders.append(order)
+            methods.append(method)
+        method = methods[0] if len(set(methods)) == 1 else "+".join(sorted(set(methods)))
+        return Choice(
+            index=max(range(n), key=probs.__getitem__), probs=probs, order=orders[0], method=method, orders=orders
+        )
 
     def _option_logprobs(self, query: Query, shown: list[str]) -> tuple[list[float], str]:
         """Log-probabilities of the option labels ``0..n-1`` at the answer position."""

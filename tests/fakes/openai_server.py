@@ -31,6 +31,7 @@ class Switches:
     delay: float = 0.0  # seconds before each answer
     garbage: bool = False  # answer text that is neither True nor False (and no logprobs)
     position_bias: bool = False  # listwise: always pick the first shown option, whatever it says
+    slot_bias: float = 0.0  # listwise: added to the first shown option's log-preference
     reject_urls: bool = False  # 400 when an image is given as an http(s) URL (server cannot fetch)
     new_params_only: bool = False  # 400 for max_tokens and temperature, as OpenAI's reasoning models do
 
@@ -83,6 +84,7 @@ def _listwise(body: dict[str, Any], text: str, sw: Switches) -> dict[str, Any]:
 
     opts = re.findall(r"^(\d)\. <(.*)>$", text, flags=re.M)
     prefs = [100.0 if (sw.position_bias and i == 0) else option_preference(t) for i, (_, t) in enumerate(opts)]
+    prefs[0] += sw.slot_bias
     m = max(prefs)
     z = math.log(sum(math.exp(p - m) for p in prefs)) + m
     top = [{"token": lab, "logprob": p - z, "bytes": None} for (lab, _), p in zip(opts, prefs, strict=True)]

@@ -243,6 +243,12 @@ def test_listwise_choice_from_option_logits(tiny_vlm_dirs, candidate_images, fam
     assert [same.probs[j] for j in range(3)] == pytest.approx([c.probs[i] for i in c.order], abs=1e-6)
     bias = position_bias(s, q, options, trials=4)
     assert sum(bias["positions"]) == 4 and 0 < bias["consistency"] <= 1
+    avg = s.choose(q, options, seed=1, rounds=3)  # every option in every slot once: the mean of three orders
+    assert avg.order == c.order and [sorted(o) for o in avg.orders] == [[0, 1, 2]] * 3
+    assert len({tuple(o) for o in avg.orders}) == 3 and {o[0] for o in avg.orders} == {0, 1, 2}
+    each = [s.choose(q, [options[i] for i in o], seed=None) for o in avg.orders]
+    mean = [sum(e.probs[o.index(i)] for e, o in zip(each, avg.orders, strict=True)) / 3 for i in range(3)]
+    assert avg.probs == pytest.approx(mean, abs=1e-6) and avg.method == "logits"
 
 
 def test_mixed_text_and_image_candidates_in_one_call(tiny_vlm_dirs, candidate_images) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from retllm.errors import ScoringError
+from retllm.errors import ConfigError, ScoringError
 from retllm.scorers.base import Candidate
 from retllm.scorers.openai import OpenAIScorer, parse_logprobs, parse_verbalized
 from retllm.types import Query
@@ -152,6 +152,31 @@ def test_listwise_reads_option_logprobs_and_undoes_the_shuffle() -> None:
     with fake_openai(Switches(position_bias=True)) as fake:
         bias = position_bias(make(fake.url), Query(text="which one?"), OPTIONS, trials=6)
         assert bias["positions"][0] == 6 and bias["consistency"] < 1.0
+
+
+def test_listwise_rounds_cancel_a_slot_preference() -> None:
+    """A model that favours the first slot picks the wrong caption in one round; both orders fix it."""
+    from tests.fakes.openai_server import option_preference
+
+    pos, neg = sorted(OPTIONS[:2], key=option_preference, reverse=True)
+    gap = option_preference(pos) - option_preference(neg)
+    bias = gap + 1.0  # bigger than the real preference: one round always picks the first slot
+
+    def sig(x: float) -> float:
+        return 1 / (1 + math.exp(-x))
+
+    with fake_openai(Switches(slot_bias=bias)) as fake:
+        sc = make(fake.url)
+        one = sc.choose(Query(text="q"), [neg, pos], seed=None)
+        assert one.index == 0  # fooled by the slot
+        both = sc.choose(Query(text="q"), [neg, pos], seed=None, rounds=2)
+        assert both.index == 1 and both.orders == [[0, 1], [1, 0]] and both.order == [0, 1]
+        assert both.probs[1] == pytest.approx(0.5 * sig(gap - bias) + 0.5 * sig(gap + bias), abs=1e-9)
+        assert sum(both.probs) == pytest.approx(1.0)
+        with pytest.raises(ConfigError, match="rounds must be between 1 and the number of options"):
+            sc.choose(Query(text="q"), [neg, pos], rounds=3)
+        with pytest.raises(ConfigError, match="rounds must be between 1"):
+            sc.choose(Query(text="q"), [neg, pos], rounds=0)
 
 
 def test_listwise_verbalised_and_bounds() -> None:
