@@ -167,6 +167,29 @@ def index_stats(collection: CollectionOpt = None, as_json: Annotated[bool, typer
     out.print(t)
 
 
+@index_app.command("optimize")
+def index_optimize(collection: CollectionOpt = None) -> None:
+    """Build the HNSW index of the embedded store (worth it past ~20k items; a server does this itself)."""
+    import time
+
+    from retllm.registry import make_index
+
+    s = settings()
+    name = _collection(collection)
+    with make_index(s) as index:
+        t0 = time.perf_counter()
+        with err.status(f"building the HNSW index of {name!r}"):
+            built = index.optimize(name)
+        n = index.count(name)
+    if built:
+        out.print(f"optimized {name!r} ({n} items) in {time.perf_counter() - t0:.1f}s")
+    else:
+        out.print(
+            f"nothing to do at {s.qdrant_url} ({n} items): a Qdrant server builds its index itself, "
+            "local mode searches exhaustively"
+        )
+
+
 @index_app.command("export")
 def index_export(
     output: Annotated[Path, typer.Option("--out", "-o", help="JSONL file to write.")],

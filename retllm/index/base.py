@@ -113,6 +113,11 @@ class Index(ABC):
     def scroll(self, collection: str, *, with_vectors: bool = False, batch: int = 256) -> Iterator[Record]:
         """Every point, in id order."""
 
+    def optimize(self, collection: str) -> bool:
+        """Build the vector index (HNSW) now; ``False`` where the backend manages it on its own."""
+        self.dim(collection)  # raises for an unknown collection
+        return False
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files and connections."""
 

@@ -152,9 +152,10 @@ class EdgeIndex(Index):
             if offset is None:
                 return
 
-    def optimize(self, collection: str) -> None:
-        """Build the HNSW index and merge segments (run after large ingests)."""
+    def optimize(self, collection: str) -> bool:
+        """Build the HNSW index and merge segments (run after large ingests; queries stay exact before)."""
         self._open(collection).optimize()
+        return True
 
     def close(self) -> None:
         for shard in self._shards.values():

@@ -26,6 +26,13 @@ def test_add_search_stats_delete_export(cli_env: dict[str, str], tmp_path: Path)
     r = run(["search", "random noise", "-c", "pics", "--coarse-only"], cli_env)
     assert r.returncode == 0 and "rank" in r.stdout  # human table
 
+    r = run(["index", "optimize", "-c", "pics"], cli_env)
+    assert r.returncode == 0 and "optimized 'pics' (6 items)" in r.stdout, r.stderr
+    r = run(["search", "--image", str(good[2]), "-c", "pics", "-k", "3", "--coarse-only", "--json"], cli_env)
+    assert [h["id"] for h in json.loads(r.stdout)] == [h["id"] for h in hits]
+    r = run(["index", "optimize", "-c", "nope"], cli_env)
+    assert r.returncode == 1 and "no collection 'nope'" in r.stderr
+
     r = run(["index", "stats", "--json"], cli_env)
     assert json.loads(r.stdout)["collections"] == [{"collection": "pics", "points": 6, "dim": 32}]
 

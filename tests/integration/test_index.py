@@ -91,6 +91,19 @@ def test_search_by_named_vector(index: Index) -> None:
     assert [h.id for h in hits] == ["txt-c", "both-d"]
 
 
+def test_optimize_keeps_points_and_answers(index: Index) -> None:
+    index.ensure_collection("c", DIM)
+    index.upsert("c", records())
+    before = [(h.id, round(h.score, 5)) for h in index.search("c", {"image": unit([1, 0.5])}, limit=4)]
+    assert index.optimize("c") is isinstance(index, EdgeIndex)  # a Qdrant server/local mode needs no call
+    assert index.count("c") == 4
+    assert [(h.id, round(h.score, 5)) for h in index.search("c", {"image": unit([1, 0.5])}, limit=4)] == before
+    index.upsert("c", records()[:1])  # still writable afterwards
+    assert index.count("c") == 4
+    with pytest.raises(CollectionNotFoundError, match="no collection 'nope'"):
+        index.optimize("nope")
+
+
 def test_auto_search_keeps_each_items_best_vector(index: Index) -> None:
     index.ensure_collection("c", DIM)
     index.upsert("c", records())
