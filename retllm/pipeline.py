@@ -8,7 +8,7 @@ from typing import Any
 
 from retllm.embedders.base import Embedder
 from retllm.errors import ConfigError
-from retllm.images import load_image
+from retllm.images import is_url, load_image, read_image_bytes
 from retllm.index.base import FilterSpec, Index, SearchResult
 from retllm.ranking import apply_scores
 from retllm.scorers.base import Candidate, Scorer
@@ -83,9 +83,16 @@ class Retriever:
             k: Coarse pool size: how many candidates the MLLM sees.
             top: How many final hits to return (default all k).
         """
-        hits = self.coarse(query, k=k, flt=flt, using=using)
-        if not coarse_only and self.scorer is not None:
-            hits = self.rerank(query, hits)
+        fine = not coarse_only and self.scorer is not None
+        fetched = query
+        if fine and is_url(query.image):  # download the query image once for both stages
+            assert query.image is not None
+            data = read_image_bytes(query.image, timeout=self.url_timeout)
+            fetched = query.model_copy(update={"image": data})
+        hits = self.coarse(fetched, k=k, flt=flt, using=using)
+        if fine:
+            assert self.scorer is not None
+            hits = self.rerank(query if self.scorer.prefers_urls else fetched, hits)
         return hits[:top] if top else hits
 
     def rerank(self, query: Query, hits: list[Hit], *, candidate_text: bool = True) -> list[Hit]:

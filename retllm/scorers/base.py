@@ -135,6 +135,11 @@ class Scorer(ABC):
         """Log-probabilities of the option labels ``0..n-1`` at the answer position."""
         raise ConfigError(f"{type(self).__name__} has no listwise mode")
 
+    @property
+    def prefers_urls(self) -> bool:
+        """Whether http(s) images are best passed on as URLs (the scorer's endpoint fetches them itself)."""
+        return False
+
     def load(self, src: ImageSource) -> Image.Image:
         """Load an image for scoring (RGB)."""
         return load_image(src, max_pixels=self.max_image_pixels, timeout=self.url_timeout)

@@ -280,6 +280,10 @@ class OpenAIScorer(Scorer):
 
     # --- messages --------------------------------------------------------------------------------
 
+    @property
+    def prefers_urls(self) -> bool:
+        return self.send_image_urls
+
     def _image_part(self, src: ImageSource, data: bytes | None) -> dict[str, Any]:
         if self.send_image_urls and is_url(src):
             return {"type": "image_url", "image_url": {"url": str(src)}}

@@ -16,9 +16,16 @@ class _Quiet(SimpleHTTPRequestHandler):
 
 
 @contextmanager
-def serve_folder(folder: Path) -> Iterator[str]:
-    """Serve ``folder`` on 127.0.0.1; yields the base URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(folder)))
+def serve_folder(folder: Path, requests: list[str] | None = None) -> Iterator[str]:
+    """Serve ``folder`` on 127.0.0.1; yields the base URL. GET paths are appended to ``requests``."""
+
+    class Handler(_Quiet):
+        def do_GET(self) -> None:
+            if requests is not None:
+                requests.append(self.path)
+            super().do_GET()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(folder)))
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()
     try:
