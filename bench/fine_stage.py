@@ -96,7 +96,7 @@ def research_pair(
     """
     model, tm, head = scorer.model, scorer.text_model, scorer.lm_head
     layers = list(tm.layers)
-    r, ims = scorer._pair(query, None, c)
+    r, ims = scorer._pair(query, scorer.load(query.image) if query.image is not None else None, c)
     inputs = scorer.processor(text=[scorer._chat_text(r)], images=[ims], return_tensors="pt").to(scorer.device)
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     st: dict = {"armed": None, "v": None}
@@ -163,6 +163,9 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument(
+        "--image-query", action="store_true", help="image->image queries (the query image is in every pair)"
+    )
     args = ap.parse_args()
     dev = torch.device(args.device)
     dtype = torch.float32 if dev.type == "cpu" else torch.bfloat16
@@ -184,6 +187,13 @@ def main() -> None:
         Image.fromarray(small).resize((args.image_size, args.image_size)).save(p)
         cands.append(Candidate(f"c{i}", image=str(p)))
     q1, q2 = Query(text="a red circle on a white background"), Query(text="two dogs playing in the snow")
+    if args.image_query:
+        qs = []
+        for name in ("q1", "q2"):
+            p = folder / f"{args.image_size}_{name}.png"
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).resize((args.image_size,) * 2).save(p)
+            qs.append(Query(image=str(p)))
+        q1, q2 = qs
     cfg = RetraceConfig()
 
     ours = HFScorer(model, processor, batch_size=args.k, retrace=cfg, vision_cache_size=0)

@@ -183,14 +183,21 @@ class HFScorer(Scorer):
         pv = inputs.pop("pixel_values").split(sizes)
         keys = [_image_key(im) for im in images]
         feats: list[Any] = [self.vision_cache.get(k) for k in keys]
-        todo = [i for i, f in enumerate(feats) if f is None]
+        # New images, each once: an image query repeats its image in every pair of the batch.
+        first: dict[str, int] = {}
+        for i, f in enumerate(feats):
+            if f is None:
+                first.setdefault(keys[i], i)
+        todo = list(first.values())
         if todo:
             out = self.model.model.get_image_features(torch.cat([pv[i] for i in todo]), grid[todo], return_dict=True)
             ds = getattr(out, "deepstack_features", None) if self.family.deepstack else None
-            for j, i in enumerate(todo):
-                entry = (out.pooler_output[j], [layer[j] for layer in ds] if ds else None)
-                self.vision_cache.put(keys[i], entry)
-                feats[i] = entry
+            new = {
+                keys[i]: (out.pooler_output[j], [layer[j] for layer in ds] if ds else None) for j, i in enumerate(todo)
+            }
+            for key, entry in new.items():
+                self.vision_cache.put(key, entry)
+            feats = [f if f is not None else new[keys[i]] for i, f in enumerate(feats)]
         vis = BaseModelOutputWithPooling(pooler_output=tuple(f[0] for f in feats))  # type: ignore[arg-type]
         if self.family.deepstack:
             n_layers = len(feats[0][1])

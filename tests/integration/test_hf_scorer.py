@@ -198,6 +198,26 @@ def test_vision_cache_skips_the_tower_and_changes_nothing(tiny_vlm_dirs, candida
     assert max_diff(second, plain.score(q2, cs[1:]), "value") <= 1e-5
 
 
+@pytest.mark.parametrize("fam", ["qwen2_vl", "qwen3_vl"])
+def test_an_image_query_goes_through_the_tower_once_per_batch(tiny_vlm_dirs, candidate_images, fam: str) -> None:
+    """Image->image: the query image is in every pair; the tower sees it once, even with a tiny cache."""
+    cs = cands(candidate_images[1:], 4)
+    q = Query(image=str(candidate_images[0]))
+    cached = scorer(tiny_vlm_dirs, fam, vision_cache_size=2, batch_size=4)  # smaller than the batch's new images
+    rows: list[int] = []
+    handle = cached.model.model.visual.register_forward_hook(lambda m, a, o: rows.append(a[0].shape[0]))
+    got = cached.score(q, cs)
+    handle.remove()
+
+    def patches(p: Path) -> int:
+        im = cached.load(str(p))
+        return int(cached.processor.image_processor(images=[im], return_tensors="pt")["image_grid_thw"].prod())
+
+    assert len(rows) == 1 and rows[0] == sum(patches(p) for p in candidate_images[:5])  # 5 images, not 8
+    want = scorer(tiny_vlm_dirs, fam, vision_cache_size=0, batch_size=1).score(q, cs)
+    assert max_diff(got, want, "value") <= 1e-5 and max_diff(got, want, "entropy") <= 1e-4
+
+
 def test_idefics3_has_no_vision_cache(tiny_vlm_dirs) -> None:
     assert scorer(tiny_vlm_dirs, "idefics3").vision_cache is None
 
