@@ -19,7 +19,7 @@ class Family:
         answers: The (positive, negative) answer strings as the first generated token after the
             generation prompt (SmolVLM's prompt ends in ``Assistant:``, so its answers carry a space).
         text_model: Attribute path from the top model to the decoder stack (with ``layers`` and ``norm``).
-        vision_cache: Whether per-image vision outputs can be injected (``mm_encoder_outputs`` split per image).
+        vision_cache: Whether per-image vision outputs can be injected through ``mm_encoder_outputs``.
         deepstack: Whether vision outputs carry per-layer deepstack features (Qwen3-VL).
     """
 
@@ -34,9 +34,9 @@ FAMILIES: dict[str, Family] = {
     "qwen2_vl": Family("Qwen2-VL", ("True", "False"), "model.language_model", vision_cache=True),
     "qwen2_5_vl": Family("Qwen2.5-VL", ("True", "False"), "model.language_model", vision_cache=True),
     "qwen3_vl": Family("Qwen3-VL", ("True", "False"), "model.language_model", vision_cache=True, deepstack=True),
-    # Idefics3/SmolVLM split vision outputs per sample, not per image: no vision cache there.
-    "idefics3": Family("Idefics3", (" True", " False"), "model.text_model", vision_cache=False),
-    "smolvlm": Family("SmolVLM", (" True", " False"), "model.text_model", vision_cache=False),
+    # Idefics3/SmolVLM: per-image tiles are found from the expanded prompt (see HFScorer._idefics_tiles).
+    "idefics3": Family("Idefics3", (" True", " False"), "model.text_model", vision_cache=True),
+    "smolvlm": Family("SmolVLM", (" True", " False"), "model.text_model", vision_cache=True),
 }
 
 

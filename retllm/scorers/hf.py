@@ -173,35 +173,92 @@ class HFScorer(Scorer):
 
     # --- vision cache ----------------------------------------------------------------------------
 
-    def _inject_cached_vision(self, inputs: dict[str, Any], images: list[Image.Image]) -> None:
-        """Replace ``pixel_values`` by per-image vision outputs, running the tower only for new images."""
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
+    def _cached_features(self, keys: list[str], encode: Any) -> list[Any]:
+        """Per-image entries: from the cache, else from ``encode(indices)`` run once per distinct new image
+        (an image query repeats its image in every pair of the batch)."""
         assert self.vision_cache is not None
-        grid = inputs["image_grid_thw"]
-        sizes = grid.prod(-1).tolist()
-        pv = inputs.pop("pixel_values").split(sizes)
-        keys = [_image_key(im) for im in images]
         feats: list[Any] = [self.vision_cache.get(k) for k in keys]
-        # New images, each once: an image query repeats its image in every pair of the batch.
         first: dict[str, int] = {}
         for i, f in enumerate(feats):
             if f is None:
                 first.setdefault(keys[i], i)
         todo = list(first.values())
         if todo:
-            out = self.model.model.get_image_features(torch.cat([pv[i] for i in todo]), grid[todo], return_dict=True)
-            ds = getattr(out, "deepstack_features", None) if self.family.deepstack else None
-            new = {
-                keys[i]: (out.pooler_output[j], [layer[j] for layer in ds] if ds else None) for j, i in enumerate(todo)
-            }
+            new = dict(zip((keys[i] for i in todo), encode(todo), strict=True))
             for key, entry in new.items():
                 self.vision_cache.put(key, entry)
             feats = [f if f is not None else new[keys[i]] for i, f in enumerate(feats)]
+        return feats
+
+    def _inject_qwen_vision(self, inputs: dict[str, Any], images: list[Image.Image]) -> None:
+        """Qwen layouts: ``pixel_values`` rows per image follow ``image_grid_thw``."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        grid = inputs["image_grid_thw"]
+        pv = inputs.pop("pixel_values").split(grid.prod(-1).tolist())
+
+        def encode(todo: list[int]) -> list[Any]:
+            out = self.model.model.get_image_features(torch.cat([pv[i] for i in todo]), grid[todo], return_dict=True)
+            ds = getattr(out, "deepstack_features", None) if self.family.deepstack else None
+            return [(out.pooler_output[j], [layer[j] for layer in ds] if ds else None) for j in range(len(todo))]
+
+        feats = self._cached_features([_image_key(im) for im in images], encode)
         vis = BaseModelOutputWithPooling(pooler_output=tuple(f[0] for f in feats))  # type: ignore[arg-type]
         if self.family.deepstack:
             n_layers = len(feats[0][1])
             vis.deepstack_features = [tuple(f[1][li] for f in feats) for li in range(n_layers)]
+        inputs["mm_encoder_outputs"] = {"image": vis}
+
+    def _idefics_tiles(
+        self, inputs: dict[str, Any], images: list[list[Image.Image]]
+    ) -> list[tuple[int, int, int]] | None:
+        """(sample, first tile, tiles) per image, read from the expanded prompt: every image ends with a
+        ``<global-img>`` block of ``image_seq_len`` image tokens, preceded by its split tiles' blocks.
+        ``None`` when the layout is not the one expected (the batch then runs without the cache)."""
+        seq = getattr(self.processor, "image_seq_len", None)
+        g_id = self.tokenizer.convert_tokens_to_ids("<global-img>")
+        if not isinstance(seq, int) or seq <= 0 or g_id is None or g_id == self.tokenizer.unk_token_id:
+            return None
+        ids, pv = inputs["input_ids"], inputs["pixel_values"]
+        tiles = []
+        for b, ims in enumerate(images):
+            cum = (ids[b] == self.image_token_id).cumsum(0)
+            glob = (ids[b] == g_id).nonzero().flatten().tolist()
+            if len(glob) != len(ims):
+                return None
+            prev, start = -seq, 0
+            for g in glob:
+                n_tok = int(cum[g]) - prev
+                if n_tok <= 0 or n_tok % seq:
+                    return None
+                tiles.append((b, start, n_tok // seq))
+                start, prev = start + n_tok // seq, int(cum[g])
+            real = pv[b].flatten(1).ne(0).any(1)  # padding tiles are all zeros, at the end
+            if int(cum[-1]) != prev + seq or not bool(real[:start].all()) or bool(real[start:].any()):
+                return None
+        return tiles
+
+    def _inject_idefics_vision(self, inputs: dict[str, Any], images: list[list[Image.Image]]) -> None:
+        """Idefics3/SmolVLM: each image is split into tiles (plus a global view) along the sample's image axis."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        tiles = self._idefics_tiles(inputs, images)
+        if tiles is None:
+            log.debug("unexpected Idefics3 image layout; this batch runs without the vision cache")
+            return
+        pv, pam = inputs.pop("pixel_values"), inputs.pop("pixel_attention_mask", None)
+        seq = int(self.processor.image_seq_len)
+
+        def encode(todo: list[int]) -> list[Any]:
+            parts = [tiles[i] for i in todo]
+            sub_pv = torch.cat([pv[b, s : s + n] for b, s, n in parts])[None]
+            sub_pam = torch.cat([pam[b, s : s + n] for b, s, n in parts])[None] if pam is not None else None
+            out = self.model.model.get_image_features(sub_pv, sub_pam, return_dict=True)
+            flat = out.pooler_output[0]
+            return [(f, None) for f in flat.split([n * seq for _, _, n in parts])]
+
+        feats = self._cached_features([_image_key(im) for ims in images for im in ims], encode)
+        vis = BaseModelOutputWithPooling(pooler_output=tuple(f[0] for f in feats))  # type: ignore[arg-type]
         inputs["mm_encoder_outputs"] = {"image": vis}
 
     # --- scoring ---------------------------------------------------------------------------------
@@ -213,8 +270,11 @@ class HFScorer(Scorer):
         inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
         if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        if self.vision_cache is not None and flat and "image_grid_thw" in inputs:
-            self._inject_cached_vision(inputs, flat)
+        if self.vision_cache is not None and flat:
+            if "image_grid_thw" in inputs:
+                self._inject_qwen_vision(inputs, flat)
+            elif "pixel_values" in inputs and inputs["pixel_values"].dim() == 5:
+                self._inject_idefics_vision(inputs, images)
         attn = inputs["attention_mask"]
         image_mask = inputs["input_ids"] == self.image_token_id if self.image_token_id is not None else None
         retraced: list[int | None] = [None] * len(texts)

@@ -187,8 +187,23 @@ def build_tiny_qwen(folder: Path, family: str = "qwen2_vl", *, layers: int = 4, 
     return folder
 
 
-def build_tiny_idefics3(folder: Path, *, layers: int = 4, seed: int = 0) -> Path:
-    """A tiny Idefics3 (SmolVLM layout) checkpoint folder; no image splitting, 2 image tokens per image."""
+def make_idefics3(
+    *,
+    layers: int = 4,
+    text: dict | None = None,
+    vision: dict | None = None,
+    vocab_size: int | None = None,
+    scale_factor: int = 1,
+    tile: int = 28,
+    longest_edge: int | None = None,
+    sharpen: bool = True,
+    seed: int = 0,
+):
+    """A random-init Idefics3 (SmolVLM layout) model and processor in memory (any shape; tiny by default).
+
+    Images are resized to ``longest_edge`` and, when that exceeds ``tile``, cut into ``tile``-px tiles plus a
+    global view (SmolVLM's image splitting); each tile becomes (tile / patch)^2 / scale_factor^2 image tokens.
+    """
     from transformers import (
         Idefics3Config,
         Idefics3ForConditionalGeneration,
@@ -206,37 +221,49 @@ def build_tiny_idefics3(folder: Path, *, layers: int = 4, seed: int = 0) -> Path
     )
     tok.chat_template = IDEFICS_CHAT_TEMPLATE
     image_id = tok.convert_tokens_to_ids("<image>")
-    text = dict(
-        vocab_size=len(tok),
+    text_cfg = dict(
         hidden_size=64,
         intermediate_size=128,
-        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=2048,
-        pad_token_id=tok.pad_token_id,
+        max_position_embeddings=8192,
         tie_word_embeddings=False,
     )
-    vision = dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
-    )
+    text_cfg.update(text or {})
+    text_cfg.update(vocab_size=vocab_size or len(tok), num_hidden_layers=layers, pad_token_id=tok.pad_token_id)
+    vision_cfg = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, patch_size=14)
+    vision_cfg.update(vision or {})
+    vision_cfg["image_size"] = tile
     config = Idefics3Config(
-        text_config=text,
-        vision_config=vision,
+        text_config=text_cfg,
+        vision_config=vision_cfg,
         image_token_id=image_id,
-        scale_factor=1,
+        scale_factor=scale_factor,
         tie_word_embeddings=False,
         pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(seed)
     model = Idefics3ForConditionalGeneration(config).eval()
-    _sharpen(model)
+    if sharpen:
+        _sharpen(model)
+    edge = longest_edge or tile
     img_proc = Idefics3ImageProcessor(
-        do_image_splitting=False, size={"longest_edge": 28}, max_image_size={"longest_edge": 28}
+        do_image_splitting=edge > tile, size={"longest_edge": edge}, max_image_size={"longest_edge": tile}
     )
+    seq = (tile // vision_cfg["patch_size"]) ** 2 // scale_factor**2
     processor = Idefics3Processor(
-        image_processor=img_proc, tokenizer=tok, image_seq_len=4, chat_template=IDEFICS_CHAT_TEMPLATE
+        image_processor=img_proc, tokenizer=tok, image_seq_len=seq, chat_template=IDEFICS_CHAT_TEMPLATE
     )
+    return model, processor
+
+
+def build_tiny_idefics3(folder: Path, *, layers: int = 4, seed: int = 0, split: bool = False) -> Path:
+    """A tiny Idefics3 checkpoint folder, 4 image tokens per 28x28 tile.
+
+    ``split``: images are resized to a longest edge of 56 and cut into up to 2x2 tiles plus a global view
+    (SmolVLM's image splitting); otherwise one 28-px view per image.
+    """
+    model, processor = make_idefics3(layers=layers, seed=seed, longest_edge=56 if split else 28)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)

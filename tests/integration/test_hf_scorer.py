@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from retllm.scorers.hf import HFScorer
 from retllm.scorers.retrace import RetraceConfig
 from retllm.types import Query
 
-FAMS = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3"]
+FAMS = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "idefics3_split"]
 OFF = RetraceConfig(enabled=False)
 
 
@@ -55,7 +56,7 @@ def test_score_is_two_way_normalised_over_the_full_forward(tiny_vlm_dirs, candid
     got = s.score(q, [c])[0]
     with torch.inference_mode():
         logits = s.model(**plain_inputs(s, q, c)).logits[0, -1].float()
-    t, f = answer_token_ids(s.tokenizer, FAMILIES[fam])
+    t, f = answer_token_ids(s.tokenizer, s.family)
     p = F.softmax(logits, -1)
     assert got.value == pytest.approx(torch.sigmoid(logits[t] - logits[f]).item(), abs=1e-6)
     assert got.p_true == pytest.approx(p[t].item(), abs=1e-6)
@@ -87,7 +88,8 @@ def test_batched_equals_one_by_one(tiny_vlm_dirs, candidate_images, fam: str, mo
         retrace = RetraceConfig(start=0, end=3, threshold=(ents[2] + ents[3]) / 2)
     s = scorer(tiny_vlm_dirs, fam, retrace, batch_size=6)
     batched = s.score(q, cs)
-    single = [s.score(q, [c])[0] for c in cs]
+    one = scorer(tiny_vlm_dirs, fam, retrace, batch_size=1, vision_cache_size=0)  # no features shared with `s`
+    single = [one.score(q, [c])[0] for c in cs]
     for field in ("value", "p_true", "entropy"):
         assert max_diff(batched, single, field) <= 1e-5, field
     assert [b.retraced for b in batched] == [x.retraced for x in single]
@@ -179,14 +181,31 @@ def test_hooks_leave_no_state_behind(tiny_vlm_dirs, candidate_images) -> None:
     assert s.score(q, [c])[0].value == first.value
 
 
-@pytest.mark.parametrize("fam", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def tower(s: HFScorer) -> torch.nn.Module:
+    return s.model.model.visual if hasattr(s.model.model, "visual") else s.model.model.vision_model
+
+
+def tower_units(s: HFScorer, p: Path) -> int:
+    """What the vision tower processes for one image: patch rows (Qwen) or tiles (Idefics3)."""
+    px = s.processor.image_processor(images=[[s.load(str(p))]], return_tensors="pt")
+    return int(px["image_grid_thw"].prod()) if "image_grid_thw" in px else int(px["pixel_values"].shape[1])
+
+
+def watch_tower(s: HFScorer, seen: list[int]) -> Any:
+    def hook(_m: Any, args: tuple, kwargs: dict) -> None:
+        seen.append((args[0] if args else kwargs["pixel_values"]).shape[0])
+
+    return tower(s).register_forward_pre_hook(hook, with_kwargs=True)
+
+
+@pytest.mark.parametrize("fam", FAMS)
 def test_vision_cache_skips_the_tower_and_changes_nothing(tiny_vlm_dirs, candidate_images, fam: str) -> None:
     cs = cands(candidate_images, 4)
     cached = scorer(tiny_vlm_dirs, fam, vision_cache_size=3)
     plain = scorer(tiny_vlm_dirs, fam, vision_cache_size=0)
     assert plain.vision_cache is None
-    calls = []
-    handle = cached.model.model.visual.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
+    calls: list[int] = []
+    handle = watch_tower(cached, calls)
     q1, q2 = Query(text="a red circle"), Query(text="a blue square")
     first = cached.score(q1, cs)
     n_calls = len(calls)
@@ -198,28 +217,19 @@ def test_vision_cache_skips_the_tower_and_changes_nothing(tiny_vlm_dirs, candida
     assert max_diff(second, plain.score(q2, cs[1:]), "value") <= 1e-5
 
 
-@pytest.mark.parametrize("fam", ["qwen2_vl", "qwen3_vl"])
+@pytest.mark.parametrize("fam", ["qwen2_vl", "qwen3_vl", "idefics3_split"])
 def test_an_image_query_goes_through_the_tower_once_per_batch(tiny_vlm_dirs, candidate_images, fam: str) -> None:
     """Image->image: the query image is in every pair; the tower sees it once, even with a tiny cache."""
     cs = cands(candidate_images[1:], 4)
     q = Query(image=str(candidate_images[0]))
     cached = scorer(tiny_vlm_dirs, fam, vision_cache_size=2, batch_size=4)  # smaller than the batch's new images
     rows: list[int] = []
-    handle = cached.model.model.visual.register_forward_hook(lambda m, a, o: rows.append(a[0].shape[0]))
+    handle = watch_tower(cached, rows)
     got = cached.score(q, cs)
     handle.remove()
-
-    def patches(p: Path) -> int:
-        im = cached.load(str(p))
-        return int(cached.processor.image_processor(images=[im], return_tensors="pt")["image_grid_thw"].prod())
-
-    assert len(rows) == 1 and rows[0] == sum(patches(p) for p in candidate_images[:5])  # 5 images, not 8
+    assert len(rows) == 1 and rows[0] == sum(tower_units(cached, p) for p in candidate_images[:5])  # 5, not 8
     want = scorer(tiny_vlm_dirs, fam, vision_cache_size=0, batch_size=1).score(q, cs)
     assert max_diff(got, want, "value") <= 1e-5 and max_diff(got, want, "entropy") <= 1e-4
-
-
-def test_idefics3_has_no_vision_cache(tiny_vlm_dirs) -> None:
-    assert scorer(tiny_vlm_dirs, "idefics3").vision_cache is None
 
 
 def test_bad_candidate_falls_back_to_coarse(tiny_vlm_dirs, candidate_images, tmp_path: Path) -> None:
