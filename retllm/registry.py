@@ -68,6 +68,7 @@ def _hf(model: str, settings: Settings) -> Scorer:
         batch_size=settings.scorer_batch_size,
         retrace=settings.retrace,
         vision_cache_size=settings.vision_cache_size,
+        vision_cache_mb=settings.vision_cache_mb,
     )
 
 

@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     dtype: str = Field(default="auto", description="Scorer dtype: auto (fp32 CPU, bf16 CUDA), float32, bfloat16.")
     scorer_batch_size: int = Field(default=8, ge=1, le=1024, description="Pairs per forward (local scorers).")
     vision_cache_size: int = Field(default=256, ge=0, description="Images kept in the vision-output cache.")
+    vision_cache_mb: float = Field(default=1024, gt=0, description="Memory bound of the vision-output cache, MiB.")
     retrace: RetraceConfig = Field(default_factory=RetraceConfig, description="Visual retracing (RETLLM_RETRACE__*).")
     openai_base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint base URL.")
     openai_api_key: SecretStr | None = Field(

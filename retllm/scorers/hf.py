@@ -40,12 +40,27 @@ def _image_key(im: Image.Image) -> str:
     return h.hexdigest()
 
 
-class VisionCache:
-    """Bounded LRU of per-image vision outputs (``pooler_output`` rows, deepstack features)."""
+def _nbytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (list, tuple)):
+        return sum(_nbytes(v) for v in value)
+    return 0
 
-    def __init__(self, capacity: int = 256) -> None:
+
+class VisionCache:
+    """Bounded LRU of per-image vision outputs (``pooler_output`` rows, deepstack features).
+
+    Bounded both by entries (``capacity``) and by tensor bytes (``max_bytes``): one large image can
+    produce thousands of vision tokens, so a count alone does not bound memory.
+    """
+
+    def __init__(self, capacity: int = 256, max_bytes: int | None = None) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self._d: OrderedDict[str, Any] = OrderedDict()
+        self._sizes: dict[str, int] = {}
+        self.bytes = 0
         self.hits = 0
         self.misses = 0
 
@@ -58,16 +73,26 @@ class VisionCache:
         return None
 
     def put(self, key: str, value: Any) -> None:
+        size = _nbytes(value)
+        if self.max_bytes is not None and size > self.max_bytes:
+            return  # larger than the whole budget: not kept
+        if key in self._d:
+            self.bytes -= self._sizes[key]
         self._d[key] = value
+        self._sizes[key] = size
+        self.bytes += size
         self._d.move_to_end(key)
-        while len(self._d) > self.capacity:
-            self._d.popitem(last=False)
+        while len(self._d) > self.capacity or (self.max_bytes is not None and self.bytes > self.max_bytes):
+            old, _ = self._d.popitem(last=False)
+            self.bytes -= self._sizes.pop(old)
 
     def __len__(self) -> int:
         return len(self._d)
 
     def clear(self) -> None:
         self._d.clear()
+        self._sizes.clear()
+        self.bytes = 0
 
 
 def resolve_hf_model(id_or_path: str) -> str:
@@ -96,6 +121,7 @@ class HFScorer(Scorer):
         batch_size: Pairs per forward.
         retrace: Visual retracing settings (``None`` or ``enabled=False`` turns it off).
         vision_cache_size: Images kept in the vision cache (0 disables it).
+        vision_cache_mb: Memory bound of the vision cache in MiB (``None``: entries only).
     """
 
     def __init__(
@@ -107,6 +133,7 @@ class HFScorer(Scorer):
         batch_size: int = 8,
         retrace: RetraceConfig | None = None,
         vision_cache_size: int = 256,
+        vision_cache_mb: float | None = 1024,
     ) -> None:
         self.model = model.eval()
         self.processor = processor
@@ -121,7 +148,8 @@ class HFScorer(Scorer):
         self.lm_head = model.get_output_embeddings()
         self.image_token_id = getattr(model.config, "image_token_id", None)
         use_cache = vision_cache_size > 0 and self.family.vision_cache
-        self.vision_cache: VisionCache | None = VisionCache(vision_cache_size) if use_cache else None
+        max_bytes = int(vision_cache_mb * 2**20) if vision_cache_mb is not None else None
+        self.vision_cache: VisionCache | None = VisionCache(vision_cache_size, max_bytes) if use_cache else None
 
     @classmethod
     def from_pretrained(cls, id_or_path: str, *, device: str = "auto", dtype: str = "auto", **kwargs: Any) -> HFScorer:

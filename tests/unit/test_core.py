@@ -61,6 +61,35 @@ def test_settings_validation(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     assert s.edge_dir == tmp_path / "edge"
 
 
+def test_vision_cache_is_bounded_by_entries_and_bytes(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    import torch
+
+    from retllm.scorers.hf import VisionCache
+
+    kib = torch.zeros(256)  # 1 KiB of fp32
+    c = VisionCache(capacity=3, max_bytes=2560)
+    c.put("a", (kib, None))
+    c.put("b", (kib, [kib[:128]]))  # 1.5 KiB with its deepstack part
+    assert c.bytes == 2560 and len(c) == 2
+    c.put("c", (kib, None))  # over the byte budget: the oldest goes
+    assert c.get("a") is None and c.get("b") is not None and c.bytes == 2560
+    c.put("b", (kib[:64], None))  # replacing an entry re-counts its bytes
+    assert c.bytes == 1024 + 256 and len(c) == 2
+    c.put("huge", (torch.zeros(1024), None))  # bigger than the whole budget: not kept, nothing evicted
+    assert c.get("huge") is None and len(c) == 2
+    for k in "defg":
+        c.put(k, (kib[:1], None))
+    assert len(c) == 3 and c.get("d") is None  # the entry bound still holds
+    c.clear()
+    assert len(c) == 0 and c.bytes == 0
+    monkeypatch.setenv("RETLLM_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("RETLLM_VISION_CACHE_MB", "0")
+    with pytest.raises(ValidationError, match="greater than 0"):
+        Settings()
+    monkeypatch.setenv("RETLLM_VISION_CACHE_MB", "64")
+    assert Settings().vision_cache_mb == 64
+
+
 def test_registry_errors_list_valid_choices(tmp_path) -> None:
     s = Settings(data_dir=tmp_path)
     with pytest.raises(ConfigError, match="valid: open_clip"):
