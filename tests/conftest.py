@@ -48,7 +48,7 @@ def cli_env(tmp_path: Path, tiny_clip_spec: str) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def tiny_vlm_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Tiny random-weight Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Idefics3 (with and without tiling) folders."""
+    """Tiny random-weight Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Idefics3 (with and without tiling) and SmolVLM2 folders."""
     from tests.fakes.tiny_vlm import build_tiny_idefics3, build_tiny_qwen
 
     root = tmp_path_factory.mktemp("tiny_vlms")
@@ -58,6 +58,7 @@ def tiny_vlm_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "qwen3_vl": build_tiny_qwen(root / "qwen3_vl", "qwen3_vl"),
         "idefics3": build_tiny_idefics3(root / "idefics3"),
         "idefics3_split": build_tiny_idefics3(root / "idefics3_split", split=True),
+        "smolvlm": build_tiny_idefics3(root / "smolvlm", split=True, family="smolvlm"),  # SmolVLM2's classes
     }
 
 

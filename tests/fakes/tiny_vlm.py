@@ -198,19 +198,18 @@ def make_idefics3(
     longest_edge: int | None = None,
     sharpen: bool = True,
     seed: int = 0,
+    family: str = "idefics3",
 ):
     """A random-init Idefics3 (SmolVLM layout) model and processor in memory (any shape; tiny by default).
+
+    ``family="smolvlm"`` builds SmolVLM2's classes (model_type ``smolvlm``) with the same layout.
 
     Images are resized to ``longest_edge`` and, when that exceeds ``tile``, cut into ``tile``-px tiles plus a
     global view (SmolVLM's image splitting); each tile becomes (tile / patch)^2 / scale_factor^2 image tokens.
     """
-    from transformers import (
-        Idefics3Config,
-        Idefics3ForConditionalGeneration,
-        Idefics3ImageProcessor,
-        Idefics3Processor,
-    )
+    import transformers
 
+    prefix = {"idefics3": "Idefics3", "smolvlm": "SmolVLM"}[family]
     tok = _train_tokenizer(IDEFICS_SPECIALS, [" True", " False"])
     tok.add_special_tokens(
         {
@@ -234,7 +233,7 @@ def make_idefics3(
     vision_cfg = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, patch_size=14)
     vision_cfg.update(vision or {})
     vision_cfg["image_size"] = tile
-    config = Idefics3Config(
+    config = getattr(transformers, f"{prefix}Config")(
         text_config=text_cfg,
         vision_config=vision_cfg,
         image_token_id=image_id,
@@ -243,27 +242,30 @@ def make_idefics3(
         pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(seed)
-    model = Idefics3ForConditionalGeneration(config).eval()
+    model = getattr(transformers, f"{prefix}ForConditionalGeneration")(config).eval()
     if sharpen:
         _sharpen(model)
     edge = longest_edge or tile
-    img_proc = Idefics3ImageProcessor(
+    img_proc = getattr(transformers, f"{prefix}ImageProcessor")(
         do_image_splitting=edge > tile, size={"longest_edge": edge}, max_image_size={"longest_edge": tile}
     )
     seq = (tile // vision_cfg["patch_size"]) ** 2 // scale_factor**2
-    processor = Idefics3Processor(
-        image_processor=img_proc, tokenizer=tok, image_seq_len=seq, chat_template=IDEFICS_CHAT_TEMPLATE
+    extra = {"video_processor": transformers.SmolVLMVideoProcessor()} if family == "smolvlm" else {}
+    processor = getattr(transformers, f"{prefix}Processor")(
+        image_processor=img_proc, tokenizer=tok, image_seq_len=seq, chat_template=IDEFICS_CHAT_TEMPLATE, **extra
     )
     return model, processor
 
 
-def build_tiny_idefics3(folder: Path, *, layers: int = 4, seed: int = 0, split: bool = False) -> Path:
+def build_tiny_idefics3(
+    folder: Path, *, layers: int = 4, seed: int = 0, split: bool = False, family: str = "idefics3"
+) -> Path:
     """A tiny Idefics3 checkpoint folder, 4 image tokens per 28x28 tile.
 
     ``split``: images are resized to a longest edge of 56 and cut into up to 2x2 tiles plus a global view
     (SmolVLM's image splitting); otherwise one 28-px view per image.
     """
-    model, processor = make_idefics3(layers=layers, seed=seed, longest_edge=56 if split else 28)
+    model, processor = make_idefics3(layers=layers, seed=seed, longest_edge=56 if split else 28, family=family)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)

@@ -17,7 +17,7 @@ from retllm.scorers.hf import HFScorer
 from retllm.scorers.retrace import RetraceConfig
 from retllm.types import Query
 
-FAMS = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "idefics3_split"]
+FAMS = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "idefics3_split", "smolvlm"]
 OFF = RetraceConfig(enabled=False)
 
 
@@ -217,7 +217,7 @@ def test_vision_cache_skips_the_tower_and_changes_nothing(tiny_vlm_dirs, candida
     assert max_diff(second, plain.score(q2, cs[1:]), "value") <= 1e-5
 
 
-@pytest.mark.parametrize("fam", ["qwen2_vl", "qwen3_vl", "idefics3_split"])
+@pytest.mark.parametrize("fam", ["qwen2_vl", "qwen3_vl", "idefics3_split", "smolvlm"])
 def test_an_image_query_goes_through_the_tower_once_per_batch(tiny_vlm_dirs, candidate_images, fam: str) -> None:
     """Image->image: the query image is in every pair; the tower sees it once, even with a tiny cache."""
     cs = cands(candidate_images[1:], 4)
