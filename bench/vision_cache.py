@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=6)
     ap.add_argument("--longest-edge", type=int, default=1024, help="SmolVLM-256M itself uses 2048 (4x4 tiles)")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--image-side", type=int, default=None, help="RETLLM_SCORER_IMAGE_SIDE for both scorers")
     args = ap.parse_args()
     t0 = time.perf_counter()
     model, processor = make_idefics3(**SMOLVLM_256M, longest_edge=args.longest_edge, sharpen=False)  # type: ignore[arg-type]
@@ -64,11 +65,13 @@ def main() -> None:
         Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((640, 480)).save(p)
         cands.append(Candidate(f"c{i}", image=str(p)))
     q1, q2 = Query(text="a red circle on a white background"), Query(text="two dogs playing in the snow")
-    plain = HFScorer(model, processor, batch_size=args.k, retrace=RetraceConfig(), vision_cache_size=0)
-    cached = HFScorer(model, processor, batch_size=args.k, retrace=RetraceConfig(), vision_cache_size=256)
+    kw = dict(batch_size=args.k, retrace=RetraceConfig(), image_side=args.image_side)
+    plain = HFScorer(model, processor, vision_cache_size=0, **kw)  # type: ignore[arg-type]
+    cached = HFScorer(model, processor, vision_cache_size=256, **kw)  # type: ignore[arg-type]
     r, ims = plain._pair(q1, None, cands[0])
-    tiles = processor(text=[plain._chat_text(r)], images=[ims], return_tensors="pt")["pixel_values"].shape[1]
-    print(f"k={args.k} images of 640x480, longest edge {args.longest_edge}: {tiles} tiles of 512 px per image")
+    px = processor(text=[plain._chat_text(r)], images=[ims], return_tensors="pt", **plain._proc_kwargs)
+    edge = plain._proc_kwargs.get("size", {}).get("longest_edge", args.longest_edge)
+    print(f"k={args.k} images of 640x480, longest edge {edge}: {px['pixel_values'].shape[1]} tiles of 512 px per image")
     plain.score(q1, cands[:1])  # warm-up
     times: dict[str, list[float]] = {"none": [], "cold": [], "warm": []}
     diff = 0.0

@@ -69,6 +69,7 @@ def _hf(model: str, settings: Settings) -> Scorer:
         retrace=settings.retrace,
         vision_cache_size=settings.vision_cache_size,
         vision_cache_mb=settings.vision_cache_mb,
+        image_side=settings.scorer_image_side,
     )
 
 

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     scorer: str = Field(default=DEFAULT_SCORER, description="Fine-stage scorer: hf:<id or folder> or openai:<model>.")
     dtype: str = Field(default="auto", description="Scorer dtype: auto (fp32 CPU, bf16 CUDA), float32, bfloat16.")
     scorer_batch_size: int = Field(default=8, ge=1, le=1024, description="Pairs per forward (local scorers).")
+    scorer_image_side: int | None = Field(
+        default=None,
+        ge=28,
+        description="Longest image side (px) a local MLLM sees; unset: the model's own setting. Smaller is faster.",
+    )
     vision_cache_size: int = Field(default=256, ge=0, description="Images kept in the vision-output cache.")
     vision_cache_mb: float = Field(default=1024, gt=0, description="Memory bound of the vision-output cache, MiB.")
     retrace: RetraceConfig = Field(default_factory=RetraceConfig, description="Visual retracing (RETLLM_RETRACE__*).")

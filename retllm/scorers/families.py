@@ -21,6 +21,8 @@ class Family:
         text_model: Attribute path from the top model to the decoder stack (with ``layers`` and ``norm``).
         vision_cache: Whether per-image vision outputs can be injected through ``mm_encoder_outputs``.
         deepstack: Whether vision outputs carry per-layer deepstack features (Qwen3-VL).
+        tiled: Whether the processor resizes every image to a fixed longest edge and cuts it into tiles
+            (Idefics3/SmolVLM), so the image size the model sees is set on the processor, not the image.
     """
 
     name: str
@@ -28,6 +30,7 @@ class Family:
     text_model: str
     vision_cache: bool
     deepstack: bool = False
+    tiled: bool = False
 
 
 FAMILIES: dict[str, Family] = {
@@ -35,8 +38,8 @@ FAMILIES: dict[str, Family] = {
     "qwen2_5_vl": Family("Qwen2.5-VL", ("True", "False"), "model.language_model", vision_cache=True),
     "qwen3_vl": Family("Qwen3-VL", ("True", "False"), "model.language_model", vision_cache=True, deepstack=True),
     # Idefics3/SmolVLM: per-image tiles are found from the expanded prompt (see HFScorer._idefics_tiles).
-    "idefics3": Family("Idefics3", (" True", " False"), "model.text_model", vision_cache=True),
-    "smolvlm": Family("SmolVLM", (" True", " False"), "model.text_model", vision_cache=True),
+    "idefics3": Family("Idefics3", (" True", " False"), "model.text_model", vision_cache=True, tiled=True),
+    "smolvlm": Family("SmolVLM", (" True", " False"), "model.text_model", vision_cache=True, tiled=True),
 }
 
 

@@ -122,6 +122,8 @@ class HFScorer(Scorer):
         retrace: Visual retracing settings (``None`` or ``enabled=False`` turns it off).
         vision_cache_size: Images kept in the vision cache (0 disables it).
         vision_cache_mb: Memory bound of the vision cache in MiB (``None``: entries only).
+        image_side: Longest side in px of the images the model sees (``None``: the processor's own
+            setting). Tiled families (Idefics3/SmolVLM) round it up to whole tiles. Smaller is faster.
     """
 
     def __init__(
@@ -134,6 +136,7 @@ class HFScorer(Scorer):
         retrace: RetraceConfig | None = None,
         vision_cache_size: int = 256,
         vision_cache_mb: float | None = 1024,
+        image_side: int | None = None,
     ) -> None:
         self.model = model.eval()
         self.processor = processor
@@ -148,6 +151,11 @@ class HFScorer(Scorer):
         self.lm_head = model.get_output_embeddings()
         self.image_token_id = getattr(model.config, "image_token_id", None)
         use_cache = vision_cache_size > 0 and self.family.vision_cache
+        self.image_side = image_side
+        self._proc_kwargs: dict[str, Any] = {}
+        if image_side is not None and self.family.tiled:
+            tile = int(processor.image_processor.max_image_size["longest_edge"])
+            self._proc_kwargs["size"] = {"longest_edge": max(1, -(-image_side // tile)) * tile}
         max_bytes = int(vision_cache_mb * 2**20) if vision_cache_mb is not None else None
         self.vision_cache: VisionCache | None = VisionCache(vision_cache_size, max_bytes) if use_cache else None
 
@@ -189,7 +197,15 @@ class HFScorer(Scorer):
             else:
                 assert c.image is not None
                 images.append(self.load(c.image))
-        return r, images
+        return r, [self._fit(im) for im in images]
+
+    def _fit(self, im: Image.Image) -> Image.Image:
+        """Downscale to ``image_side`` (untiled families; tiled ones are sized by the processor)."""
+        side = self.image_side
+        if side is None or self.family.tiled or max(im.size) <= side:
+            return im
+        scale = side / max(im.size)
+        return im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BICUBIC)
 
     def _chat_text(self, r: Rendered) -> str:
         content = [{"type": "image"} if k == "image" else {"type": "text", "text": v} for k, v in r.parts]
@@ -294,7 +310,10 @@ class HFScorer(Scorer):
     @torch.inference_mode()
     def _forward(self, texts: list[str], images: list[list[Image.Image]]) -> tuple[torch.Tensor, list[int | None]]:
         flat = [im for ims in images for im in ims]
-        inputs = dict(self.processor(text=texts, images=images if flat else None, padding=True, return_tensors="pt"))
+        kw = self._proc_kwargs if flat else {}
+        inputs = dict(
+            self.processor(text=texts, images=images if flat else None, padding=True, return_tensors="pt", **kw)
+        )
         inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
         if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
@@ -328,7 +347,7 @@ class HFScorer(Scorer):
         return ids
 
     def _option_logprobs(self, query: Query, shown: list[str]) -> tuple[list[float], str]:
-        q_img = self.load(query.image) if query.image is not None else None
+        q_img = self._fit(self.load(query.image)) if query.image is not None else None
         r = render(load_prompt("listwise"), query_text=query.text, query_image=q_img is not None, options=shown)
         logits, _ = self._forward([self._chat_text(r)], [[q_img]] if q_img is not None else [[]])
         sel = logits[0, self._label_ids(len(shown))]

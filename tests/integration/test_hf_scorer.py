@@ -239,6 +239,35 @@ def test_an_image_query_goes_through_the_tower_once_per_batch(tiny_vlm_dirs, can
     assert max_diff(again, want, "value") <= 1e-5
 
 
+@pytest.mark.parametrize("fam", ["qwen2_vl", "idefics3_split", "smolvlm"])
+def test_image_side_shrinks_what_the_tower_sees(tiny_vlm_dirs, tmp_path: Path, fam: str) -> None:
+    """RETLLM_SCORER_IMAGE_SIDE: fewer patches (Qwen) or fewer tiles (Idefics3/SmolVLM), same contract."""
+    import numpy as np
+    from PIL import Image
+
+    big = []
+    for i, size in enumerate([(160, 120), (90, 200), (140, 140), (300, 100)]):
+        big.append(tmp_path / f"big{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(big[-1])
+    cs = cands(big)
+    q = Query(text="a red circle")
+    seen: dict[str, int] = {}
+    for name, side in (("model's own", None), ("small", 56 if fam == "qwen2_vl" else 28)):
+        s = scorer(tiny_vlm_dirs, fam, batch_size=4, vision_cache_size=0, image_side=side)
+        rows: list[int] = []
+        handle = watch_tower(s, rows)
+        batched = s.score(q, cs)
+        handle.remove()
+        seen[name] = sum(rows)
+        single = [s.score(q, [c])[0] for c in cs]
+        assert max_diff(batched, single, "value") <= 1e-5 and all(b.method == "logits" for b in batched)
+    assert seen["small"] < seen["model's own"]
+    if fam != "qwen2_vl":
+        assert seen["small"] == len(cs)  # one 28-px tile per image
+    small = scorer(tiny_vlm_dirs, fam, image_side=28)
+    assert small.choose(Query(image=str(big[0])), ["a", "b"]).method == "logits"
+
+
 def test_bad_candidate_falls_back_to_coarse(tiny_vlm_dirs, candidate_images, tmp_path: Path) -> None:
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\nnope")

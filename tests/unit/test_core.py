@@ -88,6 +88,11 @@ def test_vision_cache_is_bounded_by_entries_and_bytes(monkeypatch: pytest.Monkey
         Settings()
     monkeypatch.setenv("RETLLM_VISION_CACHE_MB", "64")
     assert Settings().vision_cache_mb == 64
+    monkeypatch.setenv("RETLLM_SCORER_IMAGE_SIDE", "8")
+    with pytest.raises(ValidationError, match="greater than or equal to 28"):
+        Settings()
+    monkeypatch.setenv("RETLLM_SCORER_IMAGE_SIDE", "512")
+    assert Settings().scorer_image_side == 512
 
 
 def test_registry_errors_list_valid_choices(tmp_path) -> None:
