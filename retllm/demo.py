@@ -20,6 +20,7 @@ COLOURS = {
 SHAPES = ("circle", "square", "triangle", "star")
 BACKGROUNDS = {"white": (250, 250, 250), "grey": (150, 150, 150), "black": (20, 20, 20)}
 
+DEMO_IMAGE_SIDE = 512  # the scenes are 224 px; one 512-px tile for tiling models
 DEMO_QUERIES = ("a red circle", "a blue square on a black background", "a yellow star", "a green triangle")
 
 

@@ -317,7 +317,7 @@ def demo(
     scorer_id: Annotated[str | None, typer.Option("--scorer", help="Override RETLLM_SCORER for this call.")] = None,
 ) -> None:
     """Generate a small scene collection, ingest it, and show coarse vs. re-ranked results for a few queries."""
-    from retllm.demo import DEMO_QUERIES, build_demo_dataset
+    from retllm.demo import DEMO_IMAGE_SIDE, DEMO_QUERIES, build_demo_dataset
     from retllm.ingest import iter_sources
     from retllm.pipeline import Retriever
     from retllm.registry import make_embedder, make_index, make_scorer
@@ -326,6 +326,10 @@ def demo(
     folder = s.data_dir / "demo-data"
     manifest = build_demo_dataset(folder)
     embedder = make_embedder(s)
+    if s.scorer_image_side is None and not coarse_only:
+        # The scenes are 224 px: a tiling model (the default SmolVLM) would upscale each to up to 17 tiles.
+        s = s.model_copy(update={"scorer_image_side": DEMO_IMAGE_SIDE})
+        err.print(f"demo: the MLLM sees the scenes at up to {DEMO_IMAGE_SIDE} px (RETLLM_SCORER_IMAGE_SIDE to change)")
     scorer = None if coarse_only else make_scorer(s, scorer_id)
     with make_index(s) as index:
         report = _ingestor(s, embedder, index, collection).run(iter_sources([manifest]), progress=True)

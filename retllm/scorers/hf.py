@@ -154,8 +154,10 @@ class HFScorer(Scorer):
         self.image_side = image_side
         self._proc_kwargs: dict[str, Any] = {}
         if image_side is not None and self.family.tiled:
-            tile = int(processor.image_processor.max_image_size["longest_edge"])
-            self._proc_kwargs["size"] = {"longest_edge": max(1, -(-image_side // tile)) * tile}
+            ip = processor.image_processor
+            tile = int(ip.max_image_size["longest_edge"])
+            own = int(ip.size["longest_edge"]) if ip.do_image_splitting else tile
+            self._proc_kwargs["size"] = {"longest_edge": min(own, max(1, -(-image_side // tile)) * tile)}
         max_bytes = int(vision_cache_mb * 2**20) if vision_cache_mb is not None else None
         self.vision_cache: VisionCache | None = VisionCache(vision_cache_size, max_bytes) if use_cache else None
 

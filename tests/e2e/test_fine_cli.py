@@ -70,6 +70,9 @@ def test_demo_shows_coarse_and_reranked_side_by_side(cli_env, tiny_vlm_dirs) -> 
     r = run(["demo", "-k", "3"], env)
     assert r.returncode == 0, r.stderr
     assert "coarse order" in r.stdout and "re-ranked order" in r.stdout
+    assert "the MLLM sees the scenes at up to 512 px" in r.stderr
+    r = run(["demo", "-k", "2"], {**env, "RETLLM_SCORER_IMAGE_SIDE": "256"})  # an explicit setting wins
+    assert r.returncode == 0 and "sees the scenes" not in r.stderr, r.stderr
 
 
 def test_unknown_scorer_and_offline_scorer_fail_fast(cli_env, candidate_images, tmp_path) -> None:
