@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 sys.path.append(str(Path(__file__).resolve().parent.parent))
 
+from bench._common import random_image  # noqa: E402
 from retllm.scorers.base import Candidate  # noqa: E402
 from retllm.scorers.families import answer_token_ids, mlp_gate_weight  # noqa: E402
 from retllm.scorers.hf import HFScorer  # noqa: E402
@@ -96,7 +96,7 @@ def research_pair(
     """
     model, tm, head = scorer.model, scorer.text_model, scorer.lm_head
     layers = list(tm.layers)
-    r, ims = scorer._pair(query, scorer.load(query.image) if query.image is not None else None, c)
+    r, ims = scorer._pair(query, scorer._query_image(query), c)
     inputs = scorer.processor(text=[scorer._chat_text(r)], images=[ims], return_tensors="pt").to(scorer.device)
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     st: dict = {"armed": None, "v": None}
@@ -178,22 +178,11 @@ def main() -> None:
     n_params = sum(p.numel() for p in model.parameters()) / 1e9
     print(f"{args.shape}: {n_params:.2f}B params, {dtype}, {dev}, built in {time.perf_counter() - t0:.0f}s", flush=True)
     rng = np.random.default_rng(0)
-    folder = Path("/tmp/retllm-bench-imgs")
-    folder.mkdir(exist_ok=True)
-    cands = []
-    for i in range(args.k):
-        p = folder / f"{args.image_size}_{i}.png"
-        small = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((args.image_size, args.image_size)).save(p)
-        cands.append(Candidate(f"c{i}", image=str(p)))
+    side = (args.image_size, args.image_size)
+    cands = [Candidate(f"c{i}", image=random_image(f"{args.image_size}_{i}", side, rng)) for i in range(args.k)]
     q1, q2 = Query(text="a red circle on a white background"), Query(text="two dogs playing in the snow")
     if args.image_query:
-        qs = []
-        for name in ("q1", "q2"):
-            p = folder / f"{args.image_size}_{name}.png"
-            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).resize((args.image_size,) * 2).save(p)
-            qs.append(Query(image=str(p)))
-        q1, q2 = qs
+        q1, q2 = (Query(image=random_image(f"{args.image_size}_{name}", side, rng)) for name in ("q1", "q2"))
     cfg = RetraceConfig()
 
     ours = HFScorer(model, processor, batch_size=args.k, retrace=cfg, vision_cache_size=0)

@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 sys.path.append(str(Path(__file__).resolve().parent.parent))
 
+from bench._common import random_image  # noqa: E402
 from retllm.scorers.base import Candidate  # noqa: E402
 from retllm.scorers.hf import HFScorer  # noqa: E402
 from retllm.scorers.retrace import RetraceConfig  # noqa: E402
@@ -57,13 +57,7 @@ def main() -> None:
     n_params = sum(p.numel() for p in model.parameters()) / 1e9
     print(f"SmolVLM-256M shape: {n_params:.2f}B params, fp32, cpu, built in {time.perf_counter() - t0:.0f}s")
     rng = np.random.default_rng(0)
-    folder = Path("/tmp/retllm-bench-imgs")
-    folder.mkdir(exist_ok=True)
-    cands = []
-    for i in range(args.k):
-        p = folder / f"smol_{i}.png"
-        Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((640, 480)).save(p)
-        cands.append(Candidate(f"c{i}", image=str(p)))
+    cands = [Candidate(f"c{i}", image=random_image(f"smol_{i}", (640, 480), rng, (16, 12))) for i in range(args.k)]
     q1, q2 = Query(text="a red circle on a white background"), Query(text="two dogs playing in the snow")
     kw = dict(batch_size=args.k, retrace=RetraceConfig(), image_side=args.image_side)
     plain = HFScorer(model, processor, vision_cache_size=0, **kw)  # type: ignore[arg-type]

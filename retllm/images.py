@@ -10,6 +10,7 @@ import io
 import logging
 import warnings
 from pathlib import Path
+from typing import TypeGuard
 
 import httpx
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -25,7 +26,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", 
 Image.MAX_IMAGE_PIXELS = None
 
 
-def is_url(src: object) -> bool:
+def is_url(src: object) -> TypeGuard[str]:
     """True for http(s) URLs given as strings."""
     return isinstance(src, str) and src.startswith(("http://", "https://"))
 

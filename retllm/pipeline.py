@@ -83,16 +83,13 @@ class Retriever:
             k: Coarse pool size: how many candidates the MLLM sees.
             top: How many final hits to return (default all k).
         """
-        fine = not coarse_only and self.scorer is not None
+        scorer = None if coarse_only else self.scorer
         fetched = query
-        if fine and is_url(query.image):  # download the query image once for both stages
-            assert query.image is not None
-            data = read_image_bytes(query.image, timeout=self.url_timeout)
-            fetched = query.model_copy(update={"image": data})
+        if scorer is not None and is_url(query.image):  # download the query image once for both stages
+            fetched = query.model_copy(update={"image": read_image_bytes(query.image, timeout=self.url_timeout)})
         hits = self.coarse(fetched, k=k, flt=flt, using=using)
-        if fine:
-            assert self.scorer is not None
-            hits = self.rerank(query if self.scorer.prefers_urls else fetched, hits)
+        if scorer is not None:
+            hits = self.rerank(query if scorer.prefers_urls else fetched, hits)
         return hits[:top] if top else hits
 
     def rerank(self, query: Query, hits: list[Hit], *, candidate_text: bool = True) -> list[Hit]:

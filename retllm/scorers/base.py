@@ -126,9 +126,12 @@ class Scorer(ABC):
                 probs[i] += shown[pos] / z / rounds
             orders.append(order)
             methods.append(method)
-        method = methods[0] if len(set(methods)) == 1 else "+".join(sorted(set(methods)))
         return Choice(
-            index=max(range(n), key=probs.__getitem__), probs=probs, order=orders[0], method=method, orders=orders
+            index=max(range(n), key=probs.__getitem__),
+            probs=probs,
+            order=orders[0],
+            method="+".join(sorted(set(methods))),  # one method, or e.g. "logprobs+verbalized"
+            orders=orders,
         )
 
     def _option_logprobs(self, query: Query, shown: list[str]) -> tuple[list[float], str]:

@@ -198,8 +198,12 @@ class HFScorer(Scorer):
                 images.append(q_img)
             else:
                 assert c.image is not None
-                images.append(self.load(c.image))
-        return r, [self._fit(im) for im in images]
+                images.append(self._fit(self.load(c.image)))
+        return r, images
+
+    def _query_image(self, query: Query) -> Image.Image | None:
+        """The query's image, loaded and fitted once per query (it goes into every pair)."""
+        return self._fit(self.load(query.image)) if query.image is not None else None
 
     def _fit(self, im: Image.Image) -> Image.Image:
         """Downscale to ``image_side`` (untiled families; tiled ones are sized by the processor)."""
@@ -320,10 +324,10 @@ class HFScorer(Scorer):
         if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         if self.vision_cache is not None and flat:
-            if "image_grid_thw" in inputs:
-                self._inject_qwen_vision(inputs, flat)
-            elif "pixel_values" in inputs and inputs["pixel_values"].dim() == 5:
+            if self.family.tiled:
                 self._inject_idefics_vision(inputs, images)
+            elif "image_grid_thw" in inputs:
+                self._inject_qwen_vision(inputs, flat)
         attn = inputs["attention_mask"]
         image_mask = inputs["input_ids"] == self.image_token_id if self.image_token_id is not None else None
         retraced: list[int | None] = [None] * len(texts)
@@ -349,14 +353,14 @@ class HFScorer(Scorer):
         return ids
 
     def _option_logprobs(self, query: Query, shown: list[str]) -> tuple[list[float], str]:
-        q_img = self._fit(self.load(query.image)) if query.image is not None else None
+        q_img = self._query_image(query)
         r = render(load_prompt("listwise"), query_text=query.text, query_image=q_img is not None, options=shown)
         logits, _ = self._forward([self._chat_text(r)], [[q_img]] if q_img is not None else [[]])
         sel = logits[0, self._label_ids(len(shown))]
         return F.log_softmax(sel, -1).tolist(), "logits"
 
     def score(self, query: Query, candidates: Sequence[Candidate]) -> list[Score]:
-        q_img = self.load(query.image) if query.image is not None else None
+        q_img = self._query_image(query)
         results: list[Score | None] = [None] * len(candidates)
         prepared: list[tuple[int, str, list[Image.Image]]] = []
         for i, c in enumerate(candidates):
