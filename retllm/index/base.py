@@ -3,6 +3,9 @@
 Each point stores up to three named vectors (``image``, ``text``, ``fused``) and a payload:
 ``retllm_id`` (the item id), ``text``, ``image`` (path or URL) and ``meta`` (the user's fields).
 Filters name user fields (``color=red`` matches ``meta.color``).
+
+Indexes are shared: one instance (and several instances over the same store) may be used from many
+threads at once.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -58,20 +61,35 @@ class Record:
         return point_id(self.id)
 
 
+Fusion = Literal["rrf", "dbsf"]
+FUSIONS: tuple[Fusion, ...] = ("rrf", "dbsf")
+RRF_K = 2
+"""Qdrant's own RRF constant: score = sum over the searches of 1 / (RRF_K + rank)."""
+
+
 @dataclass
 class SearchResult:
-    """A coarse hit: item id, cosine score, payload, and which named vector matched."""
+    """A coarse hit: item id, score, payload, and what matched.
+
+    ``score`` is the cosine similarity when one named vector was searched (``vector`` names it), or the
+    fused score when ``auto`` fused the searches over every stored kind (``vector`` is ``rrf``/``dbsf``).
+    """
 
     id: str
     score: float
     payload: dict[str, Any]
-    vector: VectorName
+    vector: str
 
 
 class Index(ABC):
-    """A store of collections of points with named vectors ``image``/``text``/``fused``."""
+    """A store of collections of points with named vectors ``image``/``text``/``fused``.
+
+    Attributes:
+        fusion: How ``auto`` search fuses the per-vector searches (``rrf`` or ``dbsf``).
+    """
 
     name: str = "index"
+    fusion: Fusion = "rrf"
 
     @abstractmethod
     def list_collections(self) -> list[str]:
@@ -106,6 +124,12 @@ class Index(ABC):
     ) -> list[SearchResult]: ...
 
     @abstractmethod
+    def _search_fused(
+        self, collection: str, vector: np.ndarray, limit: int, flt: FilterSpec | None, fusion: Fusion
+    ) -> list[SearchResult]:
+        """One Query API request: a prefetch per named vector, fused by ``fusion``."""
+
+    @abstractmethod
     def count(self, collection: str, flt: FilterSpec | None = None) -> int:
         """Number of points (matching ``flt`` when given)."""
 
@@ -134,10 +158,9 @@ class Index(ABC):
     def ensure_collection(self, collection: str, dim: int) -> None:
         """Create the collection if missing; raise if it exists with another vector size."""
         check_collection_name(collection)
-        if self.exists(collection):
-            self.check_dim(collection, dim)
-        else:
-            self._create(collection, dim)
+        if not self.exists(collection):
+            self._create(collection, dim)  # a no-op when another thread created it meanwhile
+        self.check_dim(collection, dim)
 
     def check_dim(self, collection: str, dim: int) -> None:
         """Raise :class:`DimensionMismatchError` when the collection's size differs from ``dim``."""
@@ -161,8 +184,10 @@ class Index(ABC):
 
         Args:
             vectors: Query vectors by kind (see :meth:`Embedder.embed_query`).
-            using: The stored vector to match. ``None`` ("auto") matches the query's own kind
-                (fused for text+image queries) against every stored kind and keeps each item's best.
+            using: The stored vector to match. ``None`` ("auto") matches the query's own kind (fused for
+                text+image queries) against every stored kind in one Query API request and fuses the three
+                rankings with :attr:`fusion` (cosines of different kinds are on different scales: CLIP
+                text-text ~0.7, text-image ~0.3, so a best-cosine merge would bury image-only items).
             flt: Payload filter.
         """
         if limit < 1:
@@ -173,9 +198,9 @@ class Index(ABC):
             if using not in VECTOR_NAMES:
                 raise ConfigError(f"unknown vector {using!r}; valid: {', '.join(VECTOR_NAMES)}")
             return self._search(collection, q, using, limit, flt)
-        best: dict[str, SearchResult] = {}
-        for name in VECTOR_NAMES:
-            for r in self._search(collection, q, name, limit, flt):
-                if r.id not in best or r.score > best[r.id].score:
-                    best[r.id] = r
-        return sorted(best.values(), key=lambda r: (-r.score, r.id))[:limit]
+        if self.fusion not in FUSIONS:
+            raise ConfigError(f"unknown vector fusion {self.fusion!r}; valid: {', '.join(FUSIONS)}")
+        # Fused scores tie often (rank r in one search = rank r in another): fetch past the cut and break
+        # ties by id, so the order and the cut do not depend on the engine's internal point order.
+        fused = self._search_fused(collection, q, 2 * limit, flt, self.fusion)
+        return sorted(fused, key=lambda r: (-round(r.score, 9), r.id))[:limit]

@@ -1,10 +1,17 @@
-"""Embedded backend: Qdrant's in-process engine (qdrant-edge), one shard folder per collection."""
+"""Embedded backend: Qdrant's in-process engine (qdrant-edge), one shard folder per collection.
+
+A shard folder can be opened once per process (its WAL is locked), so open shards live in one
+process-wide table shared by every :class:`EdgeIndex` over the same folder, with a reference count;
+opening, creating and dropping go through that table's lock. The shard itself serves concurrent
+queries and updates from many threads.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import shutil
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,7 +19,16 @@ from typing import Any
 import numpy as np
 
 from retllm.errors import CollectionLockedError, CollectionNotFoundError, MissingDependencyError
-from retllm.index.base import FilterSpec, Index, Record, SearchResult, check_collection_name, filter_alternatives
+from retllm.index.base import (
+    RRF_K,
+    FilterSpec,
+    Fusion,
+    Index,
+    Record,
+    SearchResult,
+    check_collection_name,
+    filter_alternatives,
+)
 from retllm.types import VECTOR_NAMES, VectorName, point_id
 
 log = logging.getLogger(__name__)
@@ -38,14 +54,22 @@ def edge_filter(flt: FilterSpec | None) -> Any:
     return q.Filter(must=must)
 
 
+class _OpenShards:
+    """The process-wide table of open shards: folder -> [shard, references]."""
+
+    lock = threading.Lock()
+    table: dict[Path, list[Any]] = {}
+
+
 class EdgeIndex(Index):
     """Collections as qdrant-edge shards under ``root`` (WAL on, so a killed process loses no upsert)."""
 
     name = "edge"
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, fusion: Fusion = "rrf") -> None:
         self.root = Path(root)
-        self._shards: dict[str, Any] = {}
+        self.fusion = fusion
+        self._held: set[Path] = set()  # shard folders this instance holds a reference to
 
     def _path(self, collection: str) -> Path:
         return self.root / check_collection_name(collection)
@@ -58,31 +82,47 @@ class EdgeIndex(Index):
     def exists(self, collection: str) -> bool:
         return (self._path(collection) / "edge_config.json").is_file()
 
+    def _key(self, collection: str) -> Path:
+        return self._path(collection).resolve()
+
+    def _hold(self, key: Path, entry: list[Any]) -> Any:
+        """Take this instance's reference to an open shard (caller holds the table lock)."""
+        if key not in self._held:
+            entry[1] += 1
+            self._held.add(key)
+        return entry[0]
+
     def _open(self, collection: str) -> Any:
-        if collection in self._shards:
-            return self._shards[collection]
-        path = self._path(collection)
-        if not (path / "edge_config.json").is_file():
-            raise CollectionNotFoundError(
-                f"no collection {collection!r} in {self.root}; existing: {', '.join(self.list_collections()) or 'none'}"
-            )
-        try:
-            shard = _edge().EdgeShard.load(str(path))
-        except Exception as e:
-            if "WouldBlock" in str(e) or "lock" in str(e).lower():
-                raise CollectionLockedError(
-                    f"collection {collection!r} is open in another retllm process; wait for it to finish"
-                ) from e
-            raise
-        self._shards[collection] = shard
-        return shard
+        key = self._key(collection)
+        with _OpenShards.lock:
+            entry = _OpenShards.table.get(key)
+            if entry is not None:
+                return self._hold(key, entry)
+            self._held.discard(key)  # dropped by another instance since
+            if not (key / "edge_config.json").is_file():
+                existing = ", ".join(self.list_collections()) or "none"
+                raise CollectionNotFoundError(f"no collection {collection!r} in {self.root}; existing: {existing}")
+            try:
+                shard = _edge().EdgeShard.load(str(key))
+            except Exception as e:
+                if "WouldBlock" in str(e) or "lock" in str(e).lower():
+                    raise CollectionLockedError(
+                        f"collection {collection!r} is open in another process; wait for it to finish"
+                    ) from e
+                raise
+            entry = _OpenShards.table[key] = [shard, 0]
+            return self._hold(key, entry)
 
     def _create(self, collection: str, dim: int) -> None:
         q = _edge()
         params = {n: q.EdgeVectorParams(size=dim, distance=q.Distance.Cosine) for n in VECTOR_NAMES}
-        path = self._path(collection)
-        path.mkdir(parents=True, exist_ok=True)
-        self._shards[collection] = q.EdgeShard.create(str(path), q.EdgeConfig(vectors=params))
+        key = self._key(collection)
+        with _OpenShards.lock:
+            if key in _OpenShards.table or (key / "edge_config.json").is_file():
+                return  # created meanwhile by another thread; ensure_collection checks its size
+            key.mkdir(parents=True, exist_ok=True)
+            shard = q.EdgeShard.create(str(key), q.EdgeConfig(vectors=params))
+            self._hold(key, _OpenShards.table.setdefault(key, [shard, 0]))
 
     def dim(self, collection: str) -> int:
         cfg = self._path(collection) / "edge_config.json"
@@ -91,10 +131,13 @@ class EdgeIndex(Index):
         return int(json.loads(cfg.read_text())["vectors"]["image"]["size"])
 
     def drop_collection(self, collection: str) -> None:
-        shard = self._shards.pop(collection, None)
-        if shard is not None:
-            shard.close()
-        shutil.rmtree(self._path(collection), ignore_errors=True)
+        key = self._key(collection)
+        with _OpenShards.lock:
+            entry = _OpenShards.table.pop(key, None)
+            self._held.discard(key)
+            if entry is not None:
+                entry[0].close()
+            shutil.rmtree(key, ignore_errors=True)
 
     def upsert(self, collection: str, records: Sequence[Record]) -> None:
         if not records:
@@ -134,6 +177,22 @@ class EdgeIndex(Index):
             for p in self._open(collection).query(req)
         ]
 
+    def _search_fused(
+        self, collection: str, vector: np.ndarray, limit: int, flt: FilterSpec | None, fusion: Fusion
+    ) -> list[SearchResult]:
+        q = _edge()
+        vec = np.asarray(vector, np.float32).tolist()
+        f = edge_filter(flt)
+        prefetches = [
+            q.Prefetch(query=q.Query.Nearest(vec, using=name), limit=limit, filter=f) for name in VECTOR_NAMES
+        ]
+        method = q.Fusion.Rrf(k=RRF_K) if fusion == "rrf" else q.Fusion.Dbsf()
+        req = q.QueryRequest(limit=limit, query=method, prefetches=prefetches, filter=f, with_payload=True)
+        return [
+            SearchResult(p.payload["retllm_id"], float(p.score), p.payload, fusion)
+            for p in self._open(collection).query(req)
+        ]
+
     def count(self, collection: str, flt: FilterSpec | None = None) -> int:
         q = _edge()
         return int(self._open(collection).count(q.CountRequest(exact=True, filter=edge_filter(flt))))
@@ -158,9 +217,15 @@ class EdgeIndex(Index):
         return True
 
     def close(self) -> None:
-        for shard in self._shards.values():
-            try:
-                shard.flush()
-            finally:
-                shard.close()
-        self._shards.clear()
+        """Flush and release this instance's shards; the last holder in the process closes each one."""
+        with _OpenShards.lock:
+            for key in self._held:
+                entry = _OpenShards.table.get(key)
+                if entry is None:
+                    continue
+                entry[0].flush()
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    del _OpenShards.table[key]
+                    entry[0].close()
+            self._held.clear()

@@ -1,8 +1,15 @@
-"""qdrant-client backend: a Qdrant server or cluster by URL, or the client's local mode (':memory:' / path)."""
+"""qdrant-client backend: a Qdrant server or cluster by URL, or the client's local mode (':memory:' / path).
+
+The server client is thread-safe. Local mode is not (concurrent writes and reads corrupt its arrays), so
+every call on a local store takes that store's lock; and since a local folder can be opened by one
+client per process, instances over the same folder share one client, with a reference count.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from retllm.errors import CollectionLockedError, CollectionNotFoundError, ConfigError
-from retllm.index.base import FilterSpec, Index, Record, SearchResult, filter_alternatives
+from retllm.index.base import RRF_K, FilterSpec, Fusion, Index, Record, SearchResult, filter_alternatives
 from retllm.types import VECTOR_NAMES, VectorName, point_id
 
 log = logging.getLogger(__name__)
@@ -31,28 +38,46 @@ def client_filter(flt: FilterSpec | None) -> Any:
     return m.Filter(must=must)
 
 
+class _LocalStores:
+    """Process-wide local-mode clients: folder -> [client, lock, references]."""
+
+    lock = threading.Lock()
+    table: dict[Path, list[Any]] = {}
+
+
 class QdrantIndex(Index):
     """Collections in Qdrant through qdrant-client.
 
     Args:
         location: ``http(s)://...`` for a server or cluster, ``:memory:`` or a folder path for local mode.
         api_key: Server API key.
+        fusion: How ``auto`` search fuses the per-vector searches.
     """
 
     name = "qdrant"
 
-    def __init__(self, location: str, api_key: str | None = None, *, timeout: int = 30) -> None:
+    def __init__(self, location: str, api_key: str | None = None, *, timeout: int = 30, fusion: Fusion = "rrf") -> None:
         from qdrant_client import QdrantClient
 
         self.location = location
+        self.fusion = fusion
+        self._key: Path | None = None
+        self._lock: Any = contextlib.nullcontext()
         try:
             if location.startswith(("http://", "https://")):
                 self.client = QdrantClient(url=location, api_key=api_key, timeout=timeout)
             elif location == ":memory:":
                 self.client = QdrantClient(location=":memory:")
+                self._lock = threading.RLock()
             else:
                 Path(location).mkdir(parents=True, exist_ok=True)
-                self.client = QdrantClient(path=location)
+                key = Path(location).resolve()
+                with _LocalStores.lock:
+                    entry = _LocalStores.table.get(key)
+                    if entry is None:
+                        entry = _LocalStores.table[key] = [QdrantClient(path=str(key)), threading.RLock(), 0]
+                    entry[2] += 1
+                self.client, self._lock, self._key = entry[0], entry[1], key
         except RuntimeError as e:
             if "already accessed" in str(e):
                 raise CollectionLockedError(
@@ -61,10 +86,12 @@ class QdrantIndex(Index):
             raise ConfigError(f"cannot open Qdrant at {location}: {e}") from e
 
     def list_collections(self) -> list[str]:
-        return sorted(c.name for c in self.client.get_collections().collections)
+        with self._lock:
+            return sorted(c.name for c in self.client.get_collections().collections)
 
     def exists(self, collection: str) -> bool:
-        return bool(self.client.collection_exists(collection))
+        with self._lock:
+            return bool(self.client.collection_exists(collection))
 
     def _require(self, collection: str) -> None:
         if not self.exists(collection):
@@ -73,20 +100,29 @@ class QdrantIndex(Index):
 
     def _create(self, collection: str, dim: int) -> None:
         from qdrant_client import models as m
+        from qdrant_client.http.exceptions import UnexpectedResponse
 
-        self.client.create_collection(
-            collection,
-            vectors_config={n: m.VectorParams(size=dim, distance=m.Distance.COSINE) for n in VECTOR_NAMES},
-        )
+        with self._lock:
+            try:
+                self.client.create_collection(
+                    collection,
+                    vectors_config={n: m.VectorParams(size=dim, distance=m.Distance.COSINE) for n in VECTOR_NAMES},
+                )
+            except (UnexpectedResponse, ValueError) as e:
+                if not self.client.collection_exists(collection):
+                    raise
+                log.debug("collection %s was created concurrently: %s", collection, e)
 
     def dim(self, collection: str) -> int:
         self._require(collection)
-        vectors = self.client.get_collection(collection).config.params.vectors
+        with self._lock:
+            vectors = self.client.get_collection(collection).config.params.vectors
         assert isinstance(vectors, dict)
         return int(vectors["image"].size)
 
     def drop_collection(self, collection: str) -> None:
-        self.client.delete_collection(collection)
+        with self._lock:
+            self.client.delete_collection(collection)
 
     def upsert(self, collection: str, records: Sequence[Record]) -> None:
         if not records:
@@ -102,54 +138,77 @@ class QdrantIndex(Index):
             )
             for r in records
         ]
-        self.client.upsert(collection, points=points, wait=True)
+        with self._lock:
+            self.client.upsert(collection, points=points, wait=True)
 
     def delete(self, collection: str, ids: Sequence[str]) -> int:
         from qdrant_client import models as m
 
         present = self.existing(collection, ids)
         if present:
-            self.client.delete(
-                collection, points_selector=m.PointIdsList(points=[point_id(i) for i in present]), wait=True
-            )
+            with self._lock:
+                self.client.delete(
+                    collection, points_selector=m.PointIdsList(points=[point_id(i) for i in present]), wait=True
+                )
         return len(present)
 
     def existing(self, collection: str, ids: Sequence[str]) -> set[str]:
         if not ids:
             return set()
         self._require(collection)
-        recs = self.client.retrieve(collection, ids=[point_id(i) for i in ids], with_payload=True)
+        with self._lock:
+            recs = self.client.retrieve(collection, ids=[point_id(i) for i in ids], with_payload=True)
         return {r.payload["retllm_id"] for r in recs if r.payload}
+
+    def _results(self, points: Any, vector: str) -> list[SearchResult]:
+        return [
+            SearchResult(p.payload["retllm_id"], float(p.score), dict(p.payload), vector) for p in points if p.payload
+        ]
 
     def _search(
         self, collection: str, vector: np.ndarray, using: VectorName, limit: int, flt: FilterSpec | None
     ) -> list[SearchResult]:
         self._require(collection)
-        res = self.client.query_points(
-            collection,
-            query=np.asarray(vector, np.float32).tolist(),
-            using=using,
-            limit=limit,
-            query_filter=client_filter(flt),
-            with_payload=True,
-        )
-        return [
-            SearchResult(p.payload["retllm_id"], float(p.score), dict(p.payload), using)
-            for p in res.points
-            if p.payload
-        ]
+        with self._lock:
+            res = self.client.query_points(
+                collection,
+                query=np.asarray(vector, np.float32).tolist(),
+                using=using,
+                limit=limit,
+                query_filter=client_filter(flt),
+                with_payload=True,
+            )
+        return self._results(res.points, using)
+
+    def _search_fused(
+        self, collection: str, vector: np.ndarray, limit: int, flt: FilterSpec | None, fusion: Fusion
+    ) -> list[SearchResult]:
+        from qdrant_client import models as m
+
+        self._require(collection)
+        vec = np.asarray(vector, np.float32).tolist()
+        f = client_filter(flt)
+        prefetch = [m.Prefetch(query=vec, using=name, limit=limit, filter=f) for name in VECTOR_NAMES]
+        query: Any = m.RrfQuery(rrf=m.Rrf(k=RRF_K)) if fusion == "rrf" else m.FusionQuery(fusion=m.Fusion.DBSF)
+        with self._lock:
+            res = self.client.query_points(
+                collection, prefetch=prefetch, query=query, limit=limit, query_filter=f, with_payload=True
+            )
+        return self._results(res.points, fusion)
 
     def count(self, collection: str, flt: FilterSpec | None = None) -> int:
         self._require(collection)
-        return int(self.client.count(collection, count_filter=client_filter(flt), exact=True).count)
+        with self._lock:
+            return int(self.client.count(collection, count_filter=client_filter(flt), exact=True).count)
 
     def scroll(self, collection: str, *, with_vectors: bool = False, batch: int = 256) -> Iterator[Record]:
         self._require(collection)
         offset = None
         while True:
-            pts, offset = self.client.scroll(
-                collection, limit=batch, offset=offset, with_payload=True, with_vectors=with_vectors
-            )
+            with self._lock:  # per page: a slow consumer never holds the store
+                pts, offset = self.client.scroll(
+                    collection, limit=batch, offset=offset, with_payload=True, with_vectors=with_vectors
+                )
             for p in pts:
                 payload = dict(p.payload or {})
                 vecs: dict[Any, np.ndarray] = {}
@@ -160,4 +219,15 @@ class QdrantIndex(Index):
                 return
 
     def close(self) -> None:
-        self.client.close()
+        """Close the client; a shared local store closes when its last instance does."""
+        if self._key is None:
+            self.client.close()
+            return
+        with _LocalStores.lock:
+            entry = _LocalStores.table.get(self._key)
+            if entry is not None and entry[0] is self.client:
+                entry[2] -= 1
+                if entry[2] <= 0:
+                    del _LocalStores.table[self._key]
+                    self.client.close()
+            self._key = None

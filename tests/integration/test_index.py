@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,14 +105,60 @@ def test_optimize_keeps_points_and_answers(index: Index) -> None:
         index.optimize("nope")
 
 
-def test_auto_search_keeps_each_items_best_vector(index: Index) -> None:
+def mixed_collection() -> list[Record]:
+    """Text-only items close to the query text (cosine ~0.7, as CLIP text-text), the right image-only item far
+    below them (cosine 0.35, as CLIP text-image), another image-only item, and one item with all three kinds."""
+    recs = [
+        Record(f"t{i}", {"text": unit([0.75 - i / 100] + [0.0] * i + [0.66])}, {"retllm_id": f"t{i}"}) for i in range(5)
+    ]
+    recs.append(Record("photo", {"image": unit([0.35, 0, 0, 0, 0, 0, 0, 0.94])}, {"retllm_id": "photo"}))
+    recs.append(Record("other", {"image": unit([0.2, 0, 0, 0, 0, 0, 0.98])}, {"retllm_id": "other"}))
+    both = {"image": unit([0.1, 0, 0, 0, 0, 1]), "text": unit([0.1, 0, 0, 0, 1]), "fused": unit([0.1, 0, 0, 0, 1, 1])}
+    recs.append(Record("both", both, {"retllm_id": "both"}))
+    return recs
+
+
+def naive_fused(recs: list[Record], q: np.ndarray, limit: int) -> list[tuple[str, float]]:
+    """Reciprocal rank fusion written out: exact top-``2 * limit`` per named vector (the depth search asks
+    for), sum of 1 / (2 + rank), best ``limit``."""
+    total: dict[str, float] = {}
+    for name in ("image", "text", "fused"):
+        ranked = sorted((r for r in recs if name in r.vectors), key=lambda r: -float(r.vectors[name] @ q))[: 2 * limit]
+        for rank, r in enumerate(ranked):
+            total[r.id] = total.get(r.id, 0.0) + 1.0 / (2 + rank)
+    return sorted(total.items(), key=lambda kv: -kv[1])[:limit]
+
+
+@pytest.mark.parametrize("fusion", ["rrf", "dbsf"])
+def test_auto_search_fuses_the_vector_kinds_so_image_only_items_are_reachable(index: Index, fusion: str) -> None:
     index.ensure_collection("c", DIM)
-    index.upsert("c", records())
-    hits = index.search("c", {"text": unit([0, 0, 1])}, limit=4)
-    ids = [h.id for h in hits]
-    assert ids[0] == "both-d" and hits[0].vector == "text"
-    assert len(ids) == len(set(ids)) == 4
+    recs = mixed_collection()
+    index.upsert("c", recs)
+    q = {"text": unit([1.0])}
+    text_only = [h.id for h in index.search("c", q, limit=3, using="text")]
+    assert "photo" not in text_only  # what a best-cosine merge of the three searches returned as well
+    index.fusion = fusion  # type: ignore[assignment]
+    hits = index.search("c", q, limit=3)
+    assert "photo" in [h.id for h in hits] and "other" not in [h.id for h in hits]
+    assert all(h.vector == fusion for h in hits) and len({h.id for h in hits}) == 3
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    if fusion == "rrf":
+        want = naive_fused(recs, q["text"], 3)
+        assert {h.id for h in hits} == {i for i, _ in want}
+        assert sorted(h.score for h in hits) == pytest.approx(sorted(s for _, s in want), abs=1e-6)
+    filtered = index.search("c", q, limit=3, flt={"colour": "red"})
+    assert filtered == []  # the filter reaches every prefetch
+
+
+def test_auto_search_is_the_same_on_every_backend(tmp_path: Path) -> None:
+    """qdrant-edge and qdrant-client run the same Query API request: same ids, same fused scores."""
+    got = []
+    for idx in (EdgeIndex(tmp_path / "e"), QdrantIndex(":memory:")):
+        idx.ensure_collection("c", DIM)
+        idx.upsert("c", mixed_collection() + records())
+        got.append([(h.id, round(h.score, 6)) for h in idx.search("c", {"image": unit([0.5, 0.4, 0.3, 0.2])}, limit=6)])
+        idx.close()
+    assert got[0] == got[1] and len(got[0]) == 6
 
 
 def test_payload_filters(index: Index) -> None:
@@ -163,3 +210,95 @@ def test_migrate_edge_to_client_local_mode(tmp_path: Path) -> None:
     assert [h.id for h in src.search("c", q, limit=5)] == [h.id for h in dst.search("c", q, limit=5)]
     src.close()
     dst.close()
+
+
+# --- shared use from many threads -----------------------------------------------------------------
+
+
+def run_threads(fn, n: int) -> list[BaseException]:  # type: ignore[no-untyped-def]
+    """Run ``fn(i)`` on ``n`` real threads started together; the exceptions they raised."""
+    barrier, errors = threading.Barrier(n), []
+
+    def body(i: int) -> None:
+        try:
+            barrier.wait()
+            fn(i)
+        except BaseException as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+@pytest.mark.parametrize("backend", ["edge", "qdrant-path"])
+def test_concurrent_first_opens_of_one_collection_succeed(tmp_path: Path, backend: str) -> None:
+    """Threads of one process opening the same embedded collection (own instances and a shared one) all work."""
+
+    def make() -> Index:
+        return EdgeIndex(tmp_path / "e") if backend == "edge" else QdrantIndex(str(tmp_path / "q"))
+
+    first = make()
+    first.ensure_collection("c", DIM)
+    first.upsert("c", records())
+    first.close()
+    shared = make()
+    counts: list[int] = []
+
+    def open_and_read(i: int) -> None:
+        idx = shared if i % 2 else make()
+        counts.append(idx.count("c"))
+        assert [h.id for h in idx.search("c", {"image": unit([1, 0])}, limit=1, using="image")] == ["img-a"]
+        if idx is not shared:
+            idx.close()
+
+    assert run_threads(open_and_read, 8) == []
+    assert counts == [4] * 8
+    shared.close()
+    reopened = make()  # every reference was released: the store opens again
+    assert reopened.count("c") == 4
+    reopened.close()
+
+
+def test_concurrent_creates_of_one_collection_succeed(index: Index) -> None:
+    assert run_threads(lambda i: index.ensure_collection("c", DIM), 6) == []
+    assert index.list_collections() == ["c"]
+
+
+def test_concurrent_writes_and_searches_on_a_shared_index(index: Index) -> None:
+    """Local mode corrupts its arrays under concurrent use unless calls are serialised; edge is safe as is."""
+    index.ensure_collection("c", DIM)
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((4, 50, DIM)).astype(np.float32)
+
+    def work(i: int) -> None:
+        if i < 4:
+            for j in range(0, 50, 5):
+                batch = [
+                    Record(f"w{i}-{j + n}", {"image": vecs[i, j + n]}, {"retllm_id": f"w{i}-{j + n}"}) for n in range(5)
+                ]
+                index.upsert("c", batch)
+        else:
+            for j in range(30):
+                index.search("c", {"image": vecs[i - 4, j]}, limit=5)
+                index.count("c")
+
+    assert run_threads(work, 8) == []
+    assert index.count("c") == 200
+
+
+def test_a_collection_dropped_by_one_instance_is_gone_for_another(tmp_path: Path) -> None:
+    a, b = EdgeIndex(tmp_path), EdgeIndex(tmp_path)
+    a.ensure_collection("c", DIM)
+    a.upsert("c", records())
+    assert b.count("c") == 4  # b shares a's open shard instead of failing on its lock
+    a.drop_collection("c")
+    with pytest.raises(CollectionNotFoundError):
+        b.count("c")
+    b.ensure_collection("c", DIM)  # and can create it anew
+    assert a.count("c") == 0
+    a.close()
+    b.close()
