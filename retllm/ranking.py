@@ -1,33 +1,68 @@
-"""Final ranking: fine score desc, then answer entropy asc (tie-break), then coarse score desc."""
+"""Final ranking: one total order over a query's hits, whatever mix of scoring methods produced them.
+
+The order, as a sort key (so it is transitive, unlike a comparator with a tolerance):
+
+1. Pairs the model judged (``logits``, ``logprobs``, ``verbalized``) come before pairs that fell back
+   (``coarse``: the MLLM could not score them); fallbacks keep their coarse order among themselves.
+2. Judged pairs by score, high first. Scores are compared on a grid of ``tie_tolerance`` (1e-6), so
+   floating-point jitter between otherwise equal scores never decides the order.
+3. A ``verbalized`` answer is a bare True/False with no probability. It ranks as the least confident
+   answer of its kind: ``True`` just below every graded pair (``logits``/``logprobs``) scoring above
+   0.5, ``False`` just above every graded pair scoring below 0.5 (graded pairs at exactly 0.5 sit
+   between the two). A hard 1.0 never outranks a graded 0.99.
+4. Ties: lower answer entropy (the model was surer), then higher coarse score, then coarse rank.
+
+``min_score`` keeps the hits that provably reach it: a graded score ``>= min_score``; a verbalized
+``True`` counts as 0.5 and a ``False`` as 0.0; a fallback has no fine score and never passes.
+"""
 
 from __future__ import annotations
 
-from functools import cmp_to_key
+import logging
+import math
 
 from retllm.scorers.base import Score
 from retllm.types import Hit
 
+log = logging.getLogger(__name__)
 
-def _cmp(tol: float):  # noqa: ANN202
-    def cmp(a: Hit, b: Hit) -> int:
-        sa, sb = a.score if a.score is not None else a.coarse_score, b.score if b.score is not None else b.coarse_score
-        if abs(sa - sb) > tol:
-            return -1 if sa > sb else 1
-        ea = a.entropy if a.entropy is not None else float("inf")
-        eb = b.entropy if b.entropy is not None else float("inf")
-        if ea != eb:
-            return -1 if ea < eb else 1
-        if a.coarse_score != b.coarse_score:
-            return -1 if a.coarse_score > b.coarse_score else 1
-        return 0
-
-    return cmp
+GRADED = frozenset({"logits", "logprobs"})
+FALLBACK = "coarse"
 
 
-def apply_scores(hits: list[Hit], scores: list[Score], *, tie_tolerance: float = 1e-6) -> list[Hit]:
-    """Attach fine scores (with provenance) to coarse hits and re-rank them.
+def _bucket(value: float, tol: float) -> int:
+    return math.floor(value / tol + 0.5)
 
-    Scores equal within ``tie_tolerance`` are ordered by lower entropy, then by higher coarse score.
+
+def rank_key(h: Hit, tie_tolerance: float = 1e-6) -> tuple[int, int, int, float, float, int]:
+    """The sort key of :func:`apply_scores` (smaller sorts first)."""
+    coarse_rank = h.coarse_rank if h.coarse_rank is not None else h.rank
+    if h.method == FALLBACK or h.score is None:
+        return (1, 0, 0, 0.0, -h.coarse_score, coarse_rank)
+    if h.method in GRADED:
+        level, sub = h.score, 0
+    else:  # verbalized: the least confident answer of its kind
+        level, sub = 0.5, (-1 if h.score >= 0.5 else 1)
+    entropy = h.entropy if h.entropy is not None else math.inf
+    return (0, -_bucket(level, tie_tolerance), sub, entropy, -h.coarse_score, coarse_rank)
+
+
+def passes(h: Hit, min_score: float) -> bool:
+    """Whether a re-ranked hit provably reaches ``min_score`` (see the module docstring)."""
+    if h.method == FALLBACK or h.score is None:
+        return False
+    if h.method in GRADED:
+        return h.score >= min_score
+    return (0.5 if h.score >= 0.5 else 0.0) >= min_score
+
+
+def apply_scores(
+    hits: list[Hit], scores: list[Score], *, tie_tolerance: float = 1e-6, min_score: float | None = None
+) -> list[Hit]:
+    """Attach fine scores (with provenance) to coarse hits and re-rank them in the order described above.
+
+    Args:
+        min_score: Drop hits that do not reach it (``None`` keeps all), so a query can return nothing.
     """
     if len(hits) != len(scores):
         raise ValueError(f"{len(hits)} hits but {len(scores)} scores")
@@ -46,5 +81,10 @@ def apply_scores(hits: list[Hit], scores: list[Score], *, tie_tolerance: float =
         )
         for h, s in zip(hits, scores, strict=True)
     ]
-    ranked = sorted(merged, key=cmp_to_key(_cmp(tie_tolerance)))
+    ranked = sorted(merged, key=lambda h: rank_key(h, tie_tolerance))
+    if min_score is not None:
+        failed = sum(1 for h in ranked if h.method == FALLBACK)
+        if failed:
+            log.warning("%d hit(s) fell back to coarse scores and cannot pass min_score %.3g", failed, min_score)
+        ranked = [h for h in ranked if passes(h, min_score)]
     return [h.model_copy(update={"rank": i + 1}) for i, h in enumerate(ranked)]
