@@ -16,30 +16,33 @@ class Family:
 
     Attributes:
         name: Human name.
-        answers: The (positive, negative) answer strings as the first generated token after the
-            generation prompt (SmolVLM's prompt ends in ``Assistant:``, so its answers carry a space).
+        answer_prefix: Prepended to the prompt file's answer words to get the first generated token after
+            the generation prompt (SmolVLM's prompt ends in ``Assistant:``, so its answers carry a space).
         text_model: Attribute path from the top model to the decoder stack (with ``layers`` and ``norm``).
         vision_cache: Whether per-image vision outputs can be injected through ``mm_encoder_outputs``.
         deepstack: Whether vision outputs carry per-layer deepstack features (Qwen3-VL).
         tiled: Whether the processor resizes every image to a fixed longest edge and cuts it into tiles
             (Idefics3/SmolVLM), so the image size the model sees is set on the processor, not the image.
+        token_budget: Whether the processor sizes each image by a visual-token budget (Qwen: ``size`` with
+            ``shortest_edge``/``longest_edge`` in pixels, one token per ``(patch_size * merge_size)**2`` pixels).
     """
 
     name: str
-    answers: tuple[str, str]
+    answer_prefix: str
     text_model: str
     vision_cache: bool
     deepstack: bool = False
     tiled: bool = False
+    token_budget: bool = False
 
 
 FAMILIES: dict[str, Family] = {
-    "qwen2_vl": Family("Qwen2-VL", ("True", "False"), "model.language_model", vision_cache=True),
-    "qwen2_5_vl": Family("Qwen2.5-VL", ("True", "False"), "model.language_model", vision_cache=True),
-    "qwen3_vl": Family("Qwen3-VL", ("True", "False"), "model.language_model", vision_cache=True, deepstack=True),
+    "qwen2_vl": Family("Qwen2-VL", "", "model.language_model", vision_cache=True, token_budget=True),
+    "qwen2_5_vl": Family("Qwen2.5-VL", "", "model.language_model", vision_cache=True, token_budget=True),
+    "qwen3_vl": Family("Qwen3-VL", "", "model.language_model", vision_cache=True, deepstack=True, token_budget=True),
     # Idefics3/SmolVLM: per-image tiles are found from the expanded prompt (see HFScorer._idefics_tiles).
-    "idefics3": Family("Idefics3", (" True", " False"), "model.text_model", vision_cache=True, tiled=True),
-    "smolvlm": Family("SmolVLM", (" True", " False"), "model.text_model", vision_cache=True, tiled=True),
+    "idefics3": Family("Idefics3", " ", "model.text_model", vision_cache=True, tiled=True),
+    "smolvlm": Family("SmolVLM", " ", "model.text_model", vision_cache=True, tiled=True),
 }
 
 
@@ -57,13 +60,16 @@ def resolve_attr(obj: Any, path: str) -> Any:
     return obj
 
 
-def answer_token_ids(tokenizer: Any, family: Family, words: tuple[str, ...] | None = None) -> list[int]:
-    """Token ids of the answer strings; each must be exactly one token in this vocabulary."""
+def answer_token_ids(tokenizer: Any, family: Family, words: tuple[str, ...]) -> list[int]:
+    """Token ids of the answer words (from a prompt file) as this family answers them; each must be one token."""
     out = []
-    for w in words or family.answers:
-        ids = tokenizer.encode(w, add_special_tokens=False)
+    for w in words:
+        ids = tokenizer.encode(family.answer_prefix + w, add_special_tokens=False)
         if len(ids) != 1:
-            raise ConfigError(f"answer {w!r} is {len(ids)} tokens in this {family.name} tokenizer; need exactly one")
+            raise ConfigError(
+                f"answer {family.answer_prefix + w!r} is {len(ids)} tokens in this {family.name} tokenizer; "
+                "need exactly one"
+            )
         out.append(int(ids[0]))
     return out
 

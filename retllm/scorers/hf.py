@@ -2,16 +2,18 @@
 
 One prefill-only forward per pair (batched with left padding), LM head on the last position only,
 fp32 scores. Visual retracing runs as hooks; a bounded cache of per-image vision-tower outputs lets a
-candidate image seen by an earlier query skip the vision tower.
+candidate image seen by an earlier query skip the vision tower. Every forward runs on the scorer's
+worker thread (:mod:`retllm.scorers.batching`), so one scorer serves any number of threads, and
+pairs of concurrent queries share batches.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import threading
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,79 +22,43 @@ import torch.nn.functional as F
 from PIL import Image
 
 from retllm.device import resolve_device, resolve_dtype
-from retllm.errors import BadItemError, ConfigError, ModelUnavailableError
+from retllm.errors import BadItemError, ConfigError, ModelUnavailableError, ScoringError
 from retllm.hub import require_hub
+from retllm.images import ImageLimits
 from retllm.prompting import Rendered, load_prompt, prompt_for, render
 from retllm.scorers.base import Candidate, Score, Scorer, two_way
+from retllm.scorers.batching import BatchWorker
 from retllm.scorers.families import Family, answer_token_ids, family_of, resolve_attr
 from retllm.scorers.retrace import RetraceConfig, visual_retracing
+from retllm.scorers.vision_cache import VisionCache, image_key
 from retllm.types import Query
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HF_MODEL = "HuggingFaceTB/SmolVLM-256M-Instruct"
 QUALITY_HF_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
+PAPER_IMAGE_TOKENS = (256, 512)
+"""Visual tokens per image in the research code: Qwen processors with min_pixels=256*28**2, max_pixels=512*28**2."""
 
 
-def _image_key(im: Image.Image) -> str:
-    h = hashlib.sha256(f"{im.mode}{im.size}".encode())
-    h.update(im.tobytes())
-    return h.hexdigest()
+@dataclass
+class _Pair:
+    """One forward row: the chat text, its images in order, and the token ids whose scores are wanted."""
+
+    text: str
+    images: list[Image.Image]
+    ids: tuple[int, ...]
 
 
-def _nbytes(value: Any) -> int:
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, (list, tuple)):
-        return sum(_nbytes(v) for v in value)
-    return 0
+@dataclass
+class _Row:
+    """What a forward gives one pair: logits and log-probabilities at its ids, entropy, retracing layer."""
 
-
-class VisionCache:
-    """Bounded LRU of per-image vision outputs (``pooler_output`` rows, deepstack features).
-
-    Bounded both by entries (``capacity``) and by tensor bytes (``max_bytes``): one large image can
-    produce thousands of vision tokens, so a count alone does not bound memory.
-    """
-
-    def __init__(self, capacity: int = 256, max_bytes: int | None = None) -> None:
-        self.capacity = capacity
-        self.max_bytes = max_bytes
-        self._d: OrderedDict[str, Any] = OrderedDict()
-        self._sizes: dict[str, int] = {}
-        self.bytes = 0
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key: str) -> Any:
-        if key in self._d:
-            self._d.move_to_end(key)
-            self.hits += 1
-            return self._d[key]
-        self.misses += 1
-        return None
-
-    def put(self, key: str, value: Any) -> None:
-        size = _nbytes(value)
-        if self.max_bytes is not None and size > self.max_bytes:
-            return  # larger than the whole budget: not kept
-        if key in self._d:
-            self.bytes -= self._sizes[key]
-        self._d[key] = value
-        self._sizes[key] = size
-        self.bytes += size
-        self._d.move_to_end(key)
-        while len(self._d) > self.capacity or (self.max_bytes is not None and self.bytes > self.max_bytes):
-            old, _ = self._d.popitem(last=False)
-            self.bytes -= self._sizes.pop(old)
-
-    def __len__(self) -> int:
-        return len(self._d)
-
-    def clear(self) -> None:
-        self._d.clear()
-        self._sizes.clear()
-        self.bytes = 0
+    logits: list[float]
+    logp: list[float]
+    entropy: float
+    retraced: int | None
+    latency_s: float
 
 
 def resolve_hf_model(id_or_path: str) -> str:
@@ -124,6 +90,13 @@ class HFScorer(Scorer):
         vision_cache_mb: Memory bound of the vision cache in MiB (``None``: entries only).
         image_side: Longest side in px of the images the model sees (``None``: the processor's own
             setting). Tiled families (Idefics3/SmolVLM) round it up to whole tiles. Smaller is faster.
+        image_tokens: (min, max) visual tokens per image for families sized by a token budget (Qwen);
+            default the research code's 256-512; ``None`` (or a ``None`` bound) keeps the checkpoint's own.
+            Small images are enlarged to the minimum, large ones shrunk to the maximum.
+        cross_query: Let pairs of concurrent calls share forwards (more throughput; a pair's score then
+            moves with its batch neighbours at the ~1e-6 level, as it does with k). ``False``: each call
+            is batched alone, bit-identical to running the calls one at a time.
+        limits: How candidate and query images are read.
     """
 
     def __init__(
@@ -137,6 +110,9 @@ class HFScorer(Scorer):
         vision_cache_size: int = 256,
         vision_cache_mb: float | None = 1024,
         image_side: int | None = None,
+        image_tokens: tuple[int | None, int | None] | None = PAPER_IMAGE_TOKENS,
+        cross_query: bool = True,
+        limits: ImageLimits | None = None,
     ) -> None:
         self.model = model.eval()
         self.processor = processor
@@ -144,13 +120,12 @@ class HFScorer(Scorer):
         self.id = model_id
         self.batch_size = batch_size
         self.retrace = retrace if retrace is not None else RetraceConfig()
+        self.limits = limits or ImageLimits()
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"
-        self.answer_ids = answer_token_ids(self.tokenizer, self.family)
         self.text_model = resolve_attr(model, self.family.text_model)
         self.lm_head = model.get_output_embeddings()
         self.image_token_id = getattr(model.config, "image_token_id", None)
-        use_cache = vision_cache_size > 0 and self.family.vision_cache
         self.image_side = image_side
         self._proc_kwargs: dict[str, Any] = {}
         if image_side is not None and self.family.tiled:
@@ -158,8 +133,42 @@ class HFScorer(Scorer):
             tile = int(ip.max_image_size["longest_edge"])
             own = int(ip.size["longest_edge"]) if ip.do_image_splitting else tile
             self._proc_kwargs["size"] = {"longest_edge": min(own, max(1, -(-image_side // tile)) * tile)}
+        if self.family.token_budget and image_tokens is not None:
+            self._proc_kwargs["size"] = self._token_budget(*image_tokens)
+        use_cache = vision_cache_size > 0 and self.family.vision_cache
         max_bytes = int(vision_cache_mb * 2**20) if vision_cache_mb is not None else None
         self.vision_cache: VisionCache | None = VisionCache(vision_cache_size, max_bytes) if use_cache else None
+        # Tokenizer calls are not safe against a concurrent padded batch call: ids are computed under a lock.
+        self._ids_lock = threading.Lock()
+        self._answer_id_cache: dict[tuple[str, ...], tuple[int, ...]] = {}
+        self._label_id_cache: dict[str, tuple[int, ...]] = {}
+        self._model_lock = threading.Lock()
+        self._worker: BatchWorker[_Pair, _Row] = BatchWorker(
+            self._run_batch,
+            batch_size=batch_size,
+            cross_query=cross_query,
+            on_error=self._after_error,
+            name=f"retllm-{model_id}",
+        )
+        self.answer_ids = list(self._answer_ids(load_prompt("text_to_image").answer_words))
+
+    def _token_budget(self, lo: int | None, hi: int | None) -> dict[str, int]:
+        """The processor's ``size`` (pixel bounds) for a budget of ``lo``-``hi`` visual tokens per image."""
+        ip = self.processor.image_processor
+        unit = int(ip.patch_size * ip.merge_size) ** 2  # pixels per visual token after the 2x2 merge
+        size = {"shortest_edge": int(ip.size["shortest_edge"]), "longest_edge": int(ip.size["longest_edge"])}
+        if lo is not None:
+            size["shortest_edge"] = lo * unit
+        if hi is not None:
+            size["longest_edge"] = hi * unit
+        if self.image_side is not None:  # an explicit side cap wins over the minimum: never enlarge past it
+            size["shortest_edge"] = min(size["shortest_edge"], self.image_side**2)
+        if size["shortest_edge"] > size["longest_edge"]:
+            raise ConfigError(
+                f"image token budget: the minimum ({size['shortest_edge'] // unit}) is above the maximum "
+                f"({size['longest_edge'] // unit}); check RETLLM_SCORER_MIN_IMAGE_TOKENS / _MAX_IMAGE_TOKENS"
+            )
+        return size
 
     @classmethod
     def from_pretrained(cls, id_or_path: str, *, device: str = "auto", dtype: str = "auto", **kwargs: Any) -> HFScorer:
@@ -175,6 +184,23 @@ class HFScorer(Scorer):
         except (OSError, ValueError, KeyError) as e:
             raise ConfigError(f"could not load hf:{id_or_path}: {e}") from e
         return cls(model, processor, model_id=f"hf:{id_or_path}", **kwargs)
+
+    @classmethod
+    def from_settings(cls, id_or_path: str, settings: Any) -> HFScorer:
+        """Load with every local-scorer option taken from :class:`retllm.settings.Settings`."""
+        return cls.from_pretrained(
+            id_or_path,
+            device=settings.device,
+            dtype=settings.dtype,
+            batch_size=settings.scorer_batch_size,
+            retrace=settings.retrace,
+            vision_cache_size=settings.vision_cache_size,
+            vision_cache_mb=settings.vision_cache_mb,
+            image_side=settings.scorer_image_side,
+            image_tokens=(settings.scorer_min_image_tokens, settings.scorer_max_image_tokens),
+            cross_query=settings.scorer_cross_query,
+            limits=settings.image_limits,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -224,8 +250,12 @@ class HFScorer(Scorer):
     # --- vision cache ----------------------------------------------------------------------------
 
     def _cached_features(self, keys: list[str], encode: Any) -> list[Any]:
-        """Per-image entries: from the cache, else from ``encode(indices)`` run once per distinct new image
-        (an image query repeats its image in every pair of the batch)."""
+        """Per-image entries: from the cache, else from ``encode([index])`` run once per distinct new image
+        (an image query repeats its image in every pair of the batch).
+
+        Each image goes through the tower alone: batched with others, its features would move at the 1e-7
+        level with its neighbours, and a score would then depend on what happened to be cached.
+        """
         assert self.vision_cache is not None
         feats: list[Any] = [self.vision_cache.get(k) for k in keys]
         first: dict[str, int] = {}
@@ -234,7 +264,7 @@ class HFScorer(Scorer):
                 first.setdefault(keys[i], i)
         todo = list(first.values())
         if todo:
-            new = dict(zip((keys[i] for i in todo), encode(todo), strict=True))
+            new = {keys[i]: encode([i])[0] for i in todo}
             for key, entry in new.items():
                 self.vision_cache.put(key, entry)
             feats = [f if f is not None else new[keys[i]] for i, f in enumerate(feats)]
@@ -252,7 +282,7 @@ class HFScorer(Scorer):
             ds = getattr(out, "deepstack_features", None) if self.family.deepstack else None
             return [(out.pooler_output[j], [layer[j] for layer in ds] if ds else None) for j in range(len(todo))]
 
-        feats = self._cached_features([_image_key(im) for im in images], encode)
+        feats = self._cached_features([image_key(im) for im in images], encode)
         vis = BaseModelOutputWithPooling(pooler_output=tuple(f[0] for f in feats))  # type: ignore[arg-type]
         if self.family.deepstack:
             n_layers = len(feats[0][1])
@@ -307,7 +337,7 @@ class HFScorer(Scorer):
             flat = out.pooler_output[0]
             return [(f, None) for f in flat.split([n * seq for _, _, n in parts])]
 
-        feats = self._cached_features([_image_key(im) for ims in images for im in ims], encode)
+        feats = self._cached_features([image_key(im) for ims in images for im in ims], encode)
         vis = BaseModelOutputWithPooling(pooler_output=tuple(f[0] for f in feats))  # type: ignore[arg-type]
         inputs["mm_encoder_outputs"] = {"image": vis}
 
@@ -315,6 +345,13 @@ class HFScorer(Scorer):
 
     @torch.inference_mode()
     def _forward(self, texts: list[str], images: list[list[Image.Image]]) -> tuple[torch.Tensor, list[int | None]]:
+        """Last-position fp32 logits [B, V] and each row's retracing layer. One forward at a time."""
+        with self._model_lock:  # the hooks and the vision cache belong to one forward
+            return self._forward_locked(texts, images)
+
+    def _forward_locked(
+        self, texts: list[str], images: list[list[Image.Image]]
+    ) -> tuple[torch.Tensor, list[int | None]]:
         flat = [im for ims in images for im in ims]
         kw = self._proc_kwargs if flat else {}
         inputs = dict(
@@ -339,58 +376,86 @@ class HFScorer(Scorer):
             out = self.model(**inputs, logits_to_keep=1, use_cache=False)
         return out.logits[:, -1, :].float(), retraced
 
-    def _label_ids(self, n: int) -> list[int]:
-        prefix = " " if self.family.answers[0].startswith(" ") else ""
-        ids = []
-        for d in range(n):
-            for word in (f"{prefix}{d}", str(d)):
-                tok = self.tokenizer.encode(word, add_special_tokens=False)
-                if len(tok) == 1:
-                    ids.append(int(tok[0]))
-                    break
-            else:
-                raise ConfigError(f"option label {d} is not a single token for {self.family.name}")
-        return ids
+    def _run_batch(self, pairs: list[_Pair]) -> list[_Row]:
+        """One forward over ``pairs`` (run by the worker thread)."""
+        t0 = time.perf_counter()
+        logits, retraced = self._forward([p.text for p in pairs], [p.images for p in pairs])
+        logp = F.log_softmax(logits, dim=-1)
+        ent = -(logp.exp() * logp).sum(-1)
+        dt = (time.perf_counter() - t0) / len(pairs)
+        rows = []
+        for b, p in enumerate(pairs):
+            ids = list(p.ids)
+            rows.append(_Row(logits[b, ids].tolist(), logp[b, ids].tolist(), float(ent[b]), retraced[b], dt))
+        return rows
+
+    def _after_error(self, _exc: BaseException) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # an out-of-memory batch is retried in halves
+
+    def _answer_ids(self, words: tuple[str, ...]) -> tuple[int, ...]:
+        with self._ids_lock:
+            if words not in self._answer_id_cache:
+                self._answer_id_cache[words] = tuple(answer_token_ids(self.tokenizer, self.family, words))
+            return self._answer_id_cache[words]
+
+    def _label_ids(self, labels: str) -> tuple[int, ...]:
+        with self._ids_lock:
+            if labels not in self._label_id_cache:
+                ids = []
+                for d in labels:
+                    for word in (f"{self.family.answer_prefix}{d}", d):
+                        tok = self.tokenizer.encode(word, add_special_tokens=False)
+                        if len(tok) == 1:
+                            ids.append(int(tok[0]))
+                            break
+                    else:
+                        raise ConfigError(f"option label {d} is not a single token for {self.family.name}")
+                self._label_id_cache[labels] = tuple(ids)
+            return self._label_id_cache[labels]
 
     def _option_logprobs(self, query: Query, shown: list[str]) -> tuple[list[float], str]:
         q_img = self._query_image(query)
-        r = render(load_prompt("listwise"), query_text=query.text, query_image=q_img is not None, options=shown)
-        logits, _ = self._forward([self._chat_text(r)], [[q_img]] if q_img is not None else [[]])
-        sel = logits[0, self._label_ids(len(shown))]
-        return F.log_softmax(sel, -1).tolist(), "logits"
+        spec = load_prompt("listwise")
+        r = render(spec, query_text=query.text, query_image=q_img is not None, options=shown)
+        ims = [q_img] if q_img is not None else []
+        pair = _Pair(self._chat_text(r), ims, self._label_ids(spec.option_labels[: len(shown)]))
+        row = self._worker.run([pair], [len(ims)])[0]
+        if isinstance(row, BaseException):
+            raise ScoringError(f"listwise forward failed: {type(row).__name__}: {row}") from row
+        return F.log_softmax(torch.tensor(row.logits), -1).tolist(), "logits"
 
     def score(self, query: Query, candidates: Sequence[Candidate]) -> list[Score]:
         q_img = self._query_image(query)
         results: list[Score | None] = [None] * len(candidates)
-        prepared: list[tuple[int, str, list[Image.Image]]] = []
+        todo: list[tuple[int, _Pair]] = []
         for i, c in enumerate(candidates):
             try:
                 r, ims = self._pair(query, q_img, c)
             except BadItemError as e:  # one bad candidate image must not fail the query
-                log.warning("candidate %s not scored: %s", c.id, e)
-                results[i] = Score(value=c.coarse_score, method="coarse", error=str(e))
+                log.info("candidate %s not scored: %s", c.id, e)
+                results[i] = Score.fallback(str(e))
                 continue
-            prepared.append((i, self._chat_text(r), ims))
-        # Batches hold pairs with the same number of images: processors need it, and padding stays small.
-        groups: dict[int, list[tuple[int, str, list[Image.Image]]]] = {}
-        for p in prepared:
-            groups.setdefault(len(p[2]), []).append(p)
-        chunks = [g[s : s + self.batch_size] for g in groups.values() for s in range(0, len(g), self.batch_size)]
-        for chunk in chunks:
-            t0 = time.perf_counter()
-            logits, retraced = self._forward([p[1] for p in chunk], [p[2] for p in chunk])
-            dt = (time.perf_counter() - t0) / len(chunk)
-            logp = F.log_softmax(logits, dim=-1)
-            ent = -(logp.exp() * logp).sum(-1)
-            t_id, f_id = self.answer_ids
-            for row, (i, _, _) in enumerate(chunk):
-                lt, lf = logits[row, t_id].item(), logits[row, f_id].item()
-                results[i] = Score(
-                    value=two_way(lt, lf),
-                    p_true=float(logp[row, t_id].exp()),
-                    entropy=float(ent[row]),
-                    method="logits",
-                    retraced=retraced[row],
-                    latency_s=dt,
-                )
+            ids = self._answer_ids(prompt_for(query.modality, c.modality).answer_words)
+            todo.append((i, _Pair(self._chat_text(r), ims, ids)))
+        # Pairs with different image counts never share a forward: processors need it, and padding stays small.
+        rows = self._worker.run([p for _, p in todo], [len(p.images) for _, p in todo])
+        for (i, _), row in zip(todo, rows, strict=True):
+            if isinstance(row, BaseException):
+                log.info("candidate %s not scored: %s: %s", candidates[i].id, type(row).__name__, row)
+                results[i] = Score.fallback(f"{type(row).__name__}: {row}")
+                continue
+            (lt, lf), (lpt, _) = row.logits, row.logp
+            results[i] = Score(
+                value=two_way(lt, lf),
+                p_true=float(torch.tensor(lpt).exp()),
+                entropy=row.entropy,
+                method="logits",
+                retraced=row.retraced,
+                latency_s=row.latency_s,
+            )
         return [r for r in results if r is not None]
+
+    def close(self) -> None:
+        """Stop the worker thread (queued pairs finish first)."""
+        self._worker.close()
