@@ -3,9 +3,18 @@
 Each pair is one chat request with ``max_tokens=1`` and ``logprobs``; the two-way P(True) comes from the
 answer position's top logprobs. Endpoints that drop logprobs get a strictly parsed verbalised answer.
 Where the endpoint accepts tools, the model may call ``revisit_image`` to see the candidate image (or a
-zoomed crop) again before answering: the hosted counterpart of visual retracing. Requests run
-concurrently (bounded), with timeouts and retries that honour ``Retry-After``; a pair that still fails
-falls back to its coarse score with ``method="coarse"`` and the error recorded.
+zoomed crop) again before answering: the hosted counterpart of visual retracing.
+
+Requests run concurrently, at most ``concurrency`` in flight per endpoint across the whole process
+(every scorer and every concurrent query share the limit). Errors are sorted by what can fix them:
+
+- transient (timeouts, connection errors, 429, 5xx): retried (``Retry-After`` honoured); a pair that
+  still fails falls back (``method="coarse"``, the error recorded) and the other pairs are scored;
+- the pair itself (an unparseable answer, an unreadable image, a prompt over the context length): that
+  pair falls back;
+- the configuration (401 wrong key, 403, 404 unknown model, any other 4xx): :class:`EndpointError`, the
+  search fails with one actionable line. Request features an endpoint lacks (tools, logprobs, a
+  ``top_logprobs`` cap, ``max_tokens``, ``temperature``, image URLs) are detected and dropped instead.
 """
 
 from __future__ import annotations
@@ -16,16 +25,17 @@ import json
 import logging
 import math
 import random
+import re
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any
 
 from PIL import Image
 
-from retllm.errors import ScoringError
-from retllm.images import decode_image, is_url, read_image_bytes
+from retllm.errors import EndpointError, ScoringError
+from retllm.images import ImageLimits, decode_image, is_url
 from retllm.prompting import Rendered, load_prompt, prompt_for, render
 from retllm.scorers.base import Candidate, Score, Scorer, two_way
 from retllm.types import ImageSource, Query
@@ -40,11 +50,54 @@ _WEB_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", 
 
 
 class _Unsupported(Exception):
-    """The endpoint rejected a request feature (tools or logprobs)."""
+    """The endpoint rejected a request feature (tools, logprobs, a top_logprobs value, ...)."""
 
-    def __init__(self, feature: str, detail: str) -> None:
+    def __init__(self, feature: str, detail: str, value: int | None = None) -> None:
         super().__init__(detail)
         self.feature = feature
+        self.value = value
+
+
+_LIMITS: dict[str, threading.BoundedSemaphore] = {}
+_LIMITS_LOCK = threading.Lock()
+
+
+def request_slots(endpoint: str, concurrency: int) -> threading.BoundedSemaphore:
+    """The process-wide bound on requests in flight to ``endpoint`` (the first scorer's concurrency sets it)."""
+    with _LIMITS_LOCK:
+        if endpoint not in _LIMITS:
+            _LIMITS[endpoint] = threading.BoundedSemaphore(concurrency)
+        return _LIMITS[endpoint]
+
+
+# A 400 that concerns this pair's input only (the other pairs can still be scored).
+_PAIR_PROBLEM = re.compile(
+    r"context (?:length|window)|too long|too many (?:tokens|images)|exceeds? .{0,40}tokens|"
+    r"(?:invalid|corrupt|unsupported|decode|process(?:ing)?) .{0,20}image|image .{0,40}too (?:large|big|small)",
+    re.IGNORECASE,
+)
+_CAP = re.compile(
+    r"(?:max(?:imum)?(?: value)?(?: allowed)?(?: is| of)?:?|<=|at most|between 0 and|up to)\s*(\d+)", re.IGNORECASE
+)
+
+
+def logprobs_cap(message: str, asked: int) -> int | None:
+    """The top_logprobs value to retry with after an endpoint refused ``asked`` (vLLM ``--max-logprobs``,
+    OpenAI's 20), or None when logprobs themselves are refused or too few are left to read two answers."""
+    text = message.lower()
+    if "top_logprobs" not in text and "sample logprobs" not in text and "max allowed" not in text:
+        return None
+    caps = [int(m) for m in _CAP.findall(message) if int(m) < asked]
+    n = max(caps) if caps else asked // 2
+    return n if n >= 2 else None
+
+
+def _one_line(e: Any) -> str:
+    msg = getattr(e, "message", None) or str(e)
+    body = getattr(e, "body", None)
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        msg = body["message"]
+    return " ".join(str(msg).split())[:300]
 
 
 def _retry_after(exc: Any) -> float | None:
@@ -72,14 +125,15 @@ def _logsumexp(xs: list[float]) -> float | None:
     return m + math.log(sum(math.exp(x - m) for x in xs))
 
 
-def parse_logprobs(top: list[tuple[str, float]], positive: str = "true", negative: str = "false") -> Score:
+def parse_logprobs(top: list[tuple[str, float]], positive: str = "True", negative: str = "False") -> Score:
     """Two-way P(True) from the answer position's top logprobs (token variants like ' True' summed).
 
     If only one answer appears in the top list, the other's logprob is bounded by the smallest listed one.
     The entropy covers the listed tokens plus the unlisted mass as one bucket (a lower bound).
     """
-    lt = _logsumexp([lp for t, lp in top if t.strip().lower() == positive])
-    lf = _logsumexp([lp for t, lp in top if t.strip().lower() == negative])
+    pos, neg = positive.strip().lower(), negative.strip().lower()
+    lt = _logsumexp([lp for t, lp in top if t.strip().lower() == pos])
+    lf = _logsumexp([lp for t, lp in top if t.strip().lower() == neg])
     if lt is None and lf is None:
         raise ScoringError("neither answer token among the returned top logprobs")
     floor = min(lp for _, lp in top)
@@ -94,12 +148,12 @@ def parse_logprobs(top: list[tuple[str, float]], positive: str = "true", negativ
     )
 
 
-def parse_verbalized(text: str | None) -> Score:
-    """Strict: the whole answer must be True or False (case-insensitive, trailing punctuation allowed)."""
+def parse_verbalized(text: str | None, positive: str = "True", negative: str = "False") -> Score:
+    """Strict: the whole answer must be one of the two words (case-insensitive, trailing punctuation allowed)."""
     answer = (text or "").strip().strip("\"'`").rstrip(".!").strip().lower()
-    if answer not in ("true", "false"):
-        raise ScoringError(f"unparseable answer {text!r}: expected True or False")
-    v = 1.0 if answer == "true" else 0.0
+    if answer not in (positive.lower(), negative.lower()):
+        raise ScoringError(f"unparseable answer {text!r}: expected {positive} or {negative}")
+    v = 1.0 if answer == positive.lower() else 0.0
     return Score(value=v, p_true=None, entropy=None, method="verbalized")
 
 
@@ -167,6 +221,7 @@ class OpenAIScorer(Scorer):
         backoff_max: float = 8.0,
         max_wait: float = 60.0,
         pixel_budget: int = 1024 * 1024,
+        limits: ImageLimits | None = None,
     ) -> None:
         self.client = client.with_options(max_retries=0)
         self.model = model
@@ -181,11 +236,14 @@ class OpenAIScorer(Scorer):
         self.backoff_max = backoff_max
         self.max_wait = max_wait
         self.pixel_budget = pixel_budget
+        self.limits = limits or ImageLimits()
         self._tools_ok = revisit != "off"
         self._logprobs_ok = True
         self._temperature_ok = True
         self._token_param = "max_tokens"
         self._lock = threading.Lock()
+        self.endpoint = str(getattr(self.client, "base_url", "openai"))
+        self._slots = request_slots(self.endpoint, concurrency)
 
     @classmethod
     def from_settings(cls, model: str, settings: Any) -> OpenAIScorer:
@@ -194,7 +252,7 @@ class OpenAIScorer(Scorer):
 
         key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "not-needed"
         client = openai.OpenAI(base_url=settings.openai_base_url, api_key=key, timeout=settings.openai_timeout)
-        s = cls(
+        return cls(
             client,
             model,
             concurrency=settings.openai_concurrency,
@@ -202,9 +260,8 @@ class OpenAIScorer(Scorer):
             revisit=settings.revisit,
             max_revisits=settings.max_revisits,
             send_image_urls=settings.send_image_urls,
+            limits=settings.image_limits,
         )
-        s.max_image_pixels, s.url_timeout = settings.max_image_pixels, settings.url_timeout
-        return s
 
     # --- requests --------------------------------------------------------------------------------
 
@@ -214,40 +271,84 @@ class OpenAIScorer(Scorer):
         delay = self.backoff_base
         for attempt in range(self.retries + 1):
             try:
-                return self.client.chat.completions.create(**kwargs)
+                with self._slots:  # one process-wide bound per endpoint
+                    return self.client.chat.completions.create(**kwargs)
             except openai.BadRequestError as e:
-                text = str(e).lower()
-                if self.send_image_urls and ("url" in text or "fetch" in text) and _has_http_image(kwargs):
-                    raise _Unsupported("image_urls", str(e)) from e
-                if "max_tokens" in text and "max_tokens" in kwargs:
-                    raise _Unsupported("max_tokens", str(e)) from e
-                if "temperature" in text and "temperature" in kwargs:
-                    raise _Unsupported("temperature", str(e)) from e
-                if "tool" in text and "tools" in kwargs:
-                    raise _Unsupported("tools", str(e)) from e
-                if "logprob" in text and kwargs.get("logprobs"):
-                    raise _Unsupported("logprobs", str(e)) from e
-                raise
-            except (
-                openai.RateLimitError,
-                openai.InternalServerError,
-                openai.APITimeoutError,
-                openai.APIConnectionError,
-            ) as e:
+                raise self._bad_request(e, kwargs) from e
+            except openai.RateLimitError as e:
+                if "insufficient_quota" in (str(getattr(e, "code", "")), str(getattr(e, "type", ""))):
+                    raise EndpointError(f"{self.endpoint}: quota exhausted (HTTP 429): {_one_line(e)}") from e
                 if attempt == self.retries:
                     raise
-                wait = _retry_after(e)
-                if wait is None:
-                    wait = delay * (1 + random.random() * 0.25)
-                    delay = min(delay * 2, self.backoff_max)
-                log.info("retrying after %s (%.2fs)", type(e).__name__, wait)
-                time.sleep(min(wait, self.max_wait))
-            except openai.APIStatusError as e:
-                if e.status_code < 500 or attempt == self.retries:
+                delay = self._backoff(e, delay)
+            except (openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError) as e:
+                if attempt == self.retries:
                     raise
-                time.sleep(delay)
-                delay = min(delay * 2, self.backoff_max)
+                delay = self._backoff(e, delay)
+            except openai.APIStatusError as e:
+                if e.status_code >= 500:
+                    if attempt == self.retries:
+                        raise
+                    delay = self._backoff(e, delay)
+                    continue
+                raise self._config_error(e) from e
         raise AssertionError("unreachable")
+
+    def _backoff(self, e: Exception, delay: float) -> float:
+        """Sleep before the next try (``Retry-After`` when given); returns the next exponential delay."""
+        wait = _retry_after(e)
+        nxt = delay
+        if wait is None:
+            wait = delay * (1 + random.random() * 0.25)
+            nxt = min(delay * 2, self.backoff_max)
+        log.info("retrying after %s (%.2fs)", type(e).__name__, wait)
+        time.sleep(min(wait, self.max_wait))
+        return nxt
+
+    def _bad_request(self, e: Any, kwargs: dict[str, Any]) -> Exception:
+        """What a 400 means: a feature to drop, a problem with this pair's input, or a configuration error."""
+        raw = str(e)
+        text = raw.lower()
+        if self.send_image_urls and ("url" in text or "fetch" in text) and _has_http_image(kwargs):
+            return _Unsupported("image_urls", raw)
+        if "max_tokens" in text and "max_tokens" in kwargs:
+            return _Unsupported("max_tokens", raw)
+        if "temperature" in text and "temperature" in kwargs:
+            return _Unsupported("temperature", raw)
+        if "tool" in text and "tools" in kwargs:
+            return _Unsupported("tools", raw)
+        if "logprob" in text and kwargs.get("logprobs"):
+            cap = logprobs_cap(raw, int(kwargs.get("top_logprobs") or 0))
+            return _Unsupported("top_logprobs", raw, cap) if cap is not None else _Unsupported("logprobs", raw)
+        if _PAIR_PROBLEM.search(raw):
+            return ScoringError(f"the endpoint refused this pair (HTTP 400): {_one_line(e)}")
+        return self._config_error(e)
+
+    def _config_error(self, e: Any) -> EndpointError:
+        """One actionable line for a 4xx that no retry can fix."""
+        code, msg = getattr(e, "status_code", "?"), _one_line(e)
+        if code == 401:
+            return EndpointError(
+                f"{self.endpoint} rejected the API key (HTTP 401: {msg}); set OPENAI_API_KEY "
+                "(or RETLLM_OPENAI_API_KEY) to a key this endpoint accepts"
+            )
+        if code == 403:
+            return EndpointError(f"{self.endpoint} refused access (HTTP 403: {msg}); check the key's permissions")
+        if code == 404:
+            models = self._available_models()
+            hint = (
+                f"available: {', '.join(models[:20])}; set RETLLM_SCORER=openai:<one of them>"
+                if models
+                else "check RETLLM_SCORER=openai:<model> and RETLLM_OPENAI_BASE_URL (it usually ends in /v1)"
+            )
+            return EndpointError(f"model {self.model!r} not found at {self.endpoint} (HTTP 404: {msg}); {hint}")
+        return EndpointError(f"{self.endpoint} rejected the request for {self.model!r} (HTTP {code}: {msg})")
+
+    def _available_models(self) -> list[str]:
+        try:
+            return sorted(m.id for m in self.client.with_options(timeout=5.0).models.list())
+        except Exception:  # the listing is a hint only
+            return []
 
     def _ask(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> Any:
         while True:
@@ -267,7 +368,10 @@ class OpenAIScorer(Scorer):
                 if e.feature == "image_urls":
                     raise
                 with self._lock:
-                    if e.feature == "max_tokens":  # newer OpenAI models take max_completion_tokens only
+                    if e.feature == "top_logprobs" and e.value is not None:  # vLLM --max-logprobs, OpenAI's 20
+                        log.warning("endpoint caps top_logprobs; asking for %d: %s", e.value, e)
+                        self.top_logprobs = min(self.top_logprobs, e.value)
+                    elif e.feature == "max_tokens":  # newer OpenAI models take max_completion_tokens only
                         self._token_param = "max_completion_tokens"
                     elif e.feature == "temperature":  # reasoning models fix their own temperature
                         self._temperature_ok = False
@@ -319,7 +423,7 @@ class OpenAIScorer(Scorer):
     def _fetch(self, src: ImageSource) -> bytes | None:
         if self.send_image_urls and is_url(src):
             return None
-        return read_image_bytes(src, timeout=self.url_timeout)
+        return self.limits.read(src)
 
     # --- scoring ---------------------------------------------------------------------------------
 
@@ -332,17 +436,21 @@ class OpenAIScorer(Scorer):
                 log.warning("endpoint rejects image URLs; sending data URLs: %s", e)
                 self.send_image_urls = False
                 if q_img is not None and q_img[1] is None:
-                    q_img = (q_img[0], read_image_bytes(q_img[0], timeout=self.url_timeout))
+                    q_img = (q_img[0], self.limits.read(q_img[0]))
                 s = self._score_pair_once(query, q_img, c)
-        except Exception as e:  # one failing pair never fails the query
-            log.warning("pair %s fell back to its coarse score: %s", c.id, e)
-            s = Score(value=c.coarse_score, method="coarse", error=f"{type(e).__name__}: {e}")
+        except EndpointError:
+            raise  # no other pair can succeed either: the search fails with this one line
+        except Exception as e:  # a transient fault or a problem with this pair: the other pairs go on
+            log.info("pair %s not scored: %s", c.id, e)
+            s = Score.fallback(f"{type(e).__name__}: {e}")
         s.latency_s = time.perf_counter() - t0
         return s
 
     def _score_pair_once(self, query: Query, q_img: tuple[ImageSource, bytes | None] | None, c: Candidate) -> Score:
+        spec = prompt_for(query.modality, c.modality)
+        words = spec.answer_words
         r = render(
-            prompt_for(query.modality, c.modality),
+            spec,
             query_text=query.text,
             query_image=q_img is not None,
             candidate_text=c.text,
@@ -365,23 +473,25 @@ class OpenAIScorer(Scorer):
             messages.append(
                 {
                     "role": "assistant",
-                    "content": choice.message.content,
+                    "content": choice.message.content or "",  # servers reject null content in an echoed turn
                     "tool_calls": [tc.model_dump() for tc in calls],
                 }
             )
             for tc in calls:
                 revisits += 1
-                messages.extend(self._revisit(tc, c, images.get("candidate")))
-        s = self._parse(choice)
+                messages.extend(self._revisit(tc, c, images.get("candidate"), words))
+        s = self._parse(choice, words)
         s.revisits = revisits
         return s
 
-    def _revisit(self, tc: Any, c: Candidate, img: tuple[ImageSource, bytes | None] | None) -> list[dict[str, Any]]:
+    def _revisit(
+        self, tc: Any, c: Candidate, img: tuple[ImageSource, bytes | None] | None, words: tuple[str, str]
+    ) -> list[dict[str, Any]]:
         try:
             args = json.loads(tc.function.arguments or "{}")
             if tc.function.name != "revisit_image" or img is None:
                 raise ScoringError(f"unknown tool {tc.function.name!r}")
-            data = img[1] if img[1] is not None else read_image_bytes(img[0], timeout=self.url_timeout)
+            data = img[1] if img[1] is not None else self.limits.read(img[0])
             view = crop_for_revisit(data, args.get("box"), self.pixel_budget)
         except Exception as e:  # bad arguments, unknown tool, unreadable image: tell the model
             return [{"role": "tool", "tool_call_id": tc.id, "content": f"error: {e}"}]
@@ -392,29 +502,30 @@ class OpenAIScorer(Scorer):
                 "role": "user",
                 "content": [
                     {"type": "image_url", "image_url": {"url": _png_data_url(view)}},
-                    {"type": "text", "text": "Please directly output True or False"},
+                    {"type": "text", "text": f"Please directly output {words[0]} or {words[1]}"},
                 ],
             },
         ]
 
-    def _parse(self, choice: Any) -> Score:
+    def _parse(self, choice: Any, words: tuple[str, str]) -> Score:
         lp = getattr(choice, "logprobs", None)
         content = getattr(lp, "content", None) if lp is not None else None
         if content:
             first = content[0]
             top = [(t.token, t.logprob) for t in (first.top_logprobs or [])] or [(first.token, first.logprob)]
             try:
-                return parse_logprobs(top)
+                return parse_logprobs(top, *words)
             except ScoringError:
                 pass  # fall through to the text answer
-        return parse_verbalized(choice.message.content)
+        return parse_verbalized(choice.message.content, *words)
 
     def _option_logprobs(self, query: Query, shown: list[str]) -> tuple[list[float], str]:
         q_img = (query.image, self._fetch(query.image)) if query.image is not None else None
-        r = render(load_prompt("listwise"), query_text=query.text, query_image=q_img is not None, options=shown)
+        spec = load_prompt("listwise")
+        r = render(spec, query_text=query.text, query_image=q_img is not None, options=shown)
         images = {"query": q_img} if q_img is not None else {}
         choice = self._ask([{"role": "user", "content": self._content(r, images)}], None).choices[0]
-        labels = [str(i) for i in range(len(shown))]
+        labels = list(spec.option_labels[: len(shown)])
         content = getattr(getattr(choice, "logprobs", None), "content", None)
         if content:
             top = [(t.token.strip(), t.logprob) for t in (content[0].top_logprobs or [])]
@@ -428,9 +539,16 @@ class OpenAIScorer(Scorer):
         return [0.0 if lab == answer else -math.inf for lab in labels], "verbalized"
 
     def score(self, query: Query, candidates: Sequence[Candidate]) -> list[Score]:
+        if not candidates:
+            return []
         q_img = (query.image, self._fetch(query.image)) if query.image is not None else None
-        with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(candidates)))) as pool:
-            return list(pool.map(lambda c: self._score_pair(query, q_img, c), candidates))
+        pool = ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(candidates))))
+        try:
+            futures = [pool.submit(self._score_pair, query, q_img, c) for c in candidates]
+            wait(futures, return_when=FIRST_EXCEPTION)  # an EndpointError stops the query at once
+            return [f.result() for f in futures]
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
         self.client.close()

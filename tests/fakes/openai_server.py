@@ -34,6 +34,13 @@ class Switches:
     slot_bias: float = 0.0  # listwise: added to the first shown option's log-preference
     reject_urls: bool = False  # 400 when an image is given as an http(s) URL (server cannot fetch)
     new_params_only: bool = False  # 400 for max_tokens and temperature, as OpenAI's reasoning models do
+    api_key: str | None = None  # when set, any other bearer token gets OpenAI's 401
+    models: list[str] | None = None  # when set, other model names get OpenAI's 404 (GET /models lists these)
+    max_top_logprobs: int | None = None  # vLLM --max-logprobs: a larger top_logprobs gets vLLM's 400
+    status: int | None = None  # every chat request answers this HTTP status (403, 422, ...)
+    insufficient_quota: bool = False  # OpenAI's 429 for an exhausted quota (not transient)
+    too_long_marker: str | None = None  # a pair whose text contains it gets a 400 about the context length
+    revisit_box: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.5, 0.5])  # the zoom the fake asks for
 
 
 @dataclass
@@ -44,6 +51,7 @@ class FakeOpenAI:
     in_flight: int = 0
     max_in_flight: int = 0
     url: str = ""
+    crop_checks: list[bool] = field(default_factory=list)  # per revisit: did the image show the asked region?
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _served: int = 0
 
@@ -74,6 +82,34 @@ def _key(messages: list[dict[str, Any]]) -> bytes:
     return json.dumps(messages[0]["content"], sort_keys=True).encode()
 
 
+def _images(messages: list[dict[str, Any]]) -> list[bytes]:
+    out = []
+    for m in messages:
+        if isinstance(m.get("content"), list):
+            for part in m["content"]:
+                if part.get("type") == "image_url" and part["image_url"]["url"].startswith("data:"):
+                    out.append(base64.b64decode(part["image_url"]["url"].split(",", 1)[1]))
+    return out
+
+
+def crop_matches(original: bytes, view: bytes, box: list[float]) -> bool:
+    """Whether ``view`` shows ``box`` (fractions) of ``original``: same aspect ratio, same 8x8 thumbnail."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    a = Image.open(io.BytesIO(original)).convert("RGB")
+    v = Image.open(io.BytesIO(view)).convert("RGB")
+    x0, y0, x1, y1 = box
+    region = a.crop((round(x0 * a.width), round(y0 * a.height), round(x1 * a.width), round(y1 * a.height)))
+    if abs(region.width / region.height - v.width / v.height) > 0.1 * region.width / region.height:
+        return False
+    ra = np.asarray(region.resize((8, 8), Image.Resampling.BILINEAR), np.float64)
+    rv = np.asarray(v.resize((8, 8), Image.Resampling.BILINEAR), np.float64)
+    return float(np.abs(ra - rv).mean()) < 12.0
+
+
 def option_preference(text: str) -> float:
     """The fake's (order-independent) log-preference for a listwise option's text."""
     return 4.0 * int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
@@ -100,20 +136,22 @@ def _listwise(body: dict[str, Any], text: str, sw: Switches) -> dict[str, Any]:
     }
 
 
-def _completion(body: dict[str, Any], sw: Switches) -> dict[str, Any]:
+def _completion(body: dict[str, Any], fake: FakeOpenAI) -> dict[str, Any]:
+    sw = fake.switches
     messages = body["messages"]
     last_text = [p.get("text", "") for p in messages[0]["content"] if isinstance(p, dict)][-1]
     if "Answer with the option number only" in last_text:
         return _listwise(body, last_text, sw)
     tools = body.get("tools")
-    if tools and sw.tool_call_first and not any(m.get("role") == "tool" for m in messages):
+    revisited = any(m.get("role") == "tool" for m in messages)
+    if tools and sw.tool_call_first and not revisited:
         cid = tools[0]["function"]["parameters"]["properties"]["candidate_id"]["enum"][0]
         call = {
             "id": f"call_{len(messages)}",
             "type": "function",
             "function": {
                 "name": "revisit_image",
-                "arguments": json.dumps({"candidate_id": cid, "box": [0.0, 0.0, 0.5, 0.5]}),
+                "arguments": json.dumps({"candidate_id": cid, "box": sw.revisit_box}),
             },
         }
         msg = {"role": "assistant", "content": None, "tool_calls": [call]}
@@ -125,7 +163,15 @@ def _completion(body: dict[str, Any], sw: Switches) -> dict[str, Any]:
             "finish_reason": "length",
             "logprobs": None,
         }
-    p = expected_p_true(_key(messages))
+    key = _key(messages)
+    if revisited and sw.tool_call_first:  # the answer depends on seeing the region that was asked for
+        imgs = _images(messages)
+        ok = len(imgs) >= 2 and crop_matches(imgs[0], imgs[-1], sw.revisit_box)
+        with fake._lock:
+            fake.crop_checks.append(ok)
+        if not ok:
+            key = b"the revisit showed the wrong region"
+    p = expected_p_true(key)
     answer = "True" if p >= 0.5 else "False"
     lt, lf = math.log(p * 0.9), math.log((1 - p) * 0.9)
     top = [
@@ -170,6 +216,38 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError):
                 pass
 
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path.rstrip("/").endswith("/models"):
+                names = fake.switches.models or ["fake-vlm"]
+                return self._send(200, {"object": "list", "data": [{"id": n, "object": "model"} for n in names]})
+            self._send(404, {"error": {"message": "not found"}})
+
+        def _refusal(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
+            """The configuration and request errors of real servers, worded as they word them."""
+            sw = fake.switches
+            key = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+            if sw.api_key is not None and key != sw.api_key:
+                msg = f"Incorrect API key provided: {key[:3]}***. You can find your API key at https://example/keys."
+                return 401, {"error": {"message": msg, "type": "invalid_request_error", "code": "invalid_api_key"}}
+            if sw.models is not None and body.get("model") not in sw.models:
+                msg = f"The model `{body.get('model')}` does not exist or you do not have access to it."
+                return 404, {"error": {"message": msg, "type": "invalid_request_error", "code": "model_not_found"}}
+            if sw.status is not None:
+                return sw.status, {"error": {"message": f"refused with {sw.status}", "type": "invalid_request_error"}}
+            if sw.insufficient_quota:
+                msg = "You exceeded your current quota, please check your plan and billing details."
+                return 429, {"error": {"message": msg, "type": "insufficient_quota", "code": "insufficient_quota"}}
+            asked = body.get("top_logprobs") or 0
+            if sw.max_top_logprobs is not None and body.get("logprobs") and asked > sw.max_top_logprobs:
+                msg = f"Requested sample logprobs of {asked}, which is greater than max allowed: {sw.max_top_logprobs}"
+                return 400, {"error": {"message": msg, "type": "BadRequestError", "code": 400}}
+            text = json.dumps(body.get("messages"))
+            if sw.too_long_marker is not None and sw.too_long_marker in text:
+                msg = "This model's maximum context length is 4096 tokens. However, you requested 9000 tokens."
+                err = {"message": msg, "type": "invalid_request_error", "code": "context_length_exceeded"}
+                return 400, {"error": err}
+            return None
+
         def do_POST(self) -> None:  # noqa: N802
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             sw = fake.switches
@@ -191,6 +269,9 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                     )
                 if n < sw.rate_limit + sw.fail_5xx:
                     return self._send(500, {"error": {"message": "boom", "type": "server_error"}})
+                refusal = self._refusal(body)
+                if refusal is not None:
+                    return self._send(*refusal)
                 if sw.reject_urls and b"http" in (_first_image_bytes(body["messages"]) or b"")[:4]:
                     return self._send(400, {"error": {"message": "failed to fetch image url"}})
                 if sw.new_params_only and "max_tokens" in body:
@@ -202,7 +283,7 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                     return self._send(400, {"error": {"message": "tools are not supported by this model"}})
                 if body.get("logprobs") and sw.reject_logprobs:
                     return self._send(400, {"error": {"message": "logprobs is not supported"}})
-                choice = _completion(body, sw)
+                choice = _completion(body, fake)
                 self._send(
                     200,
                     {

@@ -65,7 +65,7 @@ def test_garbage_answers_fall_back_to_coarse(candidate_images) -> None:
     with fake_openai(Switches(garbage=True)) as fake:
         out = make(fake.url, revisit="off").score(Query(text="x"), cands(candidate_images))
     assert all(s.method == "coarse" and "unparseable answer 'Maybe'" in s.error for s in out)
-    assert [s.value for s in out] == [0.3, 0.31, 0.32]
+    assert [s.value for s in out] == [None, None, None]  # no fine score is claimed
 
 
 def test_429_honours_retry_after(candidate_images) -> None:
@@ -91,17 +91,66 @@ def test_timeouts_fall_back_per_pair(candidate_images) -> None:
     assert all(s.method == "coarse" and "Timeout" in s.error for s in out)
 
 
-def test_revisit_tool_resends_a_zoomed_crop(candidate_images) -> None:
-    with fake_openai(Switches(tool_call_first=True)) as fake:
-        out = make(fake.url, revisit="on", concurrency=1).score(Query(text="x"), cands(candidate_images, 2))
+def quadrant_images(folder: Path, n: int = 2) -> list[Path]:
+    """Pictures whose four quadrants differ in colour (plus a gradient), so a crop can be told from another."""
+    import numpy as np
+    from PIL import Image
+
+    out = []
+    for i in range(n):
+        arr = np.zeros((90, 120, 3), np.uint8)
+        colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]
+        for q, (r, c) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+            arr[r * 45 : (r + 1) * 45, c * 60 : (c + 1) * 60] = colours[(q + i) % 4]
+        arr[:, :, 2] = np.clip(arr[:, :, 2].astype(int) + np.arange(120)[None, :] // 4, 0, 255)
+        p = folder / f"quad_{i}.png"
+        Image.fromarray(arr).save(p)
+        out.append(p)
+    return out
+
+
+@pytest.mark.parametrize("box", [[0.5, 0.0, 1.0, 0.5], [0.0, 0.5, 0.5, 1.0], [0.25, 0.25, 0.75, 0.75]])
+def test_revisit_tool_resends_the_region_the_model_asked_for(tmp_path: Path, box: list[float]) -> None:
+    """The fake checks the image it gets back against its own crop of the original: a wrong region, a
+    transposed box or the whole image instead of the crop changes the answer and fails the test."""
+    imgs = quadrant_images(tmp_path)
+    with fake_openai(Switches(tool_call_first=True, revisit_box=box)) as fake:
+        out = make(fake.url, revisit="on", concurrency=1).score(Query(text="x"), cands(imgs, 2))
         first, second = fake.requests[0], fake.requests[1]
+        checks = list(fake.crop_checks)
+    assert checks == [True, True]
     assert [s.revisits for s in out] == [1, 1] and all(s.method == "logprobs" for s in out)
     assert first["tools"][0]["function"]["name"] == "revisit_image" and first["max_tokens"] == 64
     roles = [m["role"] for m in second["messages"]]
     assert roles == ["user", "assistant", "tool", "user"]
+    assert second["messages"][1]["content"] == ""  # never null: servers reject it in an echoed turn
     assert second["messages"][3]["content"][0]["image_url"]["url"].startswith("data:image/png")
     assert "tools" not in second and second["max_tokens"] == 1  # revisits are bounded (max 1)
-    assert out[0].value == pytest.approx(expected(expected_p_true(candidate_images[0].read_bytes())), abs=1e-9)
+    for s, p in zip(out, imgs, strict=True):
+        assert s.value == pytest.approx(expected(expected_p_true(p.read_bytes())), abs=1e-9)
+
+
+def test_the_crop_check_tells_a_wrong_region_from_the_right_one(tmp_path: Path) -> None:
+    """The fake's own check, so the revisit test above can fail: other quadrants and the whole image are refused."""
+    import io
+
+    from PIL import Image
+
+    from tests.fakes.openai_server import crop_matches
+
+    data = quadrant_images(tmp_path, 1)[0].read_bytes()
+    im = Image.open(io.BytesIO(data))
+
+    def png(view: Image.Image) -> bytes:
+        buf = io.BytesIO()
+        view.save(buf, "PNG")
+        return buf.getvalue()
+
+    right = png(im.crop((60, 0, 120, 45)).resize((240, 180)))
+    assert crop_matches(data, right, [0.5, 0.0, 1.0, 0.5])
+    assert not crop_matches(data, right, [0.0, 0.5, 0.5, 1.0])  # the transposed box
+    assert not crop_matches(data, png(im), [0.5, 0.0, 1.0, 0.5])  # the whole image
+    assert not crop_matches(data, png(im.crop((0, 0, 60, 45))), [0.5, 0.0, 1.0, 0.5])  # another quadrant
 
 
 def test_endpoint_without_tools_turns_revisits_off(candidate_images) -> None:

@@ -1,0 +1,159 @@
+"""OpenAIScorer errors and shared use: what falls back per pair, what fails the search, one request limit."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import openai
+import pytest
+
+from retllm.errors import EndpointError, ScoringError
+from retllm.scorers.base import Candidate, check_not_all_failed
+from retllm.scorers.openai import OpenAIScorer, logprobs_cap
+from retllm.types import Query
+from tests.fakes.openai_server import Switches, fake_openai
+
+
+def make(url: str, key: str = "test", model: str = "fake-vlm", **kw) -> OpenAIScorer:
+    client = openai.OpenAI(base_url=url, api_key=key, timeout=kw.pop("timeout", 5.0))
+    kw.setdefault("backoff_base", 0.05)
+    kw.setdefault("revisit", "off")
+    return OpenAIScorer(client, model, **kw)
+
+
+def texts(n: int, marker: str = "") -> list[Candidate]:
+    return [Candidate(f"t{i}", text=f"caption {i}{marker if i == 1 else ''}", coarse_score=0.5) for i in range(n)]
+
+
+def test_a_wrong_api_key_fails_the_search_with_one_actionable_line() -> None:
+    with fake_openai(Switches(api_key="right")) as fake:
+        with pytest.raises(EndpointError) as e:
+            make(fake.url, key="wrong", concurrency=2).score(Query(text="q"), texts(6))
+        n_requests = len(fake.requests)
+    msg = str(e.value)
+    assert "HTTP 401" in msg and "OPENAI_API_KEY" in msg and "\n" not in msg
+    assert n_requests <= 3  # no retries, and the queued pairs were cancelled
+
+
+def test_an_unknown_model_fails_and_lists_the_served_ones() -> None:
+    with fake_openai(Switches(models=["qwen2.5-vl", "llava"])) as fake:
+        with pytest.raises(EndpointError, match=r"model 'gpt-x' not found .*HTTP 404.*available: llava, qwen2.5-vl"):
+            make(fake.url, model="gpt-x").score(Query(text="q"), texts(3))
+        assert make(fake.url, model="llava").score(Query(text="q"), texts(2))[0].method == "logprobs"
+
+
+@pytest.mark.parametrize(
+    ("switches", "match"),
+    [
+        (Switches(status=403), "HTTP 403"),
+        (Switches(status=422), "HTTP 422"),
+        (Switches(insufficient_quota=True), "quota exhausted"),
+    ],
+)
+def test_other_non_transient_errors_fail_the_search(switches: Switches, match: str) -> None:
+    with fake_openai(switches) as fake:
+        t0 = time.perf_counter()
+        with pytest.raises(EndpointError, match=match):
+            make(fake.url, retries=3).score(Query(text="q"), texts(3))
+        assert time.perf_counter() - t0 < 2.0  # not retried with back-off
+
+
+def test_transient_faults_fall_back_per_pair_and_the_rest_is_scored() -> None:
+    with fake_openai(Switches(fail_5xx=2)) as fake:
+        out = make(fake.url, retries=0, concurrency=1).score(Query(text="q"), texts(5))
+        assert len(fake.requests) == 5
+    assert [s.method for s in out] == ["coarse", "coarse", "logprobs", "logprobs", "logprobs"]
+    assert all("InternalServerError" in (s.error or "") for s in out[:2]) and out[0].value is None
+    check_not_all_failed(out)  # some pairs were scored: the query stands
+
+
+def test_every_pair_failing_fails_the_query() -> None:
+    with fake_openai(Switches(fail_5xx=100)) as fake:
+        out = make(fake.url, retries=0).score(Query(text="q"), texts(3))
+    with pytest.raises(ScoringError, match="failed for all 3 pair"):
+        check_not_all_failed(out)
+
+
+def test_a_prompt_over_the_context_length_fails_only_its_pair() -> None:
+    with fake_openai(Switches(too_long_marker="HUGE")) as fake:
+        out = make(fake.url, retries=3).score(Query(text="q"), texts(3, marker=" HUGE"))
+        assert len(fake.requests) == 3  # not retried
+    assert [s.method for s in out] == ["logprobs", "coarse", "logprobs"]
+    assert "context length" in out[1].error
+
+
+def test_a_capped_top_logprobs_is_retried_with_the_cap() -> None:
+    """vLLM started with --max-logprobs 5 refuses 20: ask for 5 instead of giving logprobs up."""
+    with fake_openai(Switches(max_top_logprobs=5)) as fake:
+        sc = make(fake.url, concurrency=1)
+        out = sc.score(Query(text="q"), texts(3))
+        asked = [b.get("top_logprobs") for b in fake.requests]
+    assert [s.method for s in out] == ["logprobs"] * 3
+    assert asked == [20, 5, 5, 5] and sc.top_logprobs == 5
+    with fake_openai(Switches(max_top_logprobs=1)) as fake:  # too few to read both answers: verbalised
+        out = make(fake.url, concurrency=1).score(Query(text="q"), texts(2))
+    assert [s.method for s in out] == ["verbalized"] * 2
+
+
+def test_logprobs_cap_parsing() -> None:
+    assert logprobs_cap("Requested sample logprobs of 20, which is greater than max allowed: 5", 20) == 5
+    msg = "Invalid 'top_logprobs': integer above maximum value. Expected a value <= 8, but got 20 instead."
+    assert logprobs_cap(msg, 20) == 8
+    assert logprobs_cap("top_logprobs is too large", 20) == 10  # no number given: halve
+    assert logprobs_cap("logprobs is not supported", 20) is None
+    assert logprobs_cap("Requested sample logprobs of 20, which is greater than max allowed: 1", 20) is None
+
+
+def test_one_request_limit_for_the_whole_process(candidate_images: list[Path]) -> None:
+    """Four threads querying two scorers of one endpoint: never more than `concurrency` requests in flight."""
+    with fake_openai(Switches(delay=0.15)) as fake:
+        a, b = make(fake.url, concurrency=3), make(fake.url, concurrency=3)
+        errors: list[BaseException] = []
+
+        def query(sc: OpenAIScorer) -> None:
+            try:
+                assert all(s.method == "logprobs" for s in sc.score(Query(text="q"), texts(6)))
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        threads = [threading.Thread(target=query, args=(sc,)) for sc in (a, b, a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [] and len(fake.requests) == 24
+        assert fake.max_in_flight == 3
+
+
+def test_concurrent_queries_score_as_sequential_ones(candidate_images: list[Path]) -> None:
+    """8 threads x 10 queries on one scorer: every score equals the sequential run's, zero errors."""
+    images = [Candidate(f"c{i}", image=str(p)) for i, p in enumerate(candidate_images)]
+    queries = [(Query(text=f"query {q}"), images[q % 3 : q % 3 + 4]) for q in range(20)]
+    queries += [(Query(text=f"text query {q}"), texts(4)) for q in range(60)]
+    with fake_openai(Switches(delay=0.002)) as fake:
+        sc = make(fake.url, concurrency=8)
+        sequential = [sc.score(q, cs) for q, cs in queries]
+        results: dict[int, list] = {}
+        errors: list[BaseException] = []
+
+        def worker(t: int) -> None:
+            try:
+                for j in range(t, len(queries), 8):
+                    results[j] = sc.score(*queries[j])
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == [] and len(results) == 80
+    for j, want in enumerate(sequential):
+        got = results[j]
+        assert [(s.value, s.p_true, s.entropy, s.method) for s in got] == [
+            (s.value, s.p_true, s.entropy, s.method) for s in want
+        ]
+    assert all(s.method == "logprobs" for r in sequential for s in r)
