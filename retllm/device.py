@@ -24,8 +24,11 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return dev
 
 
-def resolve_dtype(device: torch.device, spec: str = "auto") -> torch.dtype:
-    """fp32 on CPU (bf16 is several times slower there), bf16 on CUDA, unless ``spec`` names one."""
+def resolve_dtype(device: torch.device, spec: str = "auto", *, bf16_ok: bool | None = None) -> torch.dtype:
+    """fp32 on CPU (bf16 is several times slower there), bf16 on CUDA, unless ``spec`` names one.
+
+    CUDA devices without bf16 (T4, V100: compute capability < 8) get fp16. ``bf16_ok`` overrides the probe.
+    """
     table = {
         "float32": torch.float32,
         "fp32": torch.float32,
@@ -38,4 +41,8 @@ def resolve_dtype(device: torch.device, spec: str = "auto") -> torch.dtype:
         if spec not in table:
             raise ConfigError(f"invalid dtype {spec!r}: use auto, {', '.join(sorted(table))}")
         return table[spec]
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if device.type != "cuda":
+        return torch.float32
+    if bf16_ok is None:
+        bf16_ok = torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.bfloat16 if bf16_ok else torch.float16

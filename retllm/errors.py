@@ -40,4 +40,8 @@ class BadItemError(RetllmError):
 
 
 class ScoringError(RetllmError):
-    """The fine stage could not score a pair."""
+    """The fine stage could not score a pair (or, raised from a search, any pair of the query)."""
+
+
+class EndpointError(RetllmError):
+    """A scoring endpoint refused the request in a way no retry can fix (bad key, unknown model, bad request)."""

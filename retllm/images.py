@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeGuard
 
@@ -119,3 +120,24 @@ def decode_text(data: bytes) -> str:
     if not text.strip():
         raise BadItemError("text is empty")
     return text
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """How images are read everywhere (ingest, query, fine stage): one object, built from the settings.
+
+    Attributes:
+        max_pixels: Larger images are refused before decoding.
+        url_timeout: Seconds to fetch one image URL.
+    """
+
+    max_pixels: int = 64_000_000
+    url_timeout: float = 10.0
+
+    def read(self, src: ImageSource) -> bytes:
+        """The encoded bytes of ``src`` (path, URL or bytes)."""
+        return read_image_bytes(src, timeout=self.url_timeout)
+
+    def load(self, src: ImageSource) -> Image.Image:
+        """``src`` decoded to RGB, or :class:`BadItemError` with the reason."""
+        return load_image(src, max_pixels=self.max_pixels, timeout=self.url_timeout)

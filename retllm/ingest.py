@@ -24,7 +24,7 @@ import numpy as np
 
 from retllm.embedders.base import Embedder, fuse
 from retllm.errors import BadItemError
-from retllm.images import IMAGE_EXTENSIONS, decode_image, decode_text, is_url, read_image_bytes
+from retllm.images import IMAGE_EXTENSIONS, ImageLimits, decode_image, decode_text, is_url
 from retllm.index.base import Index, Record
 from retllm.types import Item, VectorName, content_id
 
@@ -171,8 +171,7 @@ class Ingestor:
         *,
         blob_dir: Path | None = None,
         fusion_weight: float = 0.5,
-        max_image_pixels: int = 64_000_000,
-        url_timeout: float = 10.0,
+        limits: ImageLimits | None = None,
         workers: int = 2,
     ) -> None:
         self.embedder = embedder
@@ -180,8 +179,7 @@ class Ingestor:
         self.collection = collection
         self.blob_dir = blob_dir
         self.fusion_weight = fusion_weight
-        self.max_image_pixels = max_image_pixels
-        self.url_timeout = url_timeout
+        self.limits = limits or ImageLimits()
         self.workers = workers
 
     def prepare(self, src: Source) -> Prepared:
@@ -199,8 +197,8 @@ class Ingestor:
             item = src.item
         image_input = image_ref = image_bytes = None
         if item.image is not None:
-            image_bytes = read_image_bytes(item.image, timeout=self.url_timeout)
-            im = decode_image(image_bytes, max_pixels=self.max_image_pixels)
+            image_bytes = self.limits.read(item.image)
+            im = decode_image(image_bytes, max_pixels=self.limits.max_pixels)
             image_input = self.embedder.prepare_image(im)
             image_ref = self._image_ref(item.image, image_bytes)
         if item.text is not None and not item.text.strip():

@@ -8,10 +8,10 @@ from typing import Any
 
 from retllm.embedders.base import Embedder
 from retllm.errors import ConfigError
-from retllm.images import is_url, load_image, read_image_bytes
+from retllm.images import ImageLimits, is_url
 from retllm.index.base import FilterSpec, Index, SearchResult
 from retllm.ranking import apply_scores
-from retllm.scorers.base import Candidate, Scorer
+from retllm.scorers.base import Candidate, Scorer, check_not_all_failed
 from retllm.types import Hit, Query, VectorName
 
 log = logging.getLogger(__name__)
@@ -42,16 +42,14 @@ class Retriever:
         *,
         scorer: Scorer | None = None,
         fusion_weight: float = 0.5,
-        max_image_pixels: int = 64_000_000,
-        url_timeout: float = 10.0,
+        limits: ImageLimits | None = None,
     ) -> None:
         self.embedder = embedder
         self.index = index
         self.collection = collection
         self.scorer = scorer
         self.fusion_weight = fusion_weight
-        self.max_image_pixels = max_image_pixels
-        self.url_timeout = url_timeout
+        self.limits = limits or ImageLimits()
 
     def coarse(
         self, query: Query, *, k: int = 10, flt: FilterSpec | None = None, using: VectorName | None = None
@@ -60,7 +58,7 @@ class Retriever:
         self.index.check_dim(self.collection, self.embedder.dim)
         image = None
         if query.image is not None:
-            image = load_image(query.image, max_pixels=self.max_image_pixels, timeout=self.url_timeout)
+            image = self.limits.load(query.image)
         vectors = self.embedder.embed_query(
             query.text if query.text and query.text.strip() else None, image, self.fusion_weight
         )
@@ -76,32 +74,54 @@ class Retriever:
         flt: FilterSpec | None = None,
         using: VectorName | None = None,
         coarse_only: bool = False,
+        min_score: float | None = None,
     ) -> list[Hit]:
         """Coarse top-k, then (unless ``coarse_only`` or no scorer) fine scores and re-ranking.
 
         Args:
             k: Coarse pool size: how many candidates the MLLM sees.
             top: How many final hits to return (default all k).
+            min_score: Drop hits whose fine score is below it (two-way P(True); see :mod:`retllm.ranking`),
+                so a query with no good match returns nothing. Needs the fine stage.
+
+        Raises:
+            ScoringError: The fine stage failed for every candidate.
+            EndpointError: The scorer's endpoint refused the request (bad key, unknown model, ...).
         """
         scorer = None if coarse_only else self.scorer
+        if min_score is not None and scorer is None:
+            raise ConfigError("min_score filters fine scores: it needs the fine stage (a scorer, not coarse-only)")
         fetched = query
         if scorer is not None and is_url(query.image):  # download the query image once for both stages
-            fetched = query.model_copy(update={"image": read_image_bytes(query.image, timeout=self.url_timeout)})
+            fetched = query.model_copy(update={"image": self.limits.read(query.image)})
         hits = self.coarse(fetched, k=k, flt=flt, using=using)
         if scorer is not None:
-            hits = self.rerank(query if scorer.prefers_urls else fetched, hits)
+            hits = self.rerank(query if scorer.prefers_urls else fetched, hits, min_score=min_score)
         return hits[:top] if top else hits
 
-    def rerank(self, query: Query, hits: list[Hit], *, candidate_text: bool = True) -> list[Hit]:
+    def rerank(
+        self, query: Query, hits: list[Hit], *, candidate_text: bool = True, min_score: float | None = None
+    ) -> list[Hit]:
         """Fine-score coarse hits and re-rank them (needs a scorer).
 
         Args:
             candidate_text: Show the MLLM each candidate's text; ``False`` judges images alone
                 (text-to-image retrieval over captioned images, as in the demo).
+            min_score: Drop hits below it (see :meth:`search`).
         """
         if self.scorer is None:
             raise ConfigError("re-ranking needs a scorer (RETLLM_SCORER)")
         if not hits:
             return hits
         cands = [Candidate(h.id, h.text if candidate_text else None, h.image, h.coarse_score) for h in hits]
-        return apply_scores(hits, self.scorer.score(query, cands))
+        scores = self.scorer.score(query, cands)
+        check_not_all_failed(scores)
+        failed = [s for s in scores if s.failed]
+        if failed:
+            log.warning(
+                "%d of %d candidates could not be scored and rank last (first: %s)",
+                len(failed),
+                len(scores),
+                failed[0].error,
+            )
+        return apply_scores(hits, scores, min_score=min_score)

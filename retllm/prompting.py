@@ -57,6 +57,20 @@ class PromptSpec(BaseModel):
     answer: Answer
     parts: list[Part]
 
+    @property
+    def answer_words(self) -> tuple[str, str]:
+        """The (positive, negative) answer words of a pointwise prompt: the one place they are defined."""
+        if self.answer.positive is None or self.answer.negative is None:
+            raise ConfigError(f"prompt {self.name!r} has no positive/negative answer (is it a listwise prompt?)")
+        return self.answer.positive, self.answer.negative
+
+    @property
+    def option_labels(self) -> str:
+        """The option labels of a listwise prompt, one character each."""
+        if not self.answer.options:
+            raise ConfigError(f"prompt {self.name!r} has no option labels (is it a pointwise prompt?)")
+        return self.answer.options
+
 
 @dataclass(frozen=True)
 class Rendered:

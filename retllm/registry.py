@@ -52,25 +52,16 @@ def make_index(settings: Settings, location: str | None = None) -> Index:
         from retllm.index.qdrant import QdrantIndex
 
         key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
-        return QdrantIndex(location, api_key=key)
+        return QdrantIndex(location, api_key=key, fusion=settings.vector_fusion)
     from retllm.index.edge import EdgeIndex
 
-    return EdgeIndex(settings.edge_dir)
+    return EdgeIndex(settings.edge_dir, fusion=settings.vector_fusion)
 
 
 def _hf(model: str, settings: Settings) -> Scorer:
     from retllm.scorers.hf import HFScorer
 
-    return HFScorer.from_pretrained(
-        model,
-        device=settings.device,
-        dtype=settings.dtype,
-        batch_size=settings.scorer_batch_size,
-        retrace=settings.retrace,
-        vision_cache_size=settings.vision_cache_size,
-        vision_cache_mb=settings.vision_cache_mb,
-        image_side=settings.scorer_image_side,
-    )
+    return HFScorer.from_settings(model, settings)
 
 
 def _openai(model: str, settings: Settings) -> Scorer:

@@ -9,6 +9,7 @@ import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from retllm.images import ImageLimits
 from retllm.scorers.config import RetraceConfig
 
 DEFAULT_EMBEDDER = "open_clip:ViT-B-32@laion2b_s34b_b79k"
@@ -43,6 +44,17 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=64_000_000, ge=1, description="Larger images are skipped.")
     url_timeout: float = Field(default=10.0, gt=0, description="Seconds to fetch one image URL.")
     decode_workers: int = Field(default=2, ge=1, le=64, description="Threads decoding images at ingest.")
+    vector_fusion: Literal["rrf", "dbsf"] = Field(
+        default="rrf",
+        description="How `auto` vector search fuses the image, text and fused vector searches (Qdrant's "
+        "Query API): rrf = reciprocal rank fusion, dbsf = distribution-based score fusion.",
+    )
+    min_score: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Default threshold on the fine score (two-way P(True)); hits below it are dropped.",
+    )
 
     scorer: str = Field(default=DEFAULT_SCORER, description="Fine-stage scorer: hf:<id or folder> or openai:<model>.")
     dtype: str = Field(default="auto", description="Scorer dtype: auto (fp32 CPU, bf16 CUDA), float32, bfloat16.")
@@ -51,6 +63,23 @@ class Settings(BaseSettings):
         default=None,
         ge=28,
         description="Longest image side (px) a local MLLM sees; unset: the model's own setting. Smaller is faster.",
+    )
+    scorer_min_image_tokens: int | None = Field(
+        default=256,
+        ge=1,
+        description="Qwen families: fewest visual tokens per image (smaller images are enlarged); "
+        "the research code's 256. Empty: the checkpoint's own.",
+    )
+    scorer_max_image_tokens: int | None = Field(
+        default=512,
+        ge=1,
+        description="Qwen families: most visual tokens per image (larger images are shrunk); "
+        "the research code's 512. Empty: the checkpoint's own (up to 16,384 for Qwen2.5-VL).",
+    )
+    scorer_cross_query: bool = Field(
+        default=True,
+        description="Concurrent queries share a local scorer's forwards (throughput); false: each query is "
+        "batched alone, bit-identical to running the queries one at a time.",
     )
     vision_cache_size: int = Field(default=256, ge=0, description="Images kept in the vision-output cache.")
     vision_cache_mb: float = Field(default=1024, gt=0, description="Memory bound of the vision-output cache, MiB.")
@@ -75,11 +104,24 @@ class Settings(BaseSettings):
     def _blank_is_none(cls, v: str | None) -> str | None:
         return v or None
 
+    @field_validator("scorer_min_image_tokens", "scorer_max_image_tokens", "min_score", mode="before")
+    @classmethod
+    def _blank_means_unset(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
+
     @model_validator(mode="after")
     def _key_needs_url(self) -> Settings:
         if self.qdrant_api_key is not None and self.qdrant_url is None:
             raise ValueError("RETLLM_QDRANT_API_KEY is set but RETLLM_QDRANT_URL is not")
+        lo, hi = self.scorer_min_image_tokens, self.scorer_max_image_tokens
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"RETLLM_SCORER_MIN_IMAGE_TOKENS ({lo}) is above RETLLM_SCORER_MAX_IMAGE_TOKENS ({hi})")
         return self
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        """How every component reads images (ingest, query, fine stage)."""
+        return ImageLimits(max_pixels=self.max_image_pixels, url_timeout=self.url_timeout)
 
     @property
     def edge_dir(self) -> Path:

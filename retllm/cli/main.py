@@ -77,8 +77,7 @@ def _ingestor(s: Settings, embedder: Any, index: Any, collection: str) -> Any:
         collection,
         blob_dir=s.blob_dir,
         fusion_weight=s.fusion_weight,
-        max_image_pixels=s.max_image_pixels,
-        url_timeout=s.url_timeout,
+        limits=s.image_limits,
         workers=s.decode_workers,
     )
 
@@ -269,6 +268,16 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     html_out: Annotated[Path | None, typer.Option("--html", help="Also write an HTML gallery of the hits.")] = None,
     scorer_id: Annotated[str | None, typer.Option("--scorer", help="Override RETLLM_SCORER for this call.")] = None,
+    min_score: Annotated[
+        float | None,
+        typer.Option(
+            "--min-score",
+            min=0.0,
+            max=1.0,
+            help="Drop hits whose fine score (two-way P(True)) is below this (default RETLLM_MIN_SCORE); "
+            "a query with no good match then returns nothing.",
+        ),
+    ] = None,
 ) -> None:
     """Search a collection with text, an image, or both."""
     from retllm.pipeline import Retriever
@@ -281,6 +290,9 @@ def search(
     flt = _parse_filters(filters)
     s = settings()
     name = _collection(collection)
+    if min_score is not None and coarse_only:
+        raise ConfigError("--min-score filters fine scores; it cannot be used with --coarse-only")
+    threshold = min_score if min_score is not None else (None if coarse_only else s.min_score)
     with make_index(s) as index:
         if not index.exists(name):
             raise CollectionNotFoundError(
@@ -295,11 +307,16 @@ def search(
             name,
             scorer=scorer,
             fusion_weight=s.fusion_weight,
-            max_image_pixels=s.max_image_pixels,
-            url_timeout=s.url_timeout,
+            limits=s.image_limits,
         )
-        hits = retriever.search(query, k=k, top=top, flt=flt or None, using=using, coarse_only=coarse_only)
+        hits = retriever.search(
+            query, k=k, top=top, flt=flt or None, using=using, coarse_only=coarse_only, min_score=threshold
+        )
     stage = "coarse" if coarse_only else f"re-ranked by {scorer_id or s.scorer}"
+    if threshold is not None:
+        stage += f", score >= {threshold:g}"
+        if not hits and not as_json:
+            err.print(f"no hit reached --min-score {threshold:g}", highlight=False)
     title = f"{query.modality} query on {name!r} ({stage})"
     _print_hits(hits, as_json=as_json, title=title)
     if html_out is not None:
@@ -334,7 +351,7 @@ def demo(
     with make_index(s) as index:
         report = _ingestor(s, embedder, index, collection).run(iter_sources([manifest]), progress=True)
         err.print(f"demo collection {collection!r}: added {report.added}, already present {report.already_present}")
-        r = Retriever(embedder, index, collection, scorer=scorer, fusion_weight=s.fusion_weight)
+        r = Retriever(embedder, index, collection, scorer=scorer, fusion_weight=s.fusion_weight, limits=s.image_limits)
         probe = folder / "red_circle_white.png"
         queries = [(Query(text=q), f"text -> image: {q!r}") for q in DEMO_QUERIES]
         queries.append((Query(image=str(probe)), f"image -> image: {probe.name}"))

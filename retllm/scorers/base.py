@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from retllm.errors import ConfigError
-from retllm.images import load_image
+from retllm.errors import ConfigError, ScoringError
+from retllm.images import ImageLimits
 from retllm.types import ImageSource, Query
 
 
@@ -36,17 +36,20 @@ class Score:
     """One pair's fine-stage result and how it was obtained.
 
     Attributes:
-        value: The ranking score: two-way normalised P(True) = sigmoid(logit_True - logit_False).
+        value: The ranking score: two-way normalised P(True) = sigmoid(logit_True - logit_False) for
+            ``logits``/``logprobs``; 1.0 or 0.0 for a ``verbalized`` answer; ``None`` when the pair fell back
+            (``coarse``: it is not a probability, so none is claimed). See :mod:`retllm.ranking` for the order.
         p_true: Raw P(True) under the full-vocabulary softmax (None where the backend cannot know it).
         entropy: Shannon entropy (nats) of the answer-position distribution, for tie-breaks.
-        method: ``logits``, ``logprobs``, ``verbalized`` or ``coarse`` (fell back to the coarse score).
+        method: ``logits``, ``logprobs``, ``verbalized`` or ``coarse`` (could not be scored; ranks after
+            every scored pair, by its coarse score).
         retraced: Decoder layer where visual retracing injected, or None if it did not fire.
         revisits: Number of revisit-image tool calls the model made.
         latency_s: Wall time attributed to this pair (a batch's time is shared evenly).
         error: Why the pair fell back, when it did.
     """
 
-    value: float
+    value: float | None
     p_true: float | None = None
     entropy: float | None = None
     method: str = "logits"
@@ -54,6 +57,15 @@ class Score:
     revisits: int = 0
     latency_s: float = 0.0
     error: str | None = None
+
+    @classmethod
+    def fallback(cls, error: str, latency_s: float = 0.0) -> Score:
+        """A pair the scorer could not judge: no fine score, the reason recorded."""
+        return cls(value=None, method="coarse", error=error, latency_s=latency_s)
+
+    @property
+    def failed(self) -> bool:
+        return self.method == "coarse"
 
 
 def two_way(logit_true: float, logit_false: float) -> float:
@@ -84,16 +96,32 @@ class Choice:
 MAX_OPTIONS = 10
 
 
+def check_not_all_failed(scores: Sequence[Score]) -> None:
+    """Raise :class:`ScoringError` when every pair of a query fell back: the query failed, not its pairs."""
+    if scores and all(s.failed for s in scores):
+        raise ScoringError(
+            f"the fine stage failed for all {len(scores)} pair(s) of the query; first error: {scores[0].error}"
+        )
+
+
 class Scorer(ABC):
-    """Judges (query, candidate) pairs with a multimodal LLM."""
+    """Judges (query, candidate) pairs with a multimodal LLM.
+
+    Scorers are shared: one instance may be called from many threads at once, and each call's scores are
+    the ones a call alone would get.
+    """
 
     id: str = "scorer"
-    max_image_pixels: int = 64_000_000
-    url_timeout: float = 10.0
+    limits: ImageLimits = ImageLimits()
 
     @abstractmethod
     def score(self, query: Query, candidates: Sequence[Candidate]) -> list[Score]:
-        """One :class:`Score` per candidate, in the candidates' order."""
+        """One :class:`Score` per candidate, in the candidates' order.
+
+        A pair that cannot be judged (unreadable image, transient endpoint fault) falls back
+        (:meth:`Score.fallback`) and the others are scored; a configuration problem (wrong key, unknown
+        model) raises. Callers that re-rank use :func:`check_not_all_failed`.
+        """
 
     def choose(self, query: Query, options: Sequence[str], *, seed: int | None = 0, rounds: int = 1) -> Choice:
         """Listwise choice over 2-10 text options.
@@ -144,8 +172,8 @@ class Scorer(ABC):
         return False
 
     def load(self, src: ImageSource) -> Image.Image:
-        """Load an image for scoring (RGB)."""
-        return load_image(src, max_pixels=self.max_image_pixels, timeout=self.url_timeout)
+        """Load an image for scoring (RGB), within :attr:`limits`."""
+        return self.limits.load(src)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and models."""

@@ -20,7 +20,13 @@ def test_add_search_stats_delete_export(cli_env: dict[str, str], tmp_path: Path)
     assert r.returncode == 0, r.stderr
     hits = json.loads(r.stdout)
     assert [h["rank"] for h in hits] == [1, 2, 3]
-    assert hits[0]["image"] == str(good[2].resolve()) and abs(hits[0]["coarse_score"] - 1) < 1e-4
+    assert hits[0]["image"] == str(good[2].resolve()) and hits[0]["vector"] == "rrf"  # auto: fused ranking
+    r = run(
+        ["search", "--image", str(good[2]), "-c", "pics", "-k", "3", "--vector", "image", "--coarse-only", "--json"],
+        cli_env,
+    )
+    by_image = json.loads(r.stdout)
+    assert by_image[0]["image"] == str(good[2].resolve()) and abs(by_image[0]["coarse_score"] - 1) < 1e-4
     assert {"id", "rank", "coarse_score", "text", "image", "payload"} <= set(hits[0])
 
     r = run(["search", "random noise", "-c", "pics", "--coarse-only"], cli_env)

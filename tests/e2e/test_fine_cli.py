@@ -50,19 +50,64 @@ def test_search_with_openai_endpoint_and_revisits(cli_env, candidate_images) -> 
     assert all(h["method"] == "logprobs" and h["revisits"] == 1 for h in hits)
 
 
-def test_failing_endpoint_falls_back_to_coarse_order(cli_env, candidate_images) -> None:
-    with fake_openai(Switches(fail_5xx=1000)) as fake:
+def test_transient_faults_fall_back_per_pair_and_rank_last(cli_env, candidate_images) -> None:
+    with fake_openai(Switches(fail_5xx=2)) as fake:
         env = {
             **cli_env,
             "RETLLM_SCORER": "openai:fake-vlm",
             "RETLLM_OPENAI_BASE_URL": fake.url,
             "RETLLM_OPENAI_RETRIES": "0",
+            "RETLLM_OPENAI_CONCURRENCY": "1",
         }
-        _ingest(env, candidate_images[:3])
-        r = run(["search", "x", "-k", "3", "--json"], env)
+        _ingest(env, candidate_images[:4])
+        r = run(["search", "x", "-k", "4", "--json"], env)
+    assert r.returncode == 0, r.stderr
     hits = json.loads(r.stdout)
-    assert r.returncode == 0 and all(h["method"] == "coarse" and h["error"] for h in hits)
-    assert [h["coarse_rank"] for h in hits] == [1, 2, 3]
+    assert [h["method"] for h in hits] == ["logprobs", "logprobs", "coarse", "coarse"]
+    assert [h["coarse_rank"] for h in hits[2:]] == [1, 2] and all(h["score"] is None and h["error"] for h in hits[2:])
+
+
+def test_every_pair_failing_fails_the_search(cli_env, candidate_images) -> None:
+    with fake_openai(Switches(fail_5xx=1000)) as fake:
+        env = {**cli_env, "RETLLM_SCORER": "openai:fake-vlm", "RETLLM_OPENAI_BASE_URL": fake.url}
+        _ingest(env, candidate_images[:3])
+        r = run(["search", "x", "-k", "3", "--json"], {**env, "RETLLM_OPENAI_RETRIES": "0"})
+    assert r.returncode == 1 and r.stdout == ""
+    assert "the fine stage failed for all 3 pair(s)" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_configuration_errors_are_loud(cli_env, candidate_images) -> None:
+    """A wrong key or an unknown model: exit 1 with one actionable line, never a silent coarse ranking."""
+    with fake_openai(Switches(api_key="sk-right", models=["served-vlm"])) as fake:
+        env = {**cli_env, "RETLLM_OPENAI_BASE_URL": fake.url, "OPENAI_API_KEY": "sk-wrong"}
+        _ingest(env, candidate_images[:3])
+        r = run(["search", "x", "-k", "3", "--scorer", "openai:served-vlm"], env)
+        assert r.returncode == 1 and "HTTP 401" in r.stderr and "OPENAI_API_KEY" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+        r = run(["search", "x", "-k", "3", "--scorer", "openai:typo-vlm"], {**env, "OPENAI_API_KEY": "sk-right"})
+        assert r.returncode == 1 and "model 'typo-vlm' not found" in r.stderr and "available: served-vlm" in r.stderr
+        r = run(
+            ["search", "x", "-k", "3", "--json", "--scorer", "openai:served-vlm"], {**env, "OPENAI_API_KEY": "sk-right"}
+        )
+        assert r.returncode == 0 and all(h["method"] == "logprobs" for h in json.loads(r.stdout))
+
+
+def test_min_score_can_return_nothing(cli_env, candidate_images) -> None:
+    with fake_openai() as fake:
+        env = {**cli_env, "RETLLM_SCORER": "openai:fake-vlm", "RETLLM_OPENAI_BASE_URL": fake.url}
+        _ingest(env, candidate_images[:5])
+        every = json.loads(run(["search", "x", "-k", "5", "--json"], env).stdout)
+        cut = sorted(h["score"] for h in every)[2]
+        r = run(["search", "x", "-k", "5", "--json", "--min-score", str(cut)], env)
+        kept = json.loads(r.stdout)
+        assert [h["id"] for h in kept] == [h["id"] for h in every if h["score"] >= cut] and len(kept) == 3
+        assert [h["rank"] for h in kept] == [1, 2, 3]
+        r = run(["search", "x", "-k", "5", "--min-score", "0.999"], {**env, "COLUMNS": "200"})
+        assert r.returncode == 0 and "no hit reached --min-score 0.999" in r.stderr
+        r = run(["search", "x", "-k", "5", "--json"], {**env, "RETLLM_MIN_SCORE": "0.999"})
+        assert r.returncode == 0 and json.loads(r.stdout) == []
+        r = run(["search", "x", "--coarse-only", "--min-score", "0.5"], env)
+        assert r.returncode == 1 and "cannot be used with --coarse-only" in r.stderr
 
 
 def test_demo_shows_coarse_and_reranked_side_by_side(cli_env, tiny_vlm_dirs) -> None:

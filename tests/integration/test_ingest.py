@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from retllm.images import ImageLimits
 from retllm.index.edge import EdgeIndex
 from retllm.ingest import Ingestor, iter_sources
 from retllm.types import Item, content_id
@@ -116,7 +117,7 @@ def test_items_with_image_bytes_are_kept_as_blobs(embedder, index, tmp_path: Pat
 def test_pixel_limit_skips_large_images(embedder, index, tmp_path: Path) -> None:
     solid((1, 1, 1), (100, 100)).save(tmp_path / "big.png")
     solid((1, 1, 2), (10, 10)).save(tmp_path / "small.png")
-    report = make(embedder, index, tmp_path, max_image_pixels=5000).run(
+    report = make(embedder, index, tmp_path, limits=ImageLimits(max_pixels=5000)).run(
         iter_sources([tmp_path / "big.png", tmp_path / "small.png"])
     )
     assert report.added == 1 and "too large" in report.skipped[0][1]

@@ -30,7 +30,7 @@ class _Recording(Scorer):
 
     def score(self, query: Query, candidates: Sequence[Candidate]) -> list[Score]:
         self.seen.append(query)
-        return [Score(value=c.coarse_score, method="coarse") for c in candidates]
+        return [Score(value=c.coarse_score, entropy=1.0, method="logits") for c in candidates]
 
 
 @pytest.fixture

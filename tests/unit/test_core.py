@@ -64,7 +64,7 @@ def test_settings_validation(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
 def test_vision_cache_is_bounded_by_entries_and_bytes(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     import torch
 
-    from retllm.scorers.hf import VisionCache
+    from retllm.scorers.vision_cache import VisionCache
 
     kib = torch.zeros(256)  # 1 KiB of fp32
     c = VisionCache(capacity=3, max_bytes=2560)
@@ -133,3 +133,76 @@ def test_retrace_settings_from_env_and_validation(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("RETLLM_RETRACE__END", "16")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
     assert Settings().openai_api_key.get_secret_value() == "sk-x"
+
+
+def test_vision_cache_is_safe_under_concurrent_use() -> None:
+    """Many threads putting and getting: the byte count always matches the entries kept, nothing raises."""
+    import threading
+
+    import torch
+
+    from retllm.scorers.vision_cache import VisionCache, nbytes
+
+    c = VisionCache(capacity=16, max_bytes=40 * 1024)
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            for i in range(400):
+                key = f"k{(t * 7 + i) % 40}"
+                if c.get(key) is None:
+                    c.put(key, (torch.zeros(64 + (i % 5) * 64), None))
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert c.bytes == sum(nbytes(v) for v in c._d.values()) and len(c) <= 16 and c.bytes <= 40 * 1024
+
+
+def test_dtype_resolution() -> None:
+    import torch
+
+    from retllm.device import resolve_dtype
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_dtype(cpu) == torch.float32
+    assert resolve_dtype(cuda, bf16_ok=True) == torch.bfloat16
+    assert resolve_dtype(cuda, bf16_ok=False) == torch.float16  # T4, V100: no bf16
+    assert resolve_dtype(cuda, "fp32", bf16_ok=False) == torch.float32
+    with pytest.raises(ConfigError, match="invalid dtype"):
+        resolve_dtype(cpu, "int4")
+
+
+def test_component_settings(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("RETLLM_DATA_DIR", str(tmp_path))
+    s = Settings()
+    assert (s.scorer_min_image_tokens, s.scorer_max_image_tokens) == (256, 512)  # the paper's budget
+    assert s.scorer_cross_query is True and s.vector_fusion == "rrf" and s.min_score is None
+    monkeypatch.setenv("RETLLM_MAX_IMAGE_PIXELS", "1234")
+    monkeypatch.setenv("RETLLM_URL_TIMEOUT", "2.5")
+    limits = Settings().image_limits
+    assert (limits.max_pixels, limits.url_timeout) == (1234, 2.5)
+    monkeypatch.setenv("RETLLM_SCORER_MIN_IMAGE_TOKENS", "")  # empty: the checkpoint's own
+    monkeypatch.setenv("RETLLM_SCORER_MAX_IMAGE_TOKENS", "1024")
+    assert (Settings().scorer_min_image_tokens, Settings().scorer_max_image_tokens) == (None, 1024)
+    monkeypatch.setenv("RETLLM_SCORER_MIN_IMAGE_TOKENS", "2048")
+    with pytest.raises(ValidationError, match="MIN_IMAGE_TOKENS \\(2048\\) is above"):
+        Settings()
+    monkeypatch.delenv("RETLLM_SCORER_MIN_IMAGE_TOKENS")
+    monkeypatch.setenv("RETLLM_VECTOR_FUSION", "max")
+    with pytest.raises(ValidationError, match="rrf"):
+        Settings()
+    monkeypatch.setenv("RETLLM_VECTOR_FUSION", "dbsf")
+    monkeypatch.setenv("RETLLM_MIN_SCORE", "1.5")
+    with pytest.raises(ValidationError, match="less than or equal to 1"):
+        Settings()
+    monkeypatch.setenv("RETLLM_MIN_SCORE", "0.7")
+    s = Settings()
+    assert s.min_score == 0.7 and s.vector_fusion == "dbsf"
+    with make_index(s) as index:
+        assert index.fusion == "dbsf"

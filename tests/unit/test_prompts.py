@@ -102,3 +102,17 @@ def test_missing_variable_raises() -> None:
     )
     with pytest.raises(UndefinedError):
         render(spec, query_text="a", query_image=False)
+
+
+def test_answer_words_live_in_the_prompt_files() -> None:
+    """Every pointwise prompt defines its answer words and asks for exactly those; listwise defines labels."""
+    from retllm.prompting import _BY_SHAPE
+
+    for name in {*_BY_SHAPE.values(), "image_text_to_image_text"}:
+        spec = load_prompt(name)
+        pos, neg = spec.answer_words
+        text = " ".join(p.text or "" for p in spec.parts)
+        assert f"{pos} or {neg}" in text, name
+    assert load_prompt("listwise").option_labels == "0123456789"
+    with pytest.raises(ConfigError, match="no positive/negative answer"):
+        _ = load_prompt("listwise").answer_words
