@@ -206,3 +206,18 @@ def test_component_settings(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     assert s.min_score == 0.7 and s.vector_fusion == "dbsf"
     with make_index(s) as index:
         assert index.fusion == "dbsf"
+
+
+def test_transformers_is_pinned_to_the_major_whose_apis_we_use() -> None:
+    """The vision cache injects through ``mm_encoder_outputs``, added in transformers 5.18; 6.x may move it."""
+    import tomllib
+    from pathlib import Path
+
+    import transformers
+    from packaging.requirements import Requirement
+
+    root = Path(__file__).resolve().parents[2]
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    spec = Requirement(next(d for d in deps if d.startswith("transformers"))).specifier
+    assert spec.contains("5.18.0") and spec.contains("5.99") and not spec.contains("5.17.0")
+    assert not spec.contains("6.0.0") and spec.contains(transformers.__version__)
