@@ -15,23 +15,20 @@ three ways, interleaved and best of ``--repeats`` each:
 
 from __future__ import annotations
 
-import argparse
 import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 from bench._common import random_image  # noqa: E402
-from bench.fine_stage import SHAPES, sync  # noqa: E402
+from bench.fine_stage import build_model, model_args, sync  # noqa: E402
 from retllm.scorers.base import Candidate, Score  # noqa: E402
 from retllm.scorers.hf import HFScorer  # noqa: E402
 from retllm.types import Query  # noqa: E402
-from tests.fakes.tiny_vlm import make_qwen  # noqa: E402
 
 
 def sequential(s: HFScorer, work: list[tuple[Query, list[Candidate]]]) -> list[list[Score]]:
@@ -55,25 +52,11 @@ def concurrent(s: HFScorer, work: list[tuple[Query, list[Candidate]]]) -> list[l
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--shape", choices=sorted(SHAPES), default="qwen2-vl-0.5b")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--k", type=int, default=10)
+    ap = model_args()
     ap.add_argument("--queries", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--image-size", type=int, default=224)
-    ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
-    dev = torch.device(args.device)
-    dtype = torch.float32 if dev.type == "cpu" else torch.bfloat16
-    shape = dict(SHAPES[args.shape])
-    px = args.image_size * args.image_size
-    t0 = time.perf_counter()
-    model, processor = make_qwen(
-        shape.pop("family"), sharpen=False, pixels=(px, px), device=str(dev), dtype=dtype, **shape
-    )
-    n_params = sum(p.numel() for p in model.parameters()) / 1e9
-    print(f"{args.shape}: {n_params:.2f}B params, {dtype}, {dev}, built in {time.perf_counter() - t0:.0f}s", flush=True)
+    model, processor, dev = build_model(args)
     rng = np.random.default_rng(0)
     side = (args.image_size, args.image_size)
     work = [

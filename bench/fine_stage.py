@@ -164,17 +164,19 @@ def timed(fn, dev: torch.device):
     return time.perf_counter() - t, r
 
 
-def main() -> None:
+def model_args() -> argparse.ArgumentParser:
+    """The options every fine-stage benchmark shares: model shape, device, k, image size, repeats."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", choices=sorted(SHAPES), default="qwen2-vl-0.5b")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument(
-        "--image-query", action="store_true", help="image->image queries (the query image is in every pair)"
-    )
-    args = ap.parse_args()
+    return ap
+
+
+def build_model(args: argparse.Namespace) -> tuple[object, object, torch.device]:
+    """A random-init model of ``args.shape`` whose processor turns every image into image_size**2 pixels."""
     dev = torch.device(args.device)
     dtype = torch.float32 if dev.type == "cpu" else torch.bfloat16
     shape = dict(SHAPES[args.shape])
@@ -185,6 +187,16 @@ def main() -> None:
     )
     n_params = sum(p.numel() for p in model.parameters()) / 1e9
     print(f"{args.shape}: {n_params:.2f}B params, {dtype}, {dev}, built in {time.perf_counter() - t0:.0f}s", flush=True)
+    return model, processor, dev
+
+
+def main() -> None:
+    ap = model_args()
+    ap.add_argument(
+        "--image-query", action="store_true", help="image->image queries (the query image is in every pair)"
+    )
+    args = ap.parse_args()
+    model, processor, dev = build_model(args)
     rng = np.random.default_rng(0)
     side = (args.image_size, args.image_size)
     cands = [Candidate(f"c{i}", image=random_image(f"{args.image_size}_{i}", side, rng)) for i in range(args.k)]

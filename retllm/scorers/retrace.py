@@ -102,9 +102,9 @@ def visual_retracing(
             h = (output[0] if isinstance(output, tuple) else output)[todo, -1, :]
             if cfg.final_norm:
                 h = norm(h)
-            ent = normalised_topk_entropy(lm_head(h), cfg.top_k)
+            ent = normalised_topk_entropy(lm_head(h), cfg.top_k).tolist()  # one host sync per layer, not per row
             for i, b in enumerate(todo):
-                if ent[i].item() > cfg.threshold:
+                if ent[i] > cfg.threshold:
                     state.armed[b] = layer_idx + 1
 
         return hook

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from retllm.scorers.hf import HFScorer
 from retllm.scorers.retrace import RetraceConfig
 from retllm.settings import Settings
 from retllm.types import Query
+from tests.threads import run_threads
 
 FORCED = RetraceConfig(start=0, end=3, threshold=-1.0)
 
@@ -54,22 +54,12 @@ def workload(images: list[Path]) -> list[tuple[Query, list[Candidate]]]:
 def run_concurrently(s: HFScorer, queries: list[tuple[Query, list[Candidate]]], threads: int = 8):  # type: ignore[no-untyped-def]
     """Each of ``threads`` real threads runs every ``threads``-th query; returns results and errors."""
     results: dict[int, list[Score]] = {}
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(threads)
 
     def work(t: int) -> None:
-        try:
-            barrier.wait()
-            for j in range(t, len(queries), threads):
-                results[j] = s.score(*queries[j])
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
+        for j in range(t, len(queries), threads):
+            results[j] = s.score(*queries[j])
 
-    ts = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    errors = run_threads(work, threads)
     return [results.get(j) for j in range(len(queries))], errors
 
 

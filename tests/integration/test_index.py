@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from retllm.index.base import Index, Record
 from retllm.index.edge import EdgeIndex
 from retllm.index.migrate import migrate
 from retllm.index.qdrant import QdrantIndex
+from tests.threads import run_threads
 
 DIM = 8
 
@@ -213,25 +213,6 @@ def test_migrate_edge_to_client_local_mode(tmp_path: Path) -> None:
 
 
 # --- shared use from many threads -----------------------------------------------------------------
-
-
-def run_threads(fn, n: int) -> list[BaseException]:  # type: ignore[no-untyped-def]
-    """Run ``fn(i)`` on ``n`` real threads started together; the exceptions they raised."""
-    barrier, errors = threading.Barrier(n), []
-
-    def body(i: int) -> None:
-        try:
-            barrier.wait()
-            fn(i)
-        except BaseException as e:  # noqa: BLE001 - collected for the assertion
-            errors.append(e)
-
-    threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return errors
 
 
 @pytest.mark.parametrize("backend", ["edge", "qdrant-path"])

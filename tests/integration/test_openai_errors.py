@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from retllm.scorers.base import Candidate, check_not_all_failed
 from retllm.scorers.openai import OpenAIScorer, logprobs_cap
 from retllm.types import Query
 from tests.fakes.openai_server import Switches, fake_openai
+from tests.threads import run_threads
 
 
 def make(url: str, key: str = "test", model: str = "fake-vlm", **kw) -> OpenAIScorer:
@@ -110,20 +110,12 @@ def test_one_request_limit_for_the_whole_process(candidate_images: list[Path]) -
     """Four threads querying two scorers of one endpoint: never more than `concurrency` requests in flight."""
     with fake_openai(Switches(delay=0.15)) as fake:
         a, b = make(fake.url, concurrency=3), make(fake.url, concurrency=3)
-        errors: list[BaseException] = []
+        scorers = (a, b, a, b)
 
-        def query(sc: OpenAIScorer) -> None:
-            try:
-                assert all(s.method == "logprobs" for s in sc.score(Query(text="q"), texts(6)))
-            except BaseException as e:  # noqa: BLE001
-                errors.append(e)
+        def query(i: int) -> None:
+            assert all(s.method == "logprobs" for s in scorers[i].score(Query(text="q"), texts(6)))
 
-        threads = [threading.Thread(target=query, args=(sc,)) for sc in (a, b, a, b)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == [] and len(fake.requests) == 24
+        assert run_threads(query, 4) == [] and len(fake.requests) == 24
         assert fake.max_in_flight == 3
 
 
@@ -136,20 +128,12 @@ def test_concurrent_queries_score_as_sequential_ones(candidate_images: list[Path
         sc = make(fake.url, concurrency=8)
         sequential = [sc.score(q, cs) for q, cs in queries]
         results: dict[int, list] = {}
-        errors: list[BaseException] = []
 
         def worker(t: int) -> None:
-            try:
-                for j in range(t, len(queries), 8):
-                    results[j] = sc.score(*queries[j])
-            except BaseException as e:  # noqa: BLE001
-                errors.append(e)
+            for j in range(t, len(queries), 8):
+                results[j] = sc.score(*queries[j])
 
-        threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        errors = run_threads(worker, 8)
     assert errors == [] and len(results) == 80
     for j, want in enumerate(sequential):
         got = results[j]

@@ -137,30 +137,20 @@ def test_retrace_settings_from_env_and_validation(monkeypatch: pytest.MonkeyPatc
 
 def test_vision_cache_is_safe_under_concurrent_use() -> None:
     """Many threads putting and getting: the byte count always matches the entries kept, nothing raises."""
-    import threading
-
     import torch
 
     from retllm.scorers.vision_cache import VisionCache, nbytes
+    from tests.threads import run_threads
 
     c = VisionCache(capacity=16, max_bytes=40 * 1024)
-    errors: list[BaseException] = []
 
     def work(t: int) -> None:
-        try:
-            for i in range(400):
-                key = f"k{(t * 7 + i) % 40}"
-                if c.get(key) is None:
-                    c.put(key, (torch.zeros(64 + (i % 5) * 64), None))
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
+        for i in range(400):
+            key = f"k{(t * 7 + i) % 40}"
+            if c.get(key) is None:
+                c.put(key, (torch.zeros(64 + (i % 5) * 64), None))
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert run_threads(work, 8) == []
     assert c.bytes == sum(nbytes(v) for v in c._d.values()) and len(c) <= 16 and c.bytes <= 40 * 1024
 
 
