@@ -3,14 +3,17 @@
 The order, as a sort key (so it is transitive, unlike a comparator with a tolerance):
 
 1. Pairs the model judged (``logits``, ``logprobs``, ``verbalized``) come before pairs that fell back
-   (``coarse``: the MLLM could not score them); fallbacks keep their coarse order among themselves.
+   (``coarse``: the MLLM could not score them, or gave a non-finite score); fallbacks keep their coarse
+   order among themselves.
 2. Judged pairs by score, high first. Scores are compared on a grid of ``tie_tolerance`` (1e-6), so
-   floating-point jitter between otherwise equal scores never decides the order.
+   floating-point jitter between equal scores decides nothing, except for two scores that straddle a
+   grid line, which keep their score order (any grid has such edges).
 3. A ``verbalized`` answer is a bare True/False with no probability. It ranks as the least confident
    answer of its kind: ``True`` just below every graded pair (``logits``/``logprobs``) scoring above
    0.5, ``False`` just above every graded pair scoring below 0.5 (graded pairs at exactly 0.5 sit
    between the two). A hard 1.0 never outranks a graded 0.99.
-4. Ties: lower answer entropy (the model was surer), then higher coarse score, then coarse rank.
+4. Ties: lower answer entropy (the model was surer), then the coarse order (the index's rank, which for
+   ``auto`` search is the fused order: cosines of different vector kinds are not comparable).
 
 ``min_score`` keeps the hits that provably reach it: a graded score ``>= min_score``; a verbalized
 ``True`` counts as 0.5 and a ``False`` as 0.0; a fallback has no fine score and never passes.
@@ -34,22 +37,26 @@ def _bucket(value: float, tol: float) -> int:
     return math.floor(value / tol + 0.5)
 
 
-def rank_key(h: Hit, tie_tolerance: float = 1e-6) -> tuple[int, int, int, float, float, int]:
+def _unscored(h: Hit) -> bool:
+    return h.method == FALLBACK or h.score is None or not math.isfinite(h.score)
+
+
+def rank_key(h: Hit, tie_tolerance: float = 1e-6) -> tuple[int, int, int, float, int]:
     """The sort key of :func:`apply_scores` (smaller sorts first)."""
     coarse_rank = h.coarse_rank if h.coarse_rank is not None else h.rank
-    if h.method == FALLBACK or h.score is None:
-        return (1, 0, 0, 0.0, -h.coarse_score, coarse_rank)
+    if _unscored(h):
+        return (1, 0, 0, 0.0, coarse_rank)
     if h.method in GRADED:
         level, sub = h.score, 0
     else:  # verbalized: the least confident answer of its kind
         level, sub = 0.5, (-1 if h.score >= 0.5 else 1)
     entropy = h.entropy if h.entropy is not None else math.inf
-    return (0, -_bucket(level, tie_tolerance), sub, entropy, -h.coarse_score, coarse_rank)
+    return (0, -_bucket(level, tie_tolerance), sub, entropy, coarse_rank)
 
 
 def passes(h: Hit, min_score: float) -> bool:
     """Whether a re-ranked hit provably reaches ``min_score`` (see the module docstring)."""
-    if h.method == FALLBACK or h.score is None:
+    if _unscored(h):
         return False
     if h.method in GRADED:
         return h.score >= min_score
@@ -83,7 +90,7 @@ def apply_scores(
     ]
     ranked = sorted(merged, key=lambda h: rank_key(h, tie_tolerance))
     if min_score is not None:
-        failed = sum(1 for h in ranked if h.method == FALLBACK)
+        failed = sum(1 for h in ranked if _unscored(h))
         if failed:
             log.warning("%d hit(s) fell back to coarse scores and cannot pass min_score %.3g", failed, min_score)
         ranked = [h for h in ranked if passes(h, min_score)]

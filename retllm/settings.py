@@ -44,10 +44,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=64_000_000, ge=1, description="Larger images are skipped.")
     url_timeout: float = Field(default=10.0, gt=0, description="Seconds to fetch one image URL.")
     decode_workers: int = Field(default=2, ge=1, le=64, description="Threads decoding images at ingest.")
-    vector_fusion: Literal["rrf", "dbsf"] = Field(
-        default="rrf",
-        description="How `auto` vector search fuses the image, text and fused vector searches (Qdrant's "
-        "Query API): rrf = reciprocal rank fusion, dbsf = distribution-based score fusion.",
+    vector_fusion: Literal["rank", "rrf", "dbsf"] = Field(
+        default="rank",
+        description="How `auto` vector search fuses the image, text and fused searches: rank = each item at "
+        "its best rank in any of them (one batched request); rrf / dbsf = Qdrant's reciprocal-rank / "
+        "distribution-based score fusion in one Query API request (sums over the kinds: favours items "
+        "that store more kinds).",
     )
     min_score: float | None = Field(
         default=None,

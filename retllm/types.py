@@ -86,8 +86,10 @@ class Query(BaseModel):
 class Hit(BaseModel):
     """One search result with its provenance.
 
-    ``coarse_score`` is the cosine similarity from the embedding stage; the fine-stage fields stay
-    ``None`` when the fine stage did not run (``--coarse-only``).
+    ``coarse_score`` is the embedding stage's cosine similarity on the named vector ``vector`` (for ``auto``
+    search with ``rank`` fusion, the kind that ranked the item best), or the fused score when ``vector`` is
+    ``rrf``/``dbsf``; ``rank`` is the order. The fine-stage fields stay ``None`` when the fine stage did not
+    run (``--coarse-only``); ``score`` is also ``None`` for a pair the scorer could not judge.
     """
 
     id: str

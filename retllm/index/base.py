@@ -61,10 +61,28 @@ class Record:
         return point_id(self.id)
 
 
-Fusion = Literal["rrf", "dbsf"]
-FUSIONS: tuple[Fusion, ...] = ("rrf", "dbsf")
+Fusion = Literal["rank", "rrf", "dbsf"]
+FUSIONS: tuple[Fusion, ...] = ("rank", "rrf", "dbsf")
 RRF_K = 2
 """Qdrant's own RRF constant: score = sum over the searches of 1 / (RRF_K + rank)."""
+
+
+def fuse_best_rank(lists: Sequence[Sequence[SearchResult]], limit: int) -> list[SearchResult]:
+    """Each item at its best rank in any of the per-kind rankings (so the rankings interleave: every kind's
+    best items make the pool, whatever the scale of its cosines and however many kinds an item stores).
+
+    Ties in best rank go to the item found by more searches (the sum of ``1 / (RRF_K + rank)``), then by id.
+    Each result keeps the kind that ranked it best (``vector``) and that kind's cosine (``score``).
+    """
+    best: dict[str, tuple[int, SearchResult]] = {}
+    votes: dict[str, float] = {}
+    for ranking in lists:
+        for rank, r in enumerate(ranking):
+            votes[r.id] = votes.get(r.id, 0.0) + 1.0 / (RRF_K + rank)
+            if r.id not in best or rank < best[r.id][0]:
+                best[r.id] = (rank, r)
+    order = sorted(best, key=lambda i: (best[i][0], -votes[i], i))
+    return [best[i][1] for i in order[:limit]]
 
 
 @dataclass
@@ -89,7 +107,7 @@ class Index(ABC):
     """
 
     name: str = "index"
-    fusion: Fusion = "rrf"
+    fusion: Fusion = "rank"
 
     @abstractmethod
     def list_collections(self) -> list[str]:
@@ -122,6 +140,12 @@ class Index(ABC):
     def _search(
         self, collection: str, vector: np.ndarray, using: VectorName, limit: int, flt: FilterSpec | None
     ) -> list[SearchResult]: ...
+
+    def _search_each(
+        self, collection: str, vector: np.ndarray, limit: int, flt: FilterSpec | None
+    ) -> list[list[SearchResult]]:
+        """One ranking per named vector (backends batch them into one request where they can)."""
+        return [self._search(collection, vector, name, limit, flt) for name in VECTOR_NAMES]
 
     @abstractmethod
     def _search_fused(
@@ -185,9 +209,12 @@ class Index(ABC):
         Args:
             vectors: Query vectors by kind (see :meth:`Embedder.embed_query`).
             using: The stored vector to match. ``None`` ("auto") matches the query's own kind (fused for
-                text+image queries) against every stored kind in one Query API request and fuses the three
-                rankings with :attr:`fusion` (cosines of different kinds are on different scales: CLIP
-                text-text ~0.7, text-image ~0.3, so a best-cosine merge would bury image-only items).
+                text+image queries) against every stored kind and fuses the rankings by :attr:`fusion`.
+                Cosines of different kinds are on different scales (CLIP text-text ~0.7, text-image ~0.3),
+                so keeping each item's best cosine would bury image-only items. ``rank`` (default): each
+                item at its best rank in any kind's ranking (:func:`fuse_best_rank`); ``rrf``/``dbsf``:
+                Qdrant's fusion in one Query API request, which sums over the kinds and so favours items
+                that store more kinds.
             flt: Payload filter.
         """
         if limit < 1:
@@ -200,6 +227,8 @@ class Index(ABC):
             return self._search(collection, q, using, limit, flt)
         if self.fusion not in FUSIONS:
             raise ConfigError(f"unknown vector fusion {self.fusion!r}; valid: {', '.join(FUSIONS)}")
+        if self.fusion == "rank":
+            return fuse_best_rank(self._search_each(collection, q, limit, flt), limit)
         # Fused scores tie often (rank r in one search = rank r in another): fetch past the cut and break
         # ties by id, so the order and the cut do not depend on the engine's internal point order.
         fused = self._search_fused(collection, q, 2 * limit, flt, self.fusion)

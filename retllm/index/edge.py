@@ -66,10 +66,10 @@ class EdgeIndex(Index):
 
     name = "edge"
 
-    def __init__(self, root: Path, *, fusion: Fusion = "rrf") -> None:
+    def __init__(self, root: Path, *, fusion: Fusion = "rank") -> None:
         self.root = Path(root)
         self.fusion = fusion
-        self._held: set[Path] = set()  # shard folders this instance holds a reference to
+        self._held: dict[Path, list[Any]] = {}  # the table entries this instance holds a reference to
 
     def _path(self, collection: str) -> Path:
         return self.root / check_collection_name(collection)
@@ -86,10 +86,11 @@ class EdgeIndex(Index):
         return self._path(collection).resolve()
 
     def _hold(self, key: Path, entry: list[Any]) -> Any:
-        """Take this instance's reference to an open shard (caller holds the table lock)."""
-        if key not in self._held:
+        """Take this instance's reference to an open shard (caller holds the table lock). An entry held from
+        before a drop and re-create by another instance is a different object: the new one is counted."""
+        if self._held.get(key) is not entry:
             entry[1] += 1
-            self._held.add(key)
+            self._held[key] = entry
         return entry[0]
 
     def _open(self, collection: str) -> Any:
@@ -98,7 +99,7 @@ class EdgeIndex(Index):
             entry = _OpenShards.table.get(key)
             if entry is not None:
                 return self._hold(key, entry)
-            self._held.discard(key)  # dropped by another instance since
+            self._held.pop(key, None)  # dropped by another instance since
             if not (key / "edge_config.json").is_file():
                 existing = ", ".join(self.list_collections()) or "none"
                 raise CollectionNotFoundError(f"no collection {collection!r} in {self.root}; existing: {existing}")
@@ -134,7 +135,7 @@ class EdgeIndex(Index):
         key = self._key(collection)
         with _OpenShards.lock:
             entry = _OpenShards.table.pop(key, None)
-            self._held.discard(key)
+            self._held.pop(key, None)
             if entry is not None:
                 entry[0].close()
             shutil.rmtree(key, ignore_errors=True)
@@ -175,6 +176,21 @@ class EdgeIndex(Index):
         return [
             SearchResult(p.payload["retllm_id"], float(p.score), p.payload, using)
             for p in self._open(collection).query(req)
+        ]
+
+    def _search_each(
+        self, collection: str, vector: np.ndarray, limit: int, flt: FilterSpec | None
+    ) -> list[list[SearchResult]]:
+        q = _edge()
+        vec, f = np.asarray(vector, np.float32).tolist(), edge_filter(flt)
+        reqs = [
+            q.QueryRequest(limit=limit, query=q.Query.Nearest(vec, using=name), filter=f, with_payload=True)
+            for name in VECTOR_NAMES
+        ]
+        out = self._open(collection).query_batch(q.QueryBatchRequest(reqs))
+        return [
+            [SearchResult(p.payload["retllm_id"], float(p.score), p.payload, name) for p in points]
+            for name, points in zip(VECTOR_NAMES, out, strict=True)
         ]
 
     def _search_fused(
@@ -219,9 +235,9 @@ class EdgeIndex(Index):
     def close(self) -> None:
         """Flush and release this instance's shards; the last holder in the process closes each one."""
         with _OpenShards.lock:
-            for key in self._held:
+            for key, held in self._held.items():
                 entry = _OpenShards.table.get(key)
-                if entry is None:
+                if entry is None or entry is not held:  # dropped (and maybe re-created) by another instance
                     continue
                 entry[0].flush()
                 entry[1] -= 1

@@ -56,12 +56,15 @@ class QdrantIndex(Index):
 
     name = "qdrant"
 
-    def __init__(self, location: str, api_key: str | None = None, *, timeout: int = 30, fusion: Fusion = "rrf") -> None:
+    def __init__(
+        self, location: str, api_key: str | None = None, *, timeout: int = 30, fusion: Fusion = "rank"
+    ) -> None:
         from qdrant_client import QdrantClient
 
         self.location = location
         self.fusion = fusion
         self._key: Path | None = None
+        self._closed = False
         self._lock: Any = contextlib.nullcontext()
         try:
             if location.startswith(("http://", "https://")):
@@ -180,6 +183,20 @@ class QdrantIndex(Index):
             )
         return self._results(res.points, using)
 
+    def _search_each(
+        self, collection: str, vector: np.ndarray, limit: int, flt: FilterSpec | None
+    ) -> list[list[SearchResult]]:
+        from qdrant_client import models as m
+
+        self._require(collection)
+        vec, f = np.asarray(vector, np.float32).tolist(), client_filter(flt)
+        reqs = [
+            m.QueryRequest(query=vec, using=name, limit=limit, filter=f, with_payload=True) for name in VECTOR_NAMES
+        ]
+        with self._lock:
+            out = self.client.query_batch_points(collection, requests=reqs)
+        return [self._results(r.points, name) for name, r in zip(VECTOR_NAMES, out, strict=True)]
+
     def _search_fused(
         self, collection: str, vector: np.ndarray, limit: int, flt: FilterSpec | None, fusion: Fusion
     ) -> list[SearchResult]:
@@ -219,7 +236,10 @@ class QdrantIndex(Index):
                 return
 
     def close(self) -> None:
-        """Close the client; a shared local store closes when its last instance does."""
+        """Close the client; a shared local store closes when its last instance does. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         if self._key is None:
             self.client.close()
             return

@@ -23,6 +23,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from retllm.errors import ScoringError
+
 log = logging.getLogger(__name__)
 
 P = TypeVar("P")
@@ -96,7 +98,7 @@ class BatchWorker(Generic[P, R]):
                     units.append(_Unit([pairs[i] for i in chunk], [futures[i] for i in chunk], g, False))
         with self._cond:
             if self._closed:
-                raise RuntimeError("the scorer is closed")
+                raise ScoringError("this scorer is closed; build a new one")
             self._queue.extend(units)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)

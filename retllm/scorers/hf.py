@@ -10,6 +10,7 @@ pairs of concurrent queries share batches.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -450,6 +451,11 @@ class HFScorer(Scorer):
                 results[i] = Score.fallback(f"{type(row).__name__}: {row}")
                 continue
             (lt, lf), (lpt, _) = row.logits, row.logp
+            if not all(math.isfinite(x) for x in (lt, lf, lpt, row.entropy)):
+                results[i] = Score.fallback(
+                    f"non-finite logits ({lt}, {lf}): fp16 overflow? set RETLLM_DTYPE=float32", row.latency_s
+                )
+                continue
             results[i] = Score(
                 value=two_way(lt, lf),
                 p_true=float(torch.tensor(lpt).exp()),

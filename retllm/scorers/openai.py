@@ -19,8 +19,6 @@ Requests run concurrently, at most ``concurrency`` in flight per endpoint across
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import logging
 import math
@@ -32,12 +30,19 @@ from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any
 
-from PIL import Image
-
 from retllm.errors import EndpointError, ScoringError
-from retllm.images import ImageLimits, decode_image, is_url
+from retllm.images import ImageLimits, is_url
 from retllm.prompting import Rendered, load_prompt, prompt_for, render
-from retllm.scorers.base import Candidate, Score, Scorer, two_way
+from retllm.scorers.base import Candidate, Score, Scorer
+from retllm.scorers.chat import (
+    crop_for_revisit,
+    image_data_url,
+    logprobs_cap,
+    logsumexp,
+    parse_logprobs,
+    parse_verbalized,
+    png_data_url,
+)
 from retllm.types import ImageSource, Query
 
 log = logging.getLogger(__name__)
@@ -46,7 +51,6 @@ REVISIT_DESCRIPTION = (
     "Look at the candidate image again before answering, optionally zoomed into a region. Call this when "
     "a detail (small object, text, colour, count) decides whether the candidate matches. Returns the image."
 )
-_WEB_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 
 
 class _Unsupported(Exception):
@@ -58,38 +62,58 @@ class _Unsupported(Exception):
         self.value = value
 
 
-_LIMITS: dict[str, threading.BoundedSemaphore] = {}
+class _Stopped(Exception):
+    """The query this request belongs to has already failed; no more requests for it."""
+
+
+class RequestLimit:
+    """At most ``capacity`` requests in flight; ``capacity`` can change while requests wait."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.active = 0
+        self._cond = threading.Condition()
+
+    def __enter__(self) -> None:
+        with self._cond:
+            while self.active >= self.capacity:
+                self._cond.wait()
+            self.active += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self.active -= 1
+            self._cond.notify()
+
+    def resize(self, capacity: int) -> None:
+        with self._cond:
+            self.capacity = capacity
+            self._cond.notify_all()
+
+
+_LIMITS: dict[str, RequestLimit] = {}
 _LIMITS_LOCK = threading.Lock()
 
 
-def request_slots(endpoint: str, concurrency: int) -> threading.BoundedSemaphore:
-    """The process-wide bound on requests in flight to ``endpoint`` (the first scorer's concurrency sets it)."""
+def request_slots(endpoint: str, concurrency: int) -> RequestLimit:
+    """The process-wide bound on requests in flight to ``endpoint``, shared by every scorer of it; a scorer
+    built with another ``concurrency`` (RETLLM_OPENAI_CONCURRENCY) sets the bound for all of them."""
     with _LIMITS_LOCK:
-        if endpoint not in _LIMITS:
-            _LIMITS[endpoint] = threading.BoundedSemaphore(concurrency)
-        return _LIMITS[endpoint]
+        limit = _LIMITS.setdefault(endpoint, RequestLimit(concurrency))
+        if limit.capacity != concurrency:
+            log.info("requests in flight to %s: %d (was %d)", endpoint, concurrency, limit.capacity)
+            limit.resize(concurrency)
+        return limit
 
 
-# A 400 that concerns this pair's input only (the other pairs can still be scored).
+# An error about this pair's own input (the other pairs can still be scored).
 _PAIR_PROBLEM = re.compile(
-    r"context (?:length|window)|too long|too many (?:tokens|images)|exceeds? .{0,40}tokens|"
-    r"(?:invalid|corrupt|unsupported|decode|process(?:ing)?) .{0,20}image|image .{0,40}too (?:large|big|small)",
+    r"context (?:length|window|size)|too long|too many (?:tokens|images)|exceeds? .{0,40}tokens|"
+    r"tokens? .{0,60}must be <=|(?:invalid|corrupt|unsupported|decode|process(?:ing)?) .{0,20}image|"
+    r"image .{0,40}too (?:large|big|small)",
     re.IGNORECASE,
 )
-_CAP = re.compile(
-    r"(?:max(?:imum)?(?: value)?(?: allowed)?(?: is| of)?:?|<=|at most|between 0 and|up to)\s*(\d+)", re.IGNORECASE
-)
-
-
-def logprobs_cap(message: str, asked: int) -> int | None:
-    """The top_logprobs value to retry with after an endpoint refused ``asked`` (vLLM ``--max-logprobs``,
-    OpenAI's 20), or None when logprobs themselves are refused or too few are left to read two answers."""
-    text = message.lower()
-    if "top_logprobs" not in text and "sample logprobs" not in text and "max allowed" not in text:
-        return None
-    caps = [int(m) for m in _CAP.findall(message) if int(m) < asked]
-    n = max(caps) if caps else asked // 2
-    return n if n >= 2 else None
+_TRANSIENT_STATUS = frozenset({408, 409, 425})  # request timeout, conflict, too early: the SDK retries them too
 
 
 def _one_line(e: Any) -> str:
@@ -116,81 +140,6 @@ def _has_http_image(kwargs: dict[str, Any]) -> bool:
         if isinstance(m.get("content"), list)
         for part in m["content"]
     )
-
-
-def _logsumexp(xs: list[float]) -> float | None:
-    if not xs:
-        return None
-    m = max(xs)
-    return m + math.log(sum(math.exp(x - m) for x in xs))
-
-
-def parse_logprobs(top: list[tuple[str, float]], positive: str = "True", negative: str = "False") -> Score:
-    """Two-way P(True) from the answer position's top logprobs (token variants like ' True' summed).
-
-    If only one answer appears in the top list, the other's logprob is bounded by the smallest listed one.
-    The entropy covers the listed tokens plus the unlisted mass as one bucket (a lower bound).
-    """
-    pos, neg = positive.strip().lower(), negative.strip().lower()
-    lt = _logsumexp([lp for t, lp in top if t.strip().lower() == pos])
-    lf = _logsumexp([lp for t, lp in top if t.strip().lower() == neg])
-    if lt is None and lf is None:
-        raise ScoringError("neither answer token among the returned top logprobs")
-    floor = min(lp for _, lp in top)
-    probs = [math.exp(lp) for _, lp in top]
-    rest = max(0.0, 1.0 - sum(probs))
-    entropy = -sum(p * math.log(p) for p in probs if p > 0) - (rest * math.log(rest) if rest > 0 else 0.0)
-    return Score(
-        value=two_way(lt if lt is not None else floor, lf if lf is not None else floor),
-        p_true=math.exp(lt) if lt is not None else None,
-        entropy=entropy,
-        method="logprobs",
-    )
-
-
-def parse_verbalized(text: str | None, positive: str = "True", negative: str = "False") -> Score:
-    """Strict: the whole answer must be one of the two words (case-insensitive, trailing punctuation allowed)."""
-    answer = (text or "").strip().strip("\"'`").rstrip(".!").strip().lower()
-    if answer not in (positive.lower(), negative.lower()):
-        raise ScoringError(f"unparseable answer {text!r}: expected {positive} or {negative}")
-    v = 1.0 if answer == positive.lower() else 0.0
-    return Score(value=v, p_true=None, entropy=None, method="verbalized")
-
-
-def image_data_url(data: bytes, max_pixels: int) -> str:
-    """A data URL for encoded image bytes; re-encoded as PNG when the format is not web-safe or too large."""
-    im = decode_image(data, max_pixels=64_000_000)
-    fmt = Image.open(io.BytesIO(data)).format or ""
-    if fmt in _WEB_FORMATS and im.width * im.height <= max_pixels:
-        return f"data:{_WEB_FORMATS[fmt]};base64,{base64.b64encode(data).decode()}"
-    return _png_data_url(_fit(im, max_pixels))
-
-
-def _png_data_url(im: Image.Image) -> str:
-    buf = io.BytesIO()
-    im.save(buf, "PNG")
-    return f"data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"
-
-
-def _fit(im: Image.Image, max_pixels: int, max_upscale: float = 1.0) -> Image.Image:
-    scale = min(math.sqrt(max_pixels / (im.width * im.height)), max_upscale)
-    if abs(scale - 1.0) < 1e-3:
-        return im
-    return im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.LANCZOS)
-
-
-def crop_for_revisit(data: bytes, box: Any, max_pixels: int) -> Image.Image:
-    """The revisited view: the whole image, or a crop ``[x0, y0, x1, y1]`` (fractions) upscaled up to 4x."""
-    im = decode_image(data, max_pixels=64_000_000)
-    if box is None:
-        return _fit(im, max_pixels)
-    if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, int | float) for v in box)):
-        raise ScoringError(f"box must be [x0, y0, x1, y1] fractions, got {box!r}")
-    x0, y0, x1, y1 = (min(max(float(v), 0.0), 1.0) for v in box)
-    if x1 - x0 < 0.01 or y1 - y0 < 0.01:
-        raise ScoringError(f"box {box!r} is empty")
-    crop = im.crop((round(x0 * im.width), round(y0 * im.height), round(x1 * im.width), round(y1 * im.height)))
-    return _fit(crop, max_pixels, max_upscale=4.0)
 
 
 class OpenAIScorer(Scorer):
@@ -265,11 +214,13 @@ class OpenAIScorer(Scorer):
 
     # --- requests --------------------------------------------------------------------------------
 
-    def _create(self, **kwargs: Any) -> Any:
+    def _create(self, stop: threading.Event | None = None, **kwargs: Any) -> Any:
         import openai
 
         delay = self.backoff_base
         for attempt in range(self.retries + 1):
+            if stop is not None and stop.is_set():
+                raise _Stopped("the query already failed")
             try:
                 with self._slots:  # one process-wide bound per endpoint
                     return self.client.chat.completions.create(**kwargs)
@@ -280,36 +231,43 @@ class OpenAIScorer(Scorer):
                     raise EndpointError(f"{self.endpoint}: quota exhausted (HTTP 429): {_one_line(e)}") from e
                 if attempt == self.retries:
                     raise
-                delay = self._backoff(e, delay)
+                delay = self._backoff(e, delay, stop)
             except (openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError) as e:
                 if attempt == self.retries:
                     raise
-                delay = self._backoff(e, delay)
+                delay = self._backoff(e, delay, stop)
             except openai.APIStatusError as e:
-                if e.status_code >= 500:
+                if e.status_code >= 500 or e.status_code in _TRANSIENT_STATUS:
                     if attempt == self.retries:
                         raise
-                    delay = self._backoff(e, delay)
+                    delay = self._backoff(e, delay, stop)
                     continue
+                if e.status_code == 413:  # this pair's payload (its images) is over the server's body limit
+                    raise ScoringError(f"the request is too large for the endpoint (HTTP 413): {_one_line(e)}") from e
+                if e.status_code == 422 and _PAIR_PROBLEM.search(str(e)):
+                    raise ScoringError(f"the endpoint refused this pair (HTTP 422): {_one_line(e)}") from e
                 raise self._config_error(e) from e
         raise AssertionError("unreachable")
 
-    def _backoff(self, e: Exception, delay: float) -> float:
-        """Sleep before the next try (``Retry-After`` when given); returns the next exponential delay."""
+    def _backoff(self, e: Exception, delay: float, stop: threading.Event | None) -> float:
+        """Wait before the next try (``Retry-After`` when given; cut short when the query fails meanwhile);
+        returns the next exponential delay."""
         wait = _retry_after(e)
         nxt = delay
         if wait is None:
             wait = delay * (1 + random.random() * 0.25)
             nxt = min(delay * 2, self.backoff_max)
         log.info("retrying after %s (%.2fs)", type(e).__name__, wait)
-        time.sleep(min(wait, self.max_wait))
+        if (stop or threading.Event()).wait(min(wait, self.max_wait)):
+            raise _Stopped("the query already failed")
         return nxt
 
     def _bad_request(self, e: Any, kwargs: dict[str, Any]) -> Exception:
         """What a 400 means: a feature to drop, a problem with this pair's input, or a configuration error."""
         raw = str(e)
         text = raw.lower()
-        if self.send_image_urls and ("url" in text or "fetch" in text) and _has_http_image(kwargs):
+        # Decided by what this request sent, not by the shared flag: concurrent pairs learn it at once.
+        if ("url" in text or "fetch" in text) and _has_http_image(kwargs):
             return _Unsupported("image_urls", raw)
         if "max_tokens" in text and "max_tokens" in kwargs:
             return _Unsupported("max_tokens", raw)
@@ -350,7 +308,9 @@ class OpenAIScorer(Scorer):
         except Exception:  # the listing is a hint only
             return []
 
-    def _ask(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> Any:
+    def _ask(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, stop: threading.Event | None = None
+    ) -> Any:
         while True:
             kwargs: dict[str, Any] = {"model": self.model, "messages": messages}
             if self._temperature_ok:
@@ -363,7 +323,7 @@ class OpenAIScorer(Scorer):
             else:
                 kwargs[self._token_param] = 1
             try:
-                return self._create(**kwargs)
+                return self._create(stop, **kwargs)
             except _Unsupported as e:
                 if e.feature == "image_urls":
                     raise
@@ -392,7 +352,10 @@ class OpenAIScorer(Scorer):
         if self.send_image_urls and is_url(src):
             return {"type": "image_url", "image_url": {"url": str(src)}}
         assert data is not None
-        return {"type": "image_url", "image_url": {"url": image_data_url(data, self.pixel_budget)}}
+        return {
+            "type": "image_url",
+            "image_url": {"url": image_data_url(data, self.pixel_budget, self.limits.max_pixels)},
+        }
 
     def _content(self, r: Rendered, images: dict[str, tuple[ImageSource, bytes | None]]) -> list[dict[str, Any]]:
         return [self._image_part(*images[v]) if k == "image" else {"type": "text", "text": v} for k, v in r.parts]
@@ -427,17 +390,24 @@ class OpenAIScorer(Scorer):
 
     # --- scoring ---------------------------------------------------------------------------------
 
-    def _score_pair(self, query: Query, q_img: tuple[ImageSource, bytes | None] | None, c: Candidate) -> Score:
+    def _score_pair(
+        self,
+        query: Query,
+        q_img: tuple[ImageSource, bytes | None] | None,
+        c: Candidate,
+        stop: threading.Event | None = None,
+    ) -> Score:
         t0 = time.perf_counter()
         try:
             try:
-                s = self._score_pair_once(query, q_img, c)
+                s = self._score_pair_once(query, q_img, c, stop)
             except _Unsupported as e:  # the endpoint cannot fetch image URLs: inline the bytes from now on
-                log.warning("endpoint rejects image URLs; sending data URLs: %s", e)
-                self.send_image_urls = False
+                if self.send_image_urls:
+                    log.warning("endpoint rejects image URLs; sending data URLs: %s", e)
+                    self.send_image_urls = False
                 if q_img is not None and q_img[1] is None:
                     q_img = (q_img[0], self.limits.read(q_img[0]))
-                s = self._score_pair_once(query, q_img, c)
+                s = self._score_pair_once(query, q_img, c, stop)
         except EndpointError:
             raise  # no other pair can succeed either: the search fails with this one line
         except Exception as e:  # a transient fault or a problem with this pair: the other pairs go on
@@ -446,7 +416,13 @@ class OpenAIScorer(Scorer):
         s.latency_s = time.perf_counter() - t0
         return s
 
-    def _score_pair_once(self, query: Query, q_img: tuple[ImageSource, bytes | None] | None, c: Candidate) -> Score:
+    def _score_pair_once(
+        self,
+        query: Query,
+        q_img: tuple[ImageSource, bytes | None] | None,
+        c: Candidate,
+        stop: threading.Event | None = None,
+    ) -> Score:
         spec = prompt_for(query.modality, c.modality)
         words = spec.answer_words
         r = render(
@@ -465,7 +441,7 @@ class OpenAIScorer(Scorer):
         tools = [self._tool(c.id)] if c.image is not None and self.max_revisits > 0 else None
         revisits = 0
         while True:
-            resp = self._ask(messages, tools if revisits < self.max_revisits else None)
+            resp = self._ask(messages, tools if revisits < self.max_revisits else None, stop)
             choice = resp.choices[0]
             calls = getattr(choice.message, "tool_calls", None) or []
             if not calls:
@@ -492,7 +468,7 @@ class OpenAIScorer(Scorer):
             if tc.function.name != "revisit_image" or img is None:
                 raise ScoringError(f"unknown tool {tc.function.name!r}")
             data = img[1] if img[1] is not None else self.limits.read(img[0])
-            view = crop_for_revisit(data, args.get("box"), self.pixel_budget)
+            view = crop_for_revisit(data, args.get("box"), self.pixel_budget, self.limits.max_pixels)
         except Exception as e:  # bad arguments, unknown tool, unreadable image: tell the model
             return [{"role": "tool", "tool_call_id": tc.id, "content": f"error: {e}"}]
         note = f"Candidate {c.id} image" + (f", zoomed to {args['box']}" if args.get("box") else "") + ", below."
@@ -501,7 +477,7 @@ class OpenAIScorer(Scorer):
             {
                 "role": "user",
                 "content": [
-                    {"type": "image_url", "image_url": {"url": _png_data_url(view)}},
+                    {"type": "image_url", "image_url": {"url": png_data_url(view)}},
                     {"type": "text", "text": f"Please directly output {words[0]} or {words[1]}"},
                 ],
             },
@@ -529,7 +505,7 @@ class OpenAIScorer(Scorer):
         content = getattr(getattr(choice, "logprobs", None), "content", None)
         if content:
             top = [(t.token.strip(), t.logprob) for t in (content[0].top_logprobs or [])]
-            found = [_logsumexp([lp for tok, lp in top if tok == lab]) for lab in labels]
+            found = [logsumexp([lp for tok, lp in top if tok == lab]) for lab in labels]
             if any(f is not None for f in found):
                 floor = min(lp for _, lp in top)
                 return [f if f is not None else floor for f in found], "logprobs"
@@ -543,11 +519,16 @@ class OpenAIScorer(Scorer):
             return []
         q_img = (query.image, self._fetch(query.image)) if query.image is not None else None
         pool = ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(candidates))))
+        stop = threading.Event()
         try:
-            futures = [pool.submit(self._score_pair, query, q_img, c) for c in candidates]
-            wait(futures, return_when=FIRST_EXCEPTION)  # an EndpointError stops the query at once
+            futures = [pool.submit(self._score_pair, query, q_img, c, stop) for c in candidates]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = next((f.exception() for f in done if f.exception() is not None), None)
+            if failed is not None:  # an EndpointError: no other pair can succeed; stop the rest at once
+                raise failed
             return [f.result() for f in futures]
         finally:
+            stop.set()
             pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:

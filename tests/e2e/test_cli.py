@@ -20,7 +20,8 @@ def test_add_search_stats_delete_export(cli_env: dict[str, str], tmp_path: Path)
     assert r.returncode == 0, r.stderr
     hits = json.loads(r.stdout)
     assert [h["rank"] for h in hits] == [1, 2, 3]
-    assert hits[0]["image"] == str(good[2].resolve()) and hits[0]["vector"] == "rrf"  # auto: fused ranking
+    assert hits[0]["image"] == str(good[2].resolve()) and hits[0]["vector"] == "image"  # auto: its best kind
+    assert abs(hits[0]["coarse_score"] - 1) < 1e-4  # and that kind's cosine
     r = run(
         ["search", "--image", str(good[2]), "-c", "pics", "-k", "3", "--vector", "image", "--coarse-only", "--json"],
         cli_env,

@@ -40,6 +40,10 @@ class Switches:
     status: int | None = None  # every chat request answers this HTTP status (403, 422, ...)
     insufficient_quota: bool = False  # OpenAI's 429 for an exhausted quota (not transient)
     too_long_marker: str | None = None  # a pair whose text contains it gets a 400 about the context length
+    too_long_status: int = 400  # ... with this status (413: nginx's body limit; 422: TGI)
+    too_long_message: str = "This model's maximum context length is 4096 tokens. However, you requested 9000 tokens."
+    fail_code: int = 500  # the status of the first `fail_5xx` requests (408, 503, ...)
+    sampled_only: bool = False  # top_logprobs ignored: only the sampled token comes back (some servers)
     revisit_box: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.5, 0.5])  # the zoom the fake asks for
 
 
@@ -187,7 +191,7 @@ def _completion(body: dict[str, Any], fake: FakeOpenAI) -> dict[str, Any]:
             "token": answer,
             "logprob": lt if answer == "True" else lf,
             "bytes": None,
-            "top_logprobs": sorted(top, key=lambda t: -t["logprob"])[:n],
+            "top_logprobs": [] if sw.sampled_only else sorted(top, key=lambda t: -t["logprob"])[:n],
         }
         logprobs = {"content": [first], "refusal": None}
     return {
@@ -243,9 +247,8 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 return 400, {"error": {"message": msg, "type": "BadRequestError", "code": 400}}
             text = json.dumps(body.get("messages"))
             if sw.too_long_marker is not None and sw.too_long_marker in text:
-                msg = "This model's maximum context length is 4096 tokens. However, you requested 9000 tokens."
-                err = {"message": msg, "type": "invalid_request_error", "code": "context_length_exceeded"}
-                return 400, {"error": err}
+                err = {"message": sw.too_long_message, "type": "invalid_request_error", "code": "too_long"}
+                return sw.too_long_status, {"error": err}
             return None
 
         def do_POST(self) -> None:  # noqa: N802
@@ -268,7 +271,7 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                         {"Retry-After": str(sw.retry_after)},
                     )
                 if n < sw.rate_limit + sw.fail_5xx:
-                    return self._send(500, {"error": {"message": "boom", "type": "server_error"}})
+                    return self._send(sw.fail_code, {"error": {"message": "boom", "type": "server_error"}})
                 refusal = self._refusal(body)
                 if refusal is not None:
                     return self._send(*refusal)

@@ -173,3 +173,43 @@ def test_settings_reach_the_local_scorer(tiny_vlm_dirs, candidate_images, tmp_pa
     out = s.score(Query(text="x"), [*cands(candidate_images[:1]), Candidate("big", image=str(big))])
     assert out[0].method == "logits" and out[1].method == "coarse" and "too large" in out[1].error
     assert all(4 <= t <= 8 for t in tower_tokens(s, candidate_images[:2]))
+
+
+def test_non_finite_logits_fail_only_their_pair(tiny_vlm_dirs, candidate_images) -> None:
+    """fp16 overflow on a T4/V100 gives inf/NaN logits: that pair falls back, the query is ranked."""
+    from retllm.ranking import apply_scores
+    from retllm.types import Hit
+
+    s = scorer(tiny_vlm_dirs, batch_size=1, cross_query=False, retrace=RetraceConfig(enabled=False))
+
+    def poison(_m: Any, _args: Any, out: torch.Tensor) -> torch.Tensor | None:  # the second forward's head
+        return torch.full_like(out, float("nan")) if poison.calls == 2 else None
+
+    poison.calls = 0  # type: ignore[attr-defined]
+
+    def count(_m: Any, _args: Any) -> None:
+        poison.calls += 1  # type: ignore[attr-defined]
+
+    h1 = s.lm_head.register_forward_pre_hook(count)
+    h2 = s.lm_head.register_forward_hook(poison)
+    try:
+        out = s.score(Query(text="x"), cands(candidate_images[:3]))
+    finally:
+        h1.remove()
+        h2.remove()
+    assert [o.method for o in out] == ["logits", "coarse", "logits"] and "non-finite" in out[1].error
+    hits = [Hit(id=f"h{i}", rank=i + 1, coarse_score=0.5) for i in range(3)]
+    ranked = apply_scores(hits, out)
+    assert ranked[-1].id == "h1"
+    nan = apply_scores(hits, [Score(float("nan"), entropy=1.0), out[0], out[2]])  # any scorer's NaN ranks last
+    assert nan[-1].id == "h0"
+
+
+def test_a_closed_scorer_says_so(tiny_vlm_dirs, candidate_images) -> None:
+    from retllm.errors import ScoringError
+
+    s = scorer(tiny_vlm_dirs)
+    assert s.score(Query(text="x"), cands(candidate_images[:1]))[0].method == "logits"
+    s.close()
+    with pytest.raises(ScoringError, match="closed"):
+        s.score(Query(text="x"), cands(candidate_images[:1]))

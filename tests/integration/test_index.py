@@ -129,7 +129,7 @@ def naive_fused(recs: list[Record], q: np.ndarray, limit: int) -> list[tuple[str
     return sorted(total.items(), key=lambda kv: -kv[1])[:limit]
 
 
-@pytest.mark.parametrize("fusion", ["rrf", "dbsf"])
+@pytest.mark.parametrize("fusion", ["rank", "rrf", "dbsf"])
 def test_auto_search_fuses_the_vector_kinds_so_image_only_items_are_reachable(index: Index, fusion: str) -> None:
     index.ensure_collection("c", DIM)
     recs = mixed_collection()
@@ -140,25 +140,52 @@ def test_auto_search_fuses_the_vector_kinds_so_image_only_items_are_reachable(in
     index.fusion = fusion  # type: ignore[assignment]
     hits = index.search("c", q, limit=3)
     assert "photo" in [h.id for h in hits] and "other" not in [h.id for h in hits]
-    assert all(h.vector == fusion for h in hits) and len({h.id for h in hits}) == 3
-    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert len({h.id for h in hits}) == 3
+    if fusion == "rank":  # each item at its best rank; it keeps that kind's name and cosine
+        # The best of each kind: "both" (the only fused vector) first, as more searches found it; then by id.
+        assert [h.id for h in hits] == ["both", "photo", "t0"]
+        assert [h.vector for h in hits] == ["fused", "image", "text"]
+        assert hits[1].score == pytest.approx(0.35 / np.linalg.norm([0.35, 0.94]), abs=1e-5)
+    else:
+        assert all(h.vector == fusion for h in hits)
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     if fusion == "rrf":
         want = naive_fused(recs, q["text"], 3)
         assert {h.id for h in hits} == {i for i, _ in want}
         assert sorted(h.score for h in hits) == pytest.approx(sorted(s for _, s in want), abs=1e-6)
     filtered = index.search("c", q, limit=3, flt={"colour": "red"})
-    assert filtered == []  # the filter reaches every prefetch
+    assert filtered == []  # the filter reaches every kind's search
+
+
+def test_a_perfect_single_kind_match_is_not_outvoted_by_items_with_more_kinds(index: Index) -> None:
+    """Summing over the kinds (RRF) lets mediocre image+text items, found by all three searches, push a
+    perfect image-only match out of the pool; best-rank fusion (the default) keeps it."""
+    index.ensure_collection("c", DIM)
+    recs = [Record("perfect", {"image": unit([1.0])}, {"retllm_id": "perfect"})]
+    for i in range(6):
+        v = unit([0.45 - i / 50, 0, 0, 0.5 + i / 10, 1])
+        recs.append(Record(f"both{i}", {"image": v, "text": v, "fused": v}, {"retllm_id": f"both{i}"}))
+    index.upsert("c", recs)
+    q = {"image": unit([1.0])}
+    assert index.search("c", q, limit=1, using="image")[0].id == "perfect"
+    index.fusion = "rrf"  # type: ignore[assignment]
+    assert "perfect" not in [h.id for h in index.search("c", q, limit=4)]
+    index.fusion = "rank"  # type: ignore[assignment]
+    hits = index.search("c", q, limit=4)
+    assert "perfect" in [h.id for h in hits[:2]] and next(h for h in hits if h.id == "perfect").vector == "image"
 
 
 def test_auto_search_is_the_same_on_every_backend(tmp_path: Path) -> None:
     """qdrant-edge and qdrant-client run the same Query API request: same ids, same fused scores."""
-    got = []
-    for idx in (EdgeIndex(tmp_path / "e"), QdrantIndex(":memory:")):
-        idx.ensure_collection("c", DIM)
-        idx.upsert("c", mixed_collection() + records())
-        got.append([(h.id, round(h.score, 6)) for h in idx.search("c", {"image": unit([0.5, 0.4, 0.3, 0.2])}, limit=6)])
-        idx.close()
-    assert got[0] == got[1] and len(got[0]) == 6
+    for fusion in ("rank", "rrf", "dbsf"):
+        got = []
+        for idx in (EdgeIndex(tmp_path / fusion, fusion=fusion), QdrantIndex(":memory:", fusion=fusion)):  # type: ignore[arg-type]
+            idx.ensure_collection("c", DIM)
+            idx.upsert("c", mixed_collection() + records())
+            hits = idx.search("c", {"image": unit([0.5, 0.4, 0.3, 0.2])}, limit=6)
+            got.append([(h.id, h.vector, round(h.score, 5)) for h in hits])
+            idx.close()
+        assert got[0] == got[1] and len(got[0]) == 6, fusion
 
 
 def test_payload_filters(index: Index) -> None:
@@ -283,3 +310,29 @@ def test_a_collection_dropped_by_one_instance_is_gone_for_another(tmp_path: Path
     assert a.count("c") == 0
     a.close()
     b.close()
+
+
+def test_closing_twice_leaves_other_instances_of_a_local_store_working(tmp_path: Path) -> None:
+    a, b = QdrantIndex(str(tmp_path)), QdrantIndex(str(tmp_path))
+    a.ensure_collection("c", DIM)
+    a.close()
+    a.close()
+    assert b.count("c") == 0
+    b.close()
+    c = QdrantIndex(str(tmp_path))  # the store opens again once every instance closed
+    assert c.exists("c")
+    c.close()
+
+
+def test_a_collection_recreated_under_another_instance_is_counted_for_both(tmp_path: Path) -> None:
+    a, b = EdgeIndex(tmp_path), EdgeIndex(tmp_path)
+    a.ensure_collection("c", DIM)
+    assert b.count("c") == 0  # b holds the first shard
+    a.drop_collection("c")
+    a.ensure_collection("c", DIM)
+    a.upsert("c", records())
+    assert b.count("c") == 4  # b now holds the new shard, counted
+    b.close()
+    assert a.count("c") == 4  # b's close did not close a's shard
+    a.upsert("c", records()[:1])
+    a.close()

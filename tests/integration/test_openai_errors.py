@@ -10,7 +10,8 @@ import pytest
 
 from retllm.errors import EndpointError, ScoringError
 from retllm.scorers.base import Candidate, check_not_all_failed
-from retllm.scorers.openai import OpenAIScorer, logprobs_cap
+from retllm.scorers.chat import logprobs_cap
+from retllm.scorers.openai import OpenAIScorer
 from retllm.types import Query
 from tests.fakes.openai_server import Switches, fake_openai
 from tests.threads import run_threads
@@ -141,3 +142,76 @@ def test_concurrent_queries_score_as_sequential_ones(candidate_images: list[Path
             (s.value, s.p_true, s.entropy, s.method) for s in want
         ]
     assert all(s.method == "logprobs" for r in sequential for s in r)
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        (413, "Request Entity Too Large"),  # nginx's default 1 MiB body limit against a large data URL
+        (422, "`inputs` tokens + `max_new_tokens` must be <= 4096. Given: 9000 `inputs` tokens"),  # TGI
+        (400, "the request exceeds the available context size, try increasing it"),  # llama.cpp server
+    ],
+)
+def test_a_pair_too_large_for_the_server_fails_only_that_pair(status: int, message: str) -> None:
+    with fake_openai(Switches(too_long_marker="HUGE", too_long_status=status, too_long_message=message)) as fake:
+        out = make(fake.url, retries=3).score(Query(text="q"), texts(3, marker=" HUGE"))
+        assert len(fake.requests) == 3  # not retried
+    assert [s.method for s in out] == ["logprobs", "coarse", "logprobs"] and str(status) in out[1].error
+
+
+def test_408_is_transient() -> None:
+    with fake_openai(Switches(fail_5xx=1, fail_code=408)) as fake:
+        out = make(fake.url, retries=2, concurrency=1).score(Query(text="q"), texts(2))
+        assert len(fake.requests) == 3  # the 408 was retried
+    assert [s.method for s in out] == ["logprobs", "logprobs"]
+
+
+def test_an_endpoint_error_does_not_wait_for_pairs_backing_off() -> None:
+    """Pair 0 is told to retry in 4 s; the others get a 403: the search fails at once, not after the wait."""
+    with fake_openai(Switches(rate_limit=1, retry_after=4.0, status=403, delay=0.05)) as fake:
+        t0 = time.perf_counter()
+        with pytest.raises(EndpointError, match="HTTP 403"):
+            make(fake.url, retries=3, concurrency=4).score(Query(text="q"), texts(4))
+        assert time.perf_counter() - t0 < 2.0
+        time.sleep(0.3)
+        n = len(fake.requests)
+    assert n == 4  # the pair that was backing off sent nothing more
+
+
+def test_a_server_that_returns_only_the_sampled_token_gets_verbalized_scores() -> None:
+    """One listed token bounds nothing: reading it as logprobs would score every pair 0.5."""
+    with fake_openai(Switches(sampled_only=True)) as fake:
+        out = make(fake.url).score(Query(text="q"), texts(4))
+    assert all(s.method == "verbalized" and s.value in (0.0, 1.0) for s in out)
+
+
+def test_the_pixel_limit_reaches_the_endpoint_scorer(candidate_images: list[Path]) -> None:
+    from retllm.images import ImageLimits
+
+    big = max(candidate_images, key=lambda p: p.stat().st_size)
+    with fake_openai() as fake:
+        sc = make(fake.url, limits=ImageLimits(max_pixels=100))
+        out = sc.score(Query(text="q"), [Candidate("big", image=str(big)), *texts(1)])
+    assert out[0].method == "coarse" and "too large" in out[0].error and out[1].method == "logprobs"
+
+
+def test_concurrent_pairs_learn_that_the_endpoint_cannot_fetch_urls(candidate_images: list[Path]) -> None:
+    """8 threads x 10 queries sending image URLs to a server that cannot fetch them: every pair that was in
+    flight when the first refusal came switches to data URLs too, and all scores equal the sequential run."""
+    from tests.fakes.http_files import serve_folder
+
+    with serve_folder(candidate_images[0].parent) as base, fake_openai(Switches(reject_urls=True)) as fake:
+        urls = [Candidate(f"u{i}", image=f"{base}/{p.name}") for i, p in enumerate(candidate_images)]
+        queries = [(Query(text=f"q{j}"), urls[j % 3 : j % 3 + 4]) for j in range(80)]
+        sequential = [make(fake.url, concurrency=8, send_image_urls=True).score(*qc) for qc in queries]
+        sc = make(fake.url, concurrency=8, send_image_urls=True)
+        results: dict[int, list] = {}
+
+        def worker(t: int) -> None:
+            for j in range(t, len(queries), 8):
+                results[j] = sc.score(*queries[j])
+
+        assert run_threads(worker, 8) == []
+    for j, want in enumerate(sequential):
+        assert [(s.value, s.method) for s in results[j]] == [(s.value, s.method) for s in want]
+    assert all(s.method == "logprobs" for r in results.values() for s in r)

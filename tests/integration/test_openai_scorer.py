@@ -10,7 +10,8 @@ import pytest
 
 from retllm.errors import ConfigError, ScoringError
 from retllm.scorers.base import Candidate
-from retllm.scorers.openai import OpenAIScorer, parse_logprobs, parse_verbalized
+from retllm.scorers.chat import parse_logprobs, parse_verbalized
+from retllm.scorers.openai import OpenAIScorer
 from retllm.types import Query
 from tests.fakes.openai_server import Switches, expected_p_true, fake_openai
 

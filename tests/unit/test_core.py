@@ -172,7 +172,7 @@ def test_component_settings(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setenv("RETLLM_DATA_DIR", str(tmp_path))
     s = Settings()
     assert (s.scorer_min_image_tokens, s.scorer_max_image_tokens) == (256, 512)  # the paper's budget
-    assert s.scorer_cross_query is True and s.vector_fusion == "rrf" and s.min_score is None
+    assert s.scorer_cross_query is True and s.vector_fusion == "rank" and s.min_score is None
     monkeypatch.setenv("RETLLM_MAX_IMAGE_PIXELS", "1234")
     monkeypatch.setenv("RETLLM_URL_TIMEOUT", "2.5")
     limits = Settings().image_limits
