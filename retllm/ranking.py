@@ -37,30 +37,35 @@ def _bucket(value: float, tol: float) -> int:
     return math.floor(value / tol + 0.5)
 
 
-def _unscored(h: Hit) -> bool:
-    return h.method == FALLBACK or h.score is None or not math.isfinite(h.score)
+def _fine_score(h: Hit) -> float | None:
+    """The hit's fine score, or None when it has none to rank by (a fallback, a non-finite value)."""
+    if h.method == FALLBACK or h.score is None or not math.isfinite(h.score):
+        return None
+    return h.score
 
 
 def rank_key(h: Hit, tie_tolerance: float = 1e-6) -> tuple[int, int, int, float, int]:
     """The sort key of :func:`apply_scores` (smaller sorts first)."""
     coarse_rank = h.coarse_rank if h.coarse_rank is not None else h.rank
-    if _unscored(h):
+    score = _fine_score(h)
+    if score is None:
         return (1, 0, 0, 0.0, coarse_rank)
     if h.method in GRADED:
-        level, sub = h.score, 0
+        level, sub = score, 0
     else:  # verbalized: the least confident answer of its kind
-        level, sub = 0.5, (-1 if h.score >= 0.5 else 1)
+        level, sub = 0.5, (-1 if score >= 0.5 else 1)
     entropy = h.entropy if h.entropy is not None else math.inf
     return (0, -_bucket(level, tie_tolerance), sub, entropy, coarse_rank)
 
 
 def passes(h: Hit, min_score: float) -> bool:
     """Whether a re-ranked hit provably reaches ``min_score`` (see the module docstring)."""
-    if _unscored(h):
+    score = _fine_score(h)
+    if score is None:
         return False
     if h.method in GRADED:
-        return h.score >= min_score
-    return (0.5 if h.score >= 0.5 else 0.0) >= min_score
+        return score >= min_score
+    return (0.5 if score >= 0.5 else 0.0) >= min_score
 
 
 def apply_scores(
@@ -90,7 +95,7 @@ def apply_scores(
     ]
     ranked = sorted(merged, key=lambda h: rank_key(h, tie_tolerance))
     if min_score is not None:
-        failed = sum(1 for h in ranked if _unscored(h))
+        failed = sum(1 for h in ranked if _fine_score(h) is None)
         if failed:
             log.warning("%d hit(s) fell back to coarse scores and cannot pass min_score %.3g", failed, min_score)
         ranked = [h for h in ranked if passes(h, min_score)]
