@@ -301,17 +301,21 @@ def search(
             )
         index.dim(name)
         scorer = None if coarse_only else make_scorer(s, scorer_id)
-        retriever = Retriever(
-            make_embedder(s),
-            index,
-            name,
-            scorer=scorer,
-            fusion_weight=s.fusion_weight,
-            limits=s.image_limits,
-        )
-        hits = retriever.search(
-            query, k=k, top=top, flt=flt or None, using=using, coarse_only=coarse_only, min_score=threshold
-        )
+        try:
+            retriever = Retriever(
+                make_embedder(s),
+                index,
+                name,
+                scorer=scorer,
+                fusion_weight=s.fusion_weight,
+                limits=s.image_limits,
+            )
+            hits = retriever.search(
+                query, k=k, top=top, flt=flt or None, using=using, coarse_only=coarse_only, min_score=threshold
+            )
+        finally:
+            if scorer is not None:
+                scorer.close()  # after a failed search, requests still in flight stop instead of holding the exit
     stage = "coarse" if coarse_only else f"re-ranked by {scorer_id or s.scorer}"
     if threshold is not None:
         stage += f", score >= {threshold:g}"
@@ -356,15 +360,19 @@ def demo(
         queries = [(Query(text=q), f"text -> image: {q!r}") for q in DEMO_QUERIES]
         queries.append((Query(image=str(probe)), f"image -> image: {probe.name}"))
         sections: list[tuple[str, list[Hit]]] = []
-        for q, title in queries:
-            coarse = r.coarse(q, k=k, using="image")
-            sections.append((f"{title}: coarse order", coarse))
-            if scorer is None:
-                _print_hits(coarse, as_json=False, title=f"{title} (coarse)")
-                continue
-            fine = r.rerank(q, coarse, candidate_text=False)
-            sections.append((f"{title}: re-ranked by {scorer_id or s.scorer}", fine))
-            _print_side_by_side(coarse, fine, title)
+        try:
+            for q, title in queries:
+                coarse = r.coarse(q, k=k, using="image")
+                sections.append((f"{title}: coarse order", coarse))
+                if scorer is None:
+                    _print_hits(coarse, as_json=False, title=f"{title} (coarse)")
+                    continue
+                fine = r.rerank(q, coarse, candidate_text=False)
+                sections.append((f"{title}: re-ranked by {scorer_id or s.scorer}", fine))
+                _print_side_by_side(coarse, fine, title)
+        finally:
+            if scorer is not None:
+                scorer.close()
     from retllm.gallery import write_gallery
 
     err.print(f"gallery: {write_gallery(html_out or s.data_dir / 'demo.html', sections, title='retllm demo')}")

@@ -77,7 +77,13 @@ def fuse_best_rank(lists: Sequence[Sequence[SearchResult]], limit: int) -> list[
     best: dict[str, tuple[int, SearchResult]] = {}
     votes: dict[str, float] = {}
     for ranking in lists:
-        for rank, r in enumerate(ranking):
+        # Equal cosines share a rank (the same image stored under several ids): the engine's internal order
+        # must not pick among them. Competition ranking over scores rounded to 1e-6, ties by id.
+        ordered = sorted(ranking, key=lambda r: (-round(r.score, 6), r.id))
+        rank = 0
+        for pos, r in enumerate(ordered):
+            if pos and round(r.score, 6) != round(ordered[pos - 1].score, 6):
+                rank = pos
             votes[r.id] = votes.get(r.id, 0.0) + 1.0 / (RRF_K + rank)
             if r.id not in best or rank < best[r.id][0]:
                 best[r.id] = (rank, r)
@@ -227,8 +233,8 @@ class Index(ABC):
             return self._search(collection, q, using, limit, flt)
         if self.fusion not in FUSIONS:
             raise ConfigError(f"unknown vector fusion {self.fusion!r}; valid: {', '.join(FUSIONS)}")
-        if self.fusion == "rank":
-            return fuse_best_rank(self._search_each(collection, q, limit, flt), limit)
+        if self.fusion == "rank":  # past the cut, so that ties at the cut are decided by id, not by the engine
+            return fuse_best_rank(self._search_each(collection, q, 2 * limit, flt), limit)
         # Fused scores tie often (rank r in one search = rank r in another): fetch past the cut and break
         # ties by id, so the order and the cut do not depend on the engine's internal point order.
         fused = self._search_fused(collection, q, 2 * limit, flt, self.fusion)

@@ -237,9 +237,10 @@ class QdrantIndex(Index):
 
     def close(self) -> None:
         """Close the client; a shared local store closes when its last instance does. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+        with _LocalStores.lock:  # two threads closing one instance at once must not release it twice
+            if self._closed:
+                return
+            self._closed = True
         if self._key is None:
             self.client.close()
             return

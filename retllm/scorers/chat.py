@@ -28,11 +28,15 @@ def logprobs_cap(message: str, asked: int) -> int | None:
     """The top_logprobs value to retry with after an endpoint refused ``asked`` (vLLM ``--max-logprobs``,
     OpenAI's 20), or None when logprobs themselves are refused or too few are left to read two answers."""
     text = message.lower()
-    if "top_logprobs" not in text and "sample logprobs" not in text and "max allowed" not in text:
+    if not any(k in text for k in ("top_logprobs", "sample logprobs", "max allowed", "top_n_tokens")):
         return None
     caps = [int(m) for m in _CAP.findall(message) if int(m) < asked]
     n = max(caps) if caps else asked // 2
     return n if n >= 2 else None
+
+
+SPELLINGS = 4
+"""Single-token spellings an answer word may have in a vocabulary: True/true, with and without a space."""
 
 
 def logsumexp(xs: list[float]) -> float | None:
@@ -45,9 +49,11 @@ def logsumexp(xs: list[float]) -> float | None:
 def parse_logprobs(top: list[tuple[str, float]], positive: str = "True", negative: str = "False") -> Score:
     """Two-way P(True) from the answer position's top logprobs (token variants like ' True' summed).
 
-    If only one answer appears in the top list, the other's logprob is bounded by the smallest listed one
-    (sound while the list is the distribution's top, even when the server returns fewer than asked); with
-    nothing else listed there is no bound, and :class:`ScoringError` sends the caller to the text answer.
+    If only one answer appears in the top list, the other's mass is bounded from above: each of its
+    ``SPELLINGS`` single-token spellings lies below the smallest listed token, and all of it lies in the
+    unlisted rest (sound while the list is the top of the distribution, also when the server returns fewer
+    than asked). The score then errs towards the missing answer. With nothing else listed there is no
+    bound, and :class:`ScoringError` sends the caller to the text answer.
     The entropy covers the listed tokens plus the unlisted mass as one bucket (a lower bound).
     """
     top = [(t, lp) for t, lp in top if math.isfinite(lp)]  # -inf and NaN say nothing
@@ -63,8 +69,12 @@ def parse_logprobs(top: list[tuple[str, float]], positive: str = "True", negativ
     probs = [math.exp(lp) for _, lp in top]
     rest = max(0.0, 1.0 - sum(probs))
     entropy = -sum(p * math.log(p) for p in probs if p > 0) - (rest * math.log(rest) if rest > 0 else 0.0)
+    # An unlisted answer's mass: each of its spellings is below every listed token, and all of it fits in the
+    # unlisted rest of the distribution.
+    missing = min(rest, SPELLINGS * math.exp(floor))
+    bound = math.log(missing) if missing > 0 else -math.inf
     return Score(
-        value=two_way(lt if lt is not None else floor, lf if lf is not None else floor),
+        value=two_way(lt if lt is not None else bound, lf if lf is not None else bound),
         p_true=math.exp(lt) if lt is not None else None,
         entropy=entropy,
         method="logprobs",

@@ -25,6 +25,8 @@ class Family:
             (Idefics3/SmolVLM), so the image size the model sees is set on the processor, not the image.
         token_budget: Whether the processor sizes each image by a visual-token budget (Qwen: ``size`` with
             ``shortest_edge``/``longest_edge`` in pixels, one token per ``(patch_size * merge_size)**2`` pixels).
+        text_only: A causal LM without vision (loaded with ``AutoModelForCausalLM`` and its tokenizer): it
+            scores text pairs, so that text collections and served GGUF weights can be compared locally.
     """
 
     name: str
@@ -34,6 +36,7 @@ class Family:
     deepstack: bool = False
     tiled: bool = False
     token_budget: bool = False
+    text_only: bool = False
 
 
 FAMILIES: dict[str, Family] = {
@@ -43,6 +46,11 @@ FAMILIES: dict[str, Family] = {
     # Idefics3/SmolVLM: per-image tiles are found from the expanded prompt (see HFScorer._idefics_tiles).
     "idefics3": Family("Idefics3", " ", "model.text_model", vision_cache=True, tiled=True),
     "smolvlm": Family("SmolVLM", " ", "model.text_model", vision_cache=True, tiled=True),
+    # Text-only causal LMs (chat templates end in a newline after the assistant header).
+    "qwen2": Family("Qwen2 (text)", "", "model", vision_cache=False, text_only=True),
+    "qwen3": Family("Qwen3 (text)", "", "model", vision_cache=False, text_only=True),
+    "llama": Family("Llama (text)", "", "model", vision_cache=False, text_only=True),
+    "mistral": Family("Mistral (text)", "", "model", vision_cache=False, text_only=True),
 }
 
 

@@ -29,8 +29,9 @@ from retllm.images import ImageLimits
 from retllm.prompting import Rendered, load_prompt, prompt_for, render
 from retllm.scorers.base import Candidate, Score, Scorer, two_way
 from retllm.scorers.batching import BatchWorker
-from retllm.scorers.families import Family, answer_token_ids, family_of, resolve_attr
+from retllm.scorers.families import FAMILIES, Family, answer_token_ids, family_of, resolve_attr
 from retllm.scorers.retrace import RetraceConfig, visual_retracing
+from retllm.scorers.text_only import load_text_only
 from retllm.scorers.vision_cache import VisionCache, image_key
 from retllm.types import Query
 
@@ -127,6 +128,11 @@ class HFScorer(Scorer):
         self.text_model = resolve_attr(model, self.family.text_model)
         self.lm_head = model.get_output_embeddings()
         self.image_token_id = getattr(model.config, "image_token_id", None)
+        if self.family.text_only and self.retrace.enabled and self.retrace.v_rows == "image":
+            raise ConfigError(
+                f"{model_id} is a text-only model: retracing has no image rows to read; "
+                "set RETLLM_RETRACE__V_ROWS=all or RETLLM_RETRACE__ENABLED=false"
+            )
         self.image_side = image_side
         self._proc_kwargs: dict[str, Any] = {}
         if image_side is not None and self.family.tiled:
@@ -174,14 +180,20 @@ class HFScorer(Scorer):
     @classmethod
     def from_pretrained(cls, id_or_path: str, *, device: str = "auto", dtype: str = "auto", **kwargs: Any) -> HFScorer:
         """Load a model folder or hub id (cached snapshots are used without touching the network)."""
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
         path = resolve_hf_model(id_or_path)
         dev = resolve_device(device)
         dt = resolve_dtype(dev, dtype)
         try:
-            model = AutoModelForImageTextToText.from_pretrained(path, dtype=dt).to(dev)  # type: ignore[arg-type]
-            processor = AutoProcessor.from_pretrained(path)
+            model_type = getattr(AutoConfig.from_pretrained(path), "model_type", None)
+            family = FAMILIES.get(model_type or "")
+            if family is not None and family.text_only:
+                model, processor = load_text_only(path, dt)
+                model = model.to(dev)
+            else:
+                model = AutoModelForImageTextToText.from_pretrained(path, dtype=dt).to(dev)  # type: ignore[arg-type]
+                processor = AutoProcessor.from_pretrained(path)
         except (OSError, ValueError, KeyError) as e:
             raise ConfigError(f"could not load hf:{id_or_path}: {e}") from e
         return cls(model, processor, model_id=f"hf:{id_or_path}", **kwargs)
@@ -372,6 +384,8 @@ class HFScorer(Scorer):
                 self._inject_qwen_vision(inputs, flat)
         attn = inputs["attention_mask"]
         image_mask = inputs["input_ids"] == self.image_token_id if self.image_token_id is not None else None
+        if self.retrace.enabled and self.family.text_only:  # retracing reads the decoder's input embeddings
+            inputs["inputs_embeds"] = self.model.get_input_embeddings()(inputs.pop("input_ids"))
         retraced: list[int | None] = [None] * len(texts)
         if self.retrace.enabled:
             with visual_retracing(self.text_model, self.lm_head, self.retrace, attn, image_mask) as st:
@@ -386,7 +400,8 @@ class HFScorer(Scorer):
         t0 = time.perf_counter()
         logits, retraced = self._forward([p.text for p in pairs], [p.images for p in pairs])
         logp = F.log_softmax(logits, dim=-1)
-        ent = -(logp.exp() * logp).sum(-1)
+        # 0 * log 0 counts as 0: a masked (-inf) vocabulary entry must not turn the entropy into NaN.
+        ent = -torch.where(torch.isfinite(logp), logp.exp() * logp, 0.0).sum(-1)
         dt = (time.perf_counter() - t0) / len(pairs)
         rows = []
         for b, p in enumerate(pairs):
@@ -434,6 +449,11 @@ class HFScorer(Scorer):
         q_img = self._query_image(query)
         results: list[Score | None] = [None] * len(candidates)
         todo: list[tuple[int, _Pair]] = []
+        if self.family.text_only and (query.image is not None or any(c.image is not None for c in candidates)):
+            raise ConfigError(
+                f"{self.id} is a text-only model ({self.family.name}): it scores text pairs only; "
+                "use a vision model for images (RETLLM_SCORER=hf:Qwen/Qwen2.5-VL-7B-Instruct)"
+            )
         for i, c in enumerate(candidates):
             try:
                 r, ims = self._pair(query, q_img, c)

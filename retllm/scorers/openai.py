@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import random
-import re
 import threading
 import time
 from collections.abc import Sequence
@@ -43,9 +42,24 @@ from retllm.scorers.chat import (
     parse_verbalized,
     png_data_url,
 )
+from retllm.scorers.endpoint import (
+    CLIENT_ERROR_IN_500,
+    NOT_SUPPORTED,
+    PAIR_PROBLEM,
+    TRANSIENT_STATUS,
+    Stopped,
+    Unsupported,
+    has_http_image,
+    one_line,
+    request_slots,
+    retry_after,
+)
+from retllm.scorers.probes import EndpointProbes
 from retllm.types import ImageSource, Query
 
 log = logging.getLogger(__name__)
+
+MIN_PIXEL_BUDGET = 256 * 256
 
 REVISIT_DESCRIPTION = (
     "Look at the candidate image again before answering, optionally zoomed into a region. Call this when "
@@ -53,96 +67,7 @@ REVISIT_DESCRIPTION = (
 )
 
 
-class _Unsupported(Exception):
-    """The endpoint rejected a request feature (tools, logprobs, a top_logprobs value, ...)."""
-
-    def __init__(self, feature: str, detail: str, value: int | None = None) -> None:
-        super().__init__(detail)
-        self.feature = feature
-        self.value = value
-
-
-class _Stopped(Exception):
-    """The query this request belongs to has already failed; no more requests for it."""
-
-
-class RequestLimit:
-    """At most ``capacity`` requests in flight; ``capacity`` can change while requests wait."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.active = 0
-        self._cond = threading.Condition()
-
-    def __enter__(self) -> None:
-        with self._cond:
-            while self.active >= self.capacity:
-                self._cond.wait()
-            self.active += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self._cond:
-            self.active -= 1
-            self._cond.notify()
-
-    def resize(self, capacity: int) -> None:
-        with self._cond:
-            self.capacity = capacity
-            self._cond.notify_all()
-
-
-_LIMITS: dict[str, RequestLimit] = {}
-_LIMITS_LOCK = threading.Lock()
-
-
-def request_slots(endpoint: str, concurrency: int) -> RequestLimit:
-    """The process-wide bound on requests in flight to ``endpoint``, shared by every scorer of it; a scorer
-    built with another ``concurrency`` (RETLLM_OPENAI_CONCURRENCY) sets the bound for all of them."""
-    with _LIMITS_LOCK:
-        limit = _LIMITS.setdefault(endpoint, RequestLimit(concurrency))
-        if limit.capacity != concurrency:
-            log.info("requests in flight to %s: %d (was %d)", endpoint, concurrency, limit.capacity)
-            limit.resize(concurrency)
-        return limit
-
-
-# An error about this pair's own input (the other pairs can still be scored).
-_PAIR_PROBLEM = re.compile(
-    r"context (?:length|window|size)|too long|too many (?:tokens|images)|exceeds? .{0,40}tokens|"
-    r"tokens? .{0,60}must be <=|(?:invalid|corrupt|unsupported|decode|process(?:ing)?) .{0,20}image|"
-    r"image .{0,40}too (?:large|big|small)",
-    re.IGNORECASE,
-)
-_TRANSIENT_STATUS = frozenset({408, 409, 425})  # request timeout, conflict, too early: the SDK retries them too
-
-
-def _one_line(e: Any) -> str:
-    msg = getattr(e, "message", None) or str(e)
-    body = getattr(e, "body", None)
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        msg = body["message"]
-    return " ".join(str(msg).split())[:300]
-
-
-def _retry_after(exc: Any) -> float | None:
-    resp = getattr(exc, "response", None)
-    value = resp.headers.get("retry-after") if resp is not None else None
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _has_http_image(kwargs: dict[str, Any]) -> bool:
-    return any(
-        isinstance(part, dict) and part.get("type") == "image_url" and is_url(part["image_url"]["url"])
-        for m in kwargs.get("messages", [])
-        if isinstance(m.get("content"), list)
-        for part in m["content"]
-    )
-
-
-class OpenAIScorer(Scorer):
+class OpenAIScorer(EndpointProbes, Scorer):
     """Pointwise scores from an OpenAI-compatible chat endpoint.
 
     Args:
@@ -171,6 +96,7 @@ class OpenAIScorer(Scorer):
         max_wait: float = 60.0,
         pixel_budget: int = 1024 * 1024,
         limits: ImageLimits | None = None,
+        probe: bool = True,
     ) -> None:
         self.client = client.with_options(max_retries=0)
         self.model = model
@@ -186,7 +112,10 @@ class OpenAIScorer(Scorer):
         self.max_wait = max_wait
         self.pixel_budget = pixel_budget
         self.limits = limits or ImageLimits()
-        self._tools_ok = revisit != "off"
+        self.probe = probe
+        self._tools_state: bool | None = {"on": True, "off": False}.get(revisit)  # auto: probed once
+        self._vision_state: bool | None = None
+        self._probe_lock = threading.Lock()
         self._logprobs_ok = True
         self._temperature_ok = True
         self._token_param = "max_tokens"
@@ -215,76 +144,90 @@ class OpenAIScorer(Scorer):
     # --- requests --------------------------------------------------------------------------------
 
     def _create(self, stop: threading.Event | None = None, **kwargs: Any) -> Any:
-        import openai
-
         delay = self.backoff_base
         for attempt in range(self.retries + 1):
             if stop is not None and stop.is_set():
-                raise _Stopped("the query already failed")
+                raise Stopped("the query already failed")
+            self._slots.acquire(stop)  # one process-wide bound per endpoint; a failed query leaves the queue
             try:
-                with self._slots:  # one process-wide bound per endpoint
-                    return self.client.chat.completions.create(**kwargs)
-            except openai.BadRequestError as e:
-                raise self._bad_request(e, kwargs) from e
-            except openai.RateLimitError as e:
-                if "insufficient_quota" in (str(getattr(e, "code", "")), str(getattr(e, "type", ""))):
-                    raise EndpointError(f"{self.endpoint}: quota exhausted (HTTP 429): {_one_line(e)}") from e
-                if attempt == self.retries:
-                    raise
-                delay = self._backoff(e, delay, stop)
-            except (openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError) as e:
-                if attempt == self.retries:
-                    raise
-                delay = self._backoff(e, delay, stop)
-            except openai.APIStatusError as e:
-                if e.status_code >= 500 or e.status_code in _TRANSIENT_STATUS:
-                    if attempt == self.retries:
-                        raise
-                    delay = self._backoff(e, delay, stop)
-                    continue
-                if e.status_code == 413:  # this pair's payload (its images) is over the server's body limit
-                    raise ScoringError(f"the request is too large for the endpoint (HTTP 413): {_one_line(e)}") from e
-                if e.status_code == 422 and _PAIR_PROBLEM.search(str(e)):
-                    raise ScoringError(f"the endpoint refused this pair (HTTP 422): {_one_line(e)}") from e
-                raise self._config_error(e) from e
+                return self.client.chat.completions.create(**kwargs)
+            except Exception as e:
+                # Decided while the slot is held, so a query that fails here stops before a queued pair of it
+                # takes the slot; a transient error returns and is waited out after the slot is given back.
+                self._classify(e, kwargs, attempt == self.retries, stop)
+                error = e
+            finally:
+                self._slots.release()
+            delay = self._backoff(error, delay, stop)
         raise AssertionError("unreachable")
+
+    def _classify(self, e: Exception, kwargs: dict[str, Any], last: bool, stop: threading.Event | None) -> None:
+        """Raise what ``e`` means, or return when it is transient and tries are left."""
+        import openai
+
+        try:
+            if isinstance(e, openai.BadRequestError):
+                raise self._bad_request(e, kwargs) from e
+            if isinstance(e, openai.RateLimitError):
+                if "insufficient_quota" in (str(getattr(e, "code", "")), str(getattr(e, "type", ""))):
+                    raise EndpointError(f"{self.endpoint}: quota exhausted (HTTP 429): {one_line(e)}") from e
+            elif isinstance(e, openai.InternalServerError):
+                if CLIENT_ERROR_IN_500.search(f"{e} {one_line(e)}"):  # servers that answer a bad request with 500
+                    raise self._bad_request(e, kwargs) from e
+            elif isinstance(e, openai.APIStatusError) and e.status_code < 500 and e.status_code not in TRANSIENT_STATUS:
+                if e.status_code == 413:  # the body (its images) is over the server's limit: send smaller images
+                    raise Unsupported("body_size", one_line(e)) from e
+                if e.status_code == 422:  # validation errors (TGI): read like a 400
+                    raise self._bad_request(e, kwargs) from e
+                raise self._config_error(e) from e
+            elif not isinstance(e, (openai.APIStatusError, openai.APITimeoutError, openai.APIConnectionError)):
+                raise e
+            if last:
+                raise e
+        except EndpointError:
+            if stop is not None:
+                stop.set()
+            raise
 
     def _backoff(self, e: Exception, delay: float, stop: threading.Event | None) -> float:
         """Wait before the next try (``Retry-After`` when given; cut short when the query fails meanwhile);
         returns the next exponential delay."""
-        wait = _retry_after(e)
+        wait = retry_after(e)
         nxt = delay
         if wait is None:
             wait = delay * (1 + random.random() * 0.25)
             nxt = min(delay * 2, self.backoff_max)
         log.info("retrying after %s (%.2fs)", type(e).__name__, wait)
         if (stop or threading.Event()).wait(min(wait, self.max_wait)):
-            raise _Stopped("the query already failed")
+            raise Stopped("the query already failed")
         return nxt
 
     def _bad_request(self, e: Any, kwargs: dict[str, Any]) -> Exception:
-        """What a 400 means: a feature to drop, a problem with this pair's input, or a configuration error."""
-        raw = str(e)
+        """What a 400 (or 422) means: a feature to drop, a problem with this pair's input, or a configuration
+        error (a server without vision refusing images is one: it must not pass as per-pair failures)."""
+        msg = one_line(e)
+        raw = f"{e} {msg}"
         text = raw.lower()
+        code = getattr(e, "status_code", 400)
         # Decided by what this request sent, not by the shared flag: concurrent pairs learn it at once.
-        if ("url" in text or "fetch" in text) and _has_http_image(kwargs):
-            return _Unsupported("image_urls", raw)
+        if ("url" in text or "fetch" in text) and has_http_image(kwargs):
+            return Unsupported("image_urls", raw)
         if "max_tokens" in text and "max_tokens" in kwargs:
-            return _Unsupported("max_tokens", raw)
+            return Unsupported("max_tokens", raw)
         if "temperature" in text and "temperature" in kwargs:
-            return _Unsupported("temperature", raw)
+            return Unsupported("temperature", raw)
         if "tool" in text and "tools" in kwargs:
-            return _Unsupported("tools", raw)
-        if "logprob" in text and kwargs.get("logprobs"):
+            return Unsupported("tools", raw)
+        if ("logprob" in text or "top_n_tokens" in text) and kwargs.get("logprobs"):
             cap = logprobs_cap(raw, int(kwargs.get("top_logprobs") or 0))
-            return _Unsupported("top_logprobs", raw, cap) if cap is not None else _Unsupported("logprobs", raw)
-        if _PAIR_PROBLEM.search(raw):
-            return ScoringError(f"the endpoint refused this pair (HTTP 400): {_one_line(e)}")
+            return Unsupported("top_logprobs", raw, cap) if cap is not None else Unsupported("logprobs", raw)
+        if PAIR_PROBLEM.search(msg) and not NOT_SUPPORTED.search(msg):
+            return ScoringError(f"the endpoint refused this pair (HTTP {code}): {msg}")
         return self._config_error(e)
 
     def _config_error(self, e: Any) -> EndpointError:
         """One actionable line for a 4xx that no retry can fix."""
-        code, msg = getattr(e, "status_code", "?"), _one_line(e)
+        code, msg = getattr(e, "status_code", "?"), one_line(e)
         if code == 401:
             return EndpointError(
                 f"{self.endpoint} rejected the API key (HTTP 401: {msg}); set OPENAI_API_KEY "
@@ -317,15 +260,15 @@ class OpenAIScorer(Scorer):
                 kwargs["temperature"] = 0
             if self._logprobs_ok:
                 kwargs.update(logprobs=True, top_logprobs=self.top_logprobs)
-            if tools and self._tools_ok:
+            if tools and self._tools_state is not False:
                 kwargs.update(tools=tools, tool_choice="auto")
                 kwargs[self._token_param] = 64
             else:
                 kwargs[self._token_param] = 1
             try:
                 return self._create(stop, **kwargs)
-            except _Unsupported as e:
-                if e.feature == "image_urls":
+            except Unsupported as e:
+                if e.feature in ("image_urls", "body_size"):  # the messages must change: the pair's caller
                     raise
                 with self._lock:
                     if e.feature == "top_logprobs" and e.value is not None:  # vLLM --max-logprobs, OpenAI's 20
@@ -337,10 +280,12 @@ class OpenAIScorer(Scorer):
                         self._temperature_ok = False
                     elif e.feature == "tools":
                         log.warning("endpoint rejects tools; revisits off: %s", e)
-                        self._tools_ok = False
-                    else:
+                        self._tools_state = False
+                    elif e.feature == "logprobs" and self._logprobs_ok:
                         log.warning("endpoint rejects logprobs; using verbalised answers: %s", e)
                         self._logprobs_ok = False
+                    else:  # nothing left to drop: never loop on a refusal
+                        raise EndpointError(f"{self.endpoint} keeps refusing the request: {e}") from e
 
     # --- messages --------------------------------------------------------------------------------
 
@@ -351,13 +296,18 @@ class OpenAIScorer(Scorer):
     def _image_part(self, src: ImageSource, data: bytes | None) -> dict[str, Any]:
         if self.send_image_urls and is_url(src):
             return {"type": "image_url", "image_url": {"url": str(src)}}
-        assert data is not None
+        if data is None:  # fetched while URLs were still sent; a concurrent pair has switched to data URLs
+            data = self.limits.read(src)
         return {
             "type": "image_url",
             "image_url": {"url": image_data_url(data, self.pixel_budget, self.limits.max_pixels)},
         }
 
-    def _content(self, r: Rendered, images: dict[str, tuple[ImageSource, bytes | None]]) -> list[dict[str, Any]]:
+    def _content(self, r: Rendered, images: dict[str, tuple[ImageSource, bytes | None]]) -> str | list[dict[str, Any]]:
+        """Message content: a plain string when there is no image (several servers' chat templates drop or
+        mangle a list of text parts), else the parts in order."""
+        if not r.image_roles:
+            return "".join(v for _, v in r.parts)
         return [self._image_part(*images[v]) if k == "image" else {"type": "text", "text": v} for k, v in r.parts]
 
     def _tool(self, cid: str) -> dict[str, Any]:
@@ -398,16 +348,30 @@ class OpenAIScorer(Scorer):
         stop: threading.Event | None = None,
     ) -> Score:
         t0 = time.perf_counter()
+        budget = self.pixel_budget
         try:
             try:
                 s = self._score_pair_once(query, q_img, c, stop)
-            except _Unsupported as e:  # the endpoint cannot fetch image URLs: inline the bytes from now on
-                if self.send_image_urls:
+            except Unsupported as e:
+                if e.feature == "body_size" and q_img is None and c.image is None:
+                    raise ScoringError(f"the request is too large for the endpoint (HTTP 413): {e}") from e
+                if e.feature == "body_size":  # over the server's body limit: smaller images from now on
+                    with self._lock:
+                        if self.pixel_budget == budget and budget > MIN_PIXEL_BUDGET:  # once per size refused
+                            self.pixel_budget = max(MIN_PIXEL_BUDGET, self.pixel_budget // 4)
+                            log.warning(
+                                "endpoint refused a request as too large (%s); images at %d px", e, self.pixel_budget
+                            )
+                elif self.send_image_urls:  # the endpoint cannot fetch image URLs: inline the bytes from now on
                     log.warning("endpoint rejects image URLs; sending data URLs: %s", e)
                     self.send_image_urls = False
                 if q_img is not None and q_img[1] is None:
                     q_img = (q_img[0], self.limits.read(q_img[0]))
-                s = self._score_pair_once(query, q_img, c, stop)
+                try:
+                    s = self._score_pair_once(query, q_img, c, stop)
+                except Unsupported as again:
+                    what = "HTTP 413, " if again.feature == "body_size" else ""
+                    raise ScoringError(f"the endpoint still refuses this pair ({what}{again})") from again
         except EndpointError:
             raise  # no other pair can succeed either: the search fails with this one line
         except Exception as e:  # a transient fault or a problem with this pair: the other pairs go on
@@ -437,8 +401,12 @@ class OpenAIScorer(Scorer):
             images["query"] = q_img
         if c.image is not None:
             images["candidate"] = (c.image, self._fetch(c.image))
+        if images:
+            self._check_vision(stop)
         messages: list[dict[str, Any]] = [{"role": "user", "content": self._content(r, images)}]
-        tools = [self._tool(c.id)] if c.image is not None and self.max_revisits > 0 else None
+        tools = None
+        if c.image is not None and self.max_revisits > 0 and self._check_tools(self._tool(c.id), stop):
+            tools = [self._tool(c.id)]
         revisits = 0
         while True:
             resp = self._ask(messages, tools if revisits < self.max_revisits else None, stop)

@@ -44,6 +44,12 @@ class Switches:
     too_long_message: str = "This model's maximum context length is 4096 tokens. However, you requested 9000 tokens."
     fail_code: int = 500  # the status of the first `fail_5xx` requests (408, 503, ...)
     sampled_only: bool = False  # top_logprobs ignored: only the sampled token comes back (some servers)
+    text_only: bool = False  # a text-only server that drops images silently (llama.cpp chatml): not counted
+    image_error_500: bool = False  # a text-only template that fails on list content with a 500
+    ignore_tools: bool = False  # tools accepted and silently ignored: not rendered, never called (most GGUF templates)
+    logprobs_500: bool = False  # llama-cpp-python without logits_all: 500 "logprobs is not supported"
+    cap_style: str = "vllm"  # how max_top_logprobs is refused: "vllm" (400) or "tgi" (422, top_n_tokens)
+    max_body: int | None = None  # a proxy's body limit (nginx: 1 MiB): larger requests get 413
     revisit_box: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.5, 0.5])  # the zoom the fake asks for
 
 
@@ -58,6 +64,11 @@ class FakeOpenAI:
     crop_checks: list[bool] = field(default_factory=list)  # per revisit: did the image show the asked region?
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _served: int = 0
+
+    @property
+    def pair_requests(self) -> list[dict[str, Any]]:
+        """The requests that scored pairs, without the scorer's one-time capability probes."""
+        return [b for b in self.requests if not is_probe(b)]
 
 
 def _first_image_bytes(messages: list[dict[str, Any]]) -> bytes | None:
@@ -114,6 +125,27 @@ def crop_matches(original: bytes, view: bytes, box: list[float]) -> bool:
     return float(np.abs(ra - rv).mean()) < 12.0
 
 
+def _prompt_tokens(messages: list[dict[str, Any]], *, count_images: bool) -> int:
+    """A stand-in token count: 4 characters of text per token, 64 tokens per image (none if dropped)."""
+    n = 0
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, str):
+            n += len(content) // 4 + 1
+        elif isinstance(content, list):
+            for part in content:
+                if part.get("type") == "text":
+                    n += len(part.get("text", "")) // 4 + 1
+                elif part.get("type") == "image_url" and count_images:
+                    n += 64
+    return n
+
+
+def is_probe(body: dict[str, Any]) -> bool:
+    """Whether a request is one of the scorer's one-time capability probes (vision, tools)."""
+    return "Capability check from the retllm scorer" in json.dumps(body.get("messages"))
+
+
 def option_preference(text: str) -> float:
     """The fake's (order-independent) log-preference for a listwise option's text."""
     return 4.0 * int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
@@ -143,12 +175,13 @@ def _listwise(body: dict[str, Any], text: str, sw: Switches) -> dict[str, Any]:
 def _completion(body: dict[str, Any], fake: FakeOpenAI) -> dict[str, Any]:
     sw = fake.switches
     messages = body["messages"]
-    last_text = [p.get("text", "") for p in messages[0]["content"] if isinstance(p, dict)][-1]
+    first = messages[0]["content"]
+    last_text = first if isinstance(first, str) else [p.get("text", "") for p in first if isinstance(p, dict)][-1]
     if "Answer with the option number only" in last_text:
         return _listwise(body, last_text, sw)
     tools = body.get("tools")
     revisited = any(m.get("role") == "tool" for m in messages)
-    if tools and sw.tool_call_first and not revisited:
+    if tools and not sw.ignore_tools and sw.tool_call_first and not revisited and not is_probe(body):
         cid = tools[0]["function"]["parameters"]["properties"]["candidate_id"]["enum"][0]
         call = {
             "id": f"call_{len(messages)}",
@@ -243,6 +276,9 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 return 429, {"error": {"message": msg, "type": "insufficient_quota", "code": "insufficient_quota"}}
             asked = body.get("top_logprobs") or 0
             if sw.max_top_logprobs is not None and body.get("logprobs") and asked > sw.max_top_logprobs:
+                if sw.cap_style == "tgi":
+                    msg = f"Input validation error: `top_n_tokens` must be >= 0 and <= {sw.max_top_logprobs}"
+                    return 422, {"error": msg, "error_type": "validation", "message": msg}
                 msg = f"Requested sample logprobs of {asked}, which is greater than max allowed: {sw.max_top_logprobs}"
                 return 400, {"error": {"message": msg, "type": "BadRequestError", "code": 400}}
             text = json.dumps(body.get("messages"))
@@ -252,13 +288,18 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             return None
 
         def do_POST(self) -> None:  # noqa: N802
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            size = int(self.headers["Content-Length"])
+            body = json.loads(self.rfile.read(size))
+            if fake.switches.max_body is not None and size > fake.switches.max_body:
+                with fake._lock:
+                    fake.requests.append(body)
+                return self._send(413, {"error": {"message": "Request Entity Too Large"}})
             sw = fake.switches
             with fake._lock:
                 fake.requests.append(body)
                 fake.times.append(time.monotonic())
-                n = fake._served
-                fake._served += 1
+                n = fake._served if not is_probe(body) else 10**9  # faults by switch hit pair requests only
+                fake._served += 0 if is_probe(body) else 1
                 fake.in_flight += 1
                 fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
             try:
@@ -284,9 +325,18 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                     return self._send(400, {"error": {"message": "Unsupported value: 'temperature' must be 1"}})
                 if body.get("tools") and not sw.tools:
                     return self._send(400, {"error": {"message": "tools are not supported by this model"}})
+                has_image = _first_image_bytes(body["messages"]) is not None
+                if has_image and sw.image_error_500:
+                    msg = 'can only concatenate str (not "list") to str'
+                    return self._send(500, {"error": {"message": msg, "type": "internal_server_error"}})
+                if body.get("logprobs") and sw.logprobs_500:
+                    return self._send(500, {"error": {"message": "logprobs is not supported", "type": "server_error"}})
                 if body.get("logprobs") and sw.reject_logprobs:
                     return self._send(400, {"error": {"message": "logprobs is not supported"}})
                 choice = _completion(body, fake)
+                n_prompt = _prompt_tokens(body["messages"], count_images=not sw.text_only)
+                if body.get("tools") and not sw.ignore_tools:  # the template renders the tool schemas
+                    n_prompt += len(json.dumps(body["tools"])) // 4
                 self._send(
                     200,
                     {
@@ -295,7 +345,7 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                         "created": 0,
                         "model": body["model"],
                         "choices": [choice],
-                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                        "usage": {"prompt_tokens": n_prompt, "completion_tokens": 1, "total_tokens": n_prompt + 1},
                     },
                 )
             finally:

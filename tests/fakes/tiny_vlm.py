@@ -62,7 +62,7 @@ IDEFICS_CHAT_TEMPLATE = (
 )
 
 
-def _train_tokenizer(specials: list[str], words: list[str], vocab_size: int = 600):
+def _train_tokenizer(specials: list[str], words: list[str], vocab_size: int = 600, corpus: list[str] | None = None):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -72,7 +72,7 @@ def _train_tokenizer(specials: list[str], words: list[str], vocab_size: int = 60
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
-    tok.train_from_iterator(CORPUS * 20, trainer)
+    tok.train_from_iterator((corpus or CORPUS) * 20, trainer)
     # Answer words must be single tokens, as they are in the real vocabularies.
     tok.add_tokens(words)
     return PreTrainedTokenizerFast(tokenizer_object=tok)

@@ -213,3 +213,23 @@ def test_a_closed_scorer_says_so(tiny_vlm_dirs, candidate_images) -> None:
     s.close()
     with pytest.raises(ScoringError, match="closed"):
         s.score(Query(text="x"), cands(candidate_images[:1]))
+
+
+def test_a_masked_vocabulary_entry_does_not_spoil_the_entropy(tiny_vlm_dirs, candidate_images) -> None:
+    """A -inf logit somewhere in the vocabulary (a masked token) is 0 * log 0 = 0 in the entropy."""
+    s = scorer(tiny_vlm_dirs, retrace=RetraceConfig(enabled=False))
+    plain = s.score(Query(text="x"), cands(candidate_images[:2]))
+
+    def mask(_m: Any, _args: Any, out: torch.Tensor) -> torch.Tensor:
+        out = out.clone()
+        out[..., 7] = float("-inf")
+        return out
+
+    h = s.lm_head.register_forward_hook(mask)
+    try:
+        out = s.score(Query(text="x"), cands(candidate_images[:2]))
+    finally:
+        h.remove()
+    assert [o.method for o in out] == ["logits", "logits"]
+    assert all(o.entropy is not None and 0 < o.entropy < float("inf") for o in out)
+    assert max(abs(a.value - b.value) for a, b in zip(out, plain, strict=True)) <= 1e-6  # type: ignore[operator]

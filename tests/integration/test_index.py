@@ -336,3 +336,40 @@ def test_a_collection_recreated_under_another_instance_is_counted_for_both(tmp_p
     assert a.count("c") == 4  # b's close did not close a's shard
     a.upsert("c", records()[:1])
     a.close()
+
+
+def test_rank_fusion_does_not_depend_on_the_engines_order_of_equal_cosines(tmp_path: Path) -> None:
+    """One photo stored under five ids (five captions) ties in the image ranking: which of them make the pool,
+    and their order, are decided by id, the same on every backend and for any insertion order."""
+    photo = unit([1.0, 0.2])
+    recs = [Record(f"photo#cap{i}", {"image": photo}, {"retllm_id": f"photo#cap{i}"}) for i in range(5)]
+    recs += [Record(f"t{i}", {"text": unit([0.9, 0.1 * i, 1])}, {"retllm_id": f"t{i}"}) for i in range(4)]
+    got = []
+    for name, idx, order in [
+        ("edge", EdgeIndex(tmp_path / "a"), recs),
+        ("edge, reversed", EdgeIndex(tmp_path / "b"), recs[::-1]),
+        ("qdrant", QdrantIndex(":memory:"), recs[::-1]),
+    ]:
+        idx.ensure_collection("c", DIM)
+        for r in order:
+            idx.upsert("c", [r])
+        got.append((name, [h.id for h in idx.search("c", {"image": unit([1.0])}, limit=3)]))
+        idx.close()
+    assert got[0][1] == got[1][1] == got[2][1], got
+    assert got[0][1] == ["photo#cap0", "photo#cap1", "photo#cap2"]  # equal cosines share rank 0: ties by id
+
+
+def test_a_shard_in_use_survives_another_instance_closing(tmp_path: Path) -> None:
+    """b held the shard from before a drop and re-create by a: closing b must not close a's shard mid-scroll."""
+    a, b = EdgeIndex(tmp_path), EdgeIndex(tmp_path)
+    a.ensure_collection("c", DIM)
+    assert b.count("c") == 0
+    a.drop_collection("c")
+    a.ensure_collection("c", DIM)
+    a.upsert("c", records())
+    b.count("c")  # b picks up the new shard
+    pages = a.scroll("c", batch=1)
+    first = next(pages)
+    b.close()
+    assert len([first, *pages]) == 4
+    a.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -167,15 +168,24 @@ def test_408_is_transient() -> None:
 
 
 def test_an_endpoint_error_does_not_wait_for_pairs_backing_off() -> None:
-    """Pair 0 is told to retry in 4 s; the others get a 403: the search fails at once, not after the wait."""
-    with fake_openai(Switches(rate_limit=1, retry_after=4.0, status=403, delay=0.05)) as fake:
+    """Pair 0 is told to retry in 1.5 s; the others get a 403: the search fails at once, and the pair that was
+    backing off sends nothing more, not even after its wait."""
+    with fake_openai(Switches(rate_limit=1, retry_after=1.5, status=403, delay=0.05)) as fake:
         t0 = time.perf_counter()
         with pytest.raises(EndpointError, match="HTTP 403"):
             make(fake.url, retries=3, concurrency=4).score(Query(text="q"), texts(4))
-        assert time.perf_counter() - t0 < 2.0
-        time.sleep(0.3)
-        n = len(fake.requests)
-    assert n == 4  # the pair that was backing off sent nothing more
+        assert time.perf_counter() - t0 < 1.0
+        time.sleep(2.0)  # past the Retry-After
+        assert len(fake.requests) == 4
+
+
+def test_pairs_queued_for_a_slot_leave_when_the_query_fails() -> None:
+    """One slot: the first request's 403 fails the query; the pairs queued behind it never send theirs."""
+    with fake_openai(Switches(status=403, delay=0.3)) as fake:
+        with pytest.raises(EndpointError):
+            make(fake.url, concurrency=1).score(Query(text="q"), texts(4))
+        time.sleep(0.8)
+        assert len(fake.requests) == 1
 
 
 def test_a_server_that_returns_only_the_sampled_token_gets_verbalized_scores() -> None:
@@ -215,3 +225,65 @@ def test_concurrent_pairs_learn_that_the_endpoint_cannot_fetch_urls(candidate_im
     for j, want in enumerate(sequential):
         assert [(s.value, s.method) for s in results[j]] == [(s.value, s.method) for s in want]
     assert all(s.method == "logprobs" for r in results.values() for s in r)
+
+
+def test_a_query_image_url_survives_the_switch_to_data_urls(candidate_images: list[Path]) -> None:
+    """The query image was read as a URL (no bytes) before the first refusal: later pairs fetch its bytes."""
+    from tests.fakes.http_files import serve_folder
+
+    with serve_folder(candidate_images[0].parent) as base, fake_openai(Switches(reject_urls=True)) as fake:
+        q = Query(image=f"{base}/{candidate_images[0].name}")
+        cands = [Candidate(f"u{i}", image=f"{base}/{p.name}") for i, p in enumerate(candidate_images[1:])]
+        for conc in (1, 4):
+            out = make(fake.url, concurrency=conc, send_image_urls=True).score(q, cands)
+            assert [s.method for s in out] == ["logprobs"] * len(cands), [s.error for s in out]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Invalid content type. image_url is only supported by certain models.",  # OpenAI, a text model
+        "Unsupported content type: 'image_url'",
+    ],
+)
+def test_a_server_that_takes_no_images_fails_the_search_not_each_image_pair(
+    candidate_images: list[Path], message: str
+) -> None:
+    """Such a 400 names the image, but no image pair can succeed: it must not pass as per-pair fallbacks
+    beside scored text pairs."""
+    sw = Switches(too_long_marker="image_url", too_long_message=message)
+    with fake_openai(sw) as fake:
+        mixed = [Candidate("t0", text="words"), Candidate("c0", image=str(candidate_images[0]))]
+        with pytest.raises(EndpointError):
+            make(fake.url).score(Query(text="q"), mixed)
+        sc = make(fake.url, probe=False)  # without the probe, the pair's own request says the same
+        with pytest.raises(EndpointError, match="only supported|Unsupported content"):
+            sc.score(Query(text="q"), mixed)
+
+
+def test_tgi_style_422s() -> None:
+    """TGI refuses a large top_n_tokens and a long input with 422s: the first is a cap to retry with, the
+    second this pair's problem."""
+    with fake_openai(Switches(max_top_logprobs=5, cap_style="tgi")) as fake:
+        sc = make(fake.url, concurrency=1)
+        out = sc.score(Query(text="q"), texts(2))
+    assert [s.method for s in out] == ["logprobs"] * 2 and sc.top_logprobs == 5
+    msg = "Input validation error: `inputs` must have less than 4000 tokens. Given: 9000"
+    with fake_openai(Switches(too_long_marker="HUGE", too_long_status=422, too_long_message=msg)) as fake:
+        out = make(fake.url).score(Query(text="q"), texts(3, marker=" HUGE"))
+    assert [s.method for s in out] == ["logprobs", "coarse", "logprobs"]
+
+
+def test_a_body_limit_makes_the_images_smaller(tmp_path: Path) -> None:
+    """A proxy's body limit (413) is met by re-encoding the images smaller, once for the whole scorer."""
+    import numpy as np
+    from PIL import Image
+
+    big = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (600, 800, 3), dtype=np.uint8)).save(big)
+    with fake_openai(Switches(max_body=1_200_000)) as fake:
+        sc = make(fake.url, revisit="off")
+        out = sc.score(Query(text="q"), [Candidate("big", image=str(big)), Candidate("big2", image=str(big))])
+        sizes = [len(json.dumps(b)) for b in fake.pair_requests]
+    assert [s.method for s in out] == ["logprobs", "logprobs"]
+    assert sc.pixel_budget == 256 * 256 * 4 and max(sizes) > 1_200_000 and min(sizes) < 1_200_000

@@ -34,7 +34,7 @@ def expected(p: float) -> float:
 def test_logprobs_give_two_way_scores(candidate_images) -> None:
     with fake_openai() as fake:
         out = make(fake.url, revisit="off").score(Query(text="a red circle"), cands(candidate_images))
-        body = fake.requests[0]
+        body = fake.pair_requests[0]
     assert body["max_tokens"] == 1 and body["logprobs"] is True and body["top_logprobs"] == 20
     img_part = body["messages"][0]["content"][0]
     assert img_part["type"] == "image_url" and img_part["image_url"]["url"].startswith("data:image/png;base64,")
@@ -59,7 +59,8 @@ def test_endpoint_rejecting_logprobs_is_remembered(candidate_images) -> None:
         sc = make(fake.url, revisit="off", concurrency=1)
         out = sc.score(Query(text="x"), cands(candidate_images))
         assert [s.method for s in out] == ["verbalized"] * 3
-        assert len(fake.requests) == 4  # one rejected request, then three without logprobs
+        assert len(fake.pair_requests) == 3 and sum(1 for b in fake.requests if b.get("logprobs")) == 1
+        # one rejected request (the vision probe's first), then none asks for logprobs again
 
 
 def test_garbage_answers_fall_back_to_coarse(candidate_images) -> None:
@@ -71,10 +72,10 @@ def test_garbage_answers_fall_back_to_coarse(candidate_images) -> None:
 
 def test_429_honours_retry_after(candidate_images) -> None:
     with fake_openai(Switches(rate_limit=2, retry_after=0.3)) as fake:
-        out = make(fake.url, revisit="off", concurrency=1).score(Query(text="x"), cands(candidate_images, 1))
+        out = make(fake.url, revisit="off", concurrency=1).score(Query(text="x"), [Candidate("t", text="a caption")])
         gaps = [b - a for a, b in zip(fake.times, fake.times[1:], strict=False)]
     assert out[0].method == "logprobs"
-    assert len(gaps) == 2 and all(g >= 0.28 for g in gaps)
+    assert len(gaps) == 2 and all(g >= 0.28 for g in gaps)  # a text pair: no capability probe before it
 
 
 def test_5xx_retries_then_falls_back(candidate_images) -> None:
@@ -117,7 +118,7 @@ def test_revisit_tool_resends_the_region_the_model_asked_for(tmp_path: Path, box
     imgs = quadrant_images(tmp_path)
     with fake_openai(Switches(tool_call_first=True, revisit_box=box)) as fake:
         out = make(fake.url, revisit="on", concurrency=1).score(Query(text="x"), cands(imgs, 2))
-        first, second = fake.requests[0], fake.requests[1]
+        first, second = fake.pair_requests[0], fake.pair_requests[1]
         checks = list(fake.crop_checks)
     assert checks == [True, True]
     assert [s.revisits for s in out] == [1, 1] and all(s.method == "logprobs" for s in out)
@@ -159,7 +160,7 @@ def test_endpoint_without_tools_turns_revisits_off(candidate_images) -> None:
         sc = make(fake.url, revisit="auto", concurrency=1)
         out = sc.score(Query(text="x"), cands(candidate_images, 2))
     assert all(s.method == "logprobs" and s.revisits == 0 for s in out)
-    assert sc._tools_ok is False and len(fake.requests) == 3
+    assert sc._tools_state is False and len(fake.pair_requests) == 2 and "tools" not in fake.pair_requests[0]
 
 
 def test_concurrency_is_bounded(candidate_images) -> None:
@@ -177,7 +178,9 @@ def test_parsers_are_strict() -> None:
         with pytest.raises(ScoringError):
             parse_verbalized(bad)
     s = parse_logprobs([("True", math.log(0.6)), ("Yes", math.log(0.3))])
-    assert s.value == pytest.approx(0.6 / (0.6 + 0.3))  # False missing: bounded by the smallest listed
+    assert s.value == pytest.approx(0.6 / (0.6 + 0.1))  # False missing: at most the unlisted 0.1
+    s = parse_logprobs([("True", math.log(0.3)), ("Yes", math.log(0.02)), ("No", math.log(0.01))])
+    assert s.value == pytest.approx(0.3 / (0.3 + 4 * 0.01))  # ... and at most 4 spellings below the smallest
     with pytest.raises(ScoringError):
         parse_logprobs([("Yes", -0.1)])
 
@@ -249,7 +252,7 @@ def test_http_images_as_urls_or_inlined_when_the_endpoint_cannot_fetch(candidate
         cs = [Candidate(f"u{i}", image=u) for i, u in enumerate(urls)]
         sc = make(fake.url, revisit="off", concurrency=1, send_image_urls=True)
         out = sc.score(Query(text="x"), cs)
-        sent = [b["messages"][0]["content"][0]["image_url"]["url"] for b in fake.requests]
+        sent = [b["messages"][0]["content"][0]["image_url"]["url"] for b in fake.pair_requests]
     assert all(s.method == "logprobs" for s in out)
     if not reject:
         assert sent == urls

@@ -110,3 +110,15 @@ def test_two_way_is_stable() -> None:
     assert two_way(0.0, 0.0) == 0.5
     assert two_way(1000.0, 0.0) == 1.0 and two_way(0.0, 1000.0) == 0.0
     assert two_way(2.0, 1.0) == pytest.approx(1 / (1 + math.exp(-1)), rel=1e-12)
+
+
+def test_ties_follow_the_coarse_order_not_the_coarse_score() -> None:
+    """With fused search the coarse scores of different vector kinds are not comparable (text-text ~0.7,
+    text-image ~0.3): ties go by the coarse rank the index gave."""
+    hits = [Hit(id="img", rank=1, coarse_score=0.31), Hit(id="txt", rank=2, coarse_score=0.74)]
+    same = [Score(0.6, entropy=1.0), Score(0.6, entropy=1.0)]
+    assert [h.id for h in apply_scores(hits, same)] == ["img", "txt"]
+    failed = [Score.fallback("x"), Score.fallback("y")]
+    assert [h.id for h in apply_scores(hits, [Score(0.1, entropy=1.0), *failed[:1]])] == ["img", "txt"]
+    both_failed = apply_scores([*hits, Hit(id="ok", rank=3, coarse_score=0.9)], [*failed, Score(0.2, entropy=1.0)])
+    assert [h.id for h in both_failed] == ["ok", "img", "txt"]

@@ -1,0 +1,122 @@
+"""OpenAIScorer against the habits of real servers (issue 8), reproduced by the local fake endpoint:
+text sent as a string, 500s that are client errors, tools ignored, images dropped, short top_logprobs."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import openai
+import pytest
+
+from retllm.errors import EndpointError
+from retllm.scorers.base import Candidate, two_way
+from retllm.scorers.chat import parse_logprobs
+from retllm.scorers.openai import OpenAIScorer
+from retllm.types import Query
+from tests.fakes.openai_server import Switches, fake_openai
+
+
+def make(url: str, **kw) -> OpenAIScorer:
+    client = openai.OpenAI(base_url=url, api_key="test", timeout=5.0)
+    kw.setdefault("backoff_base", 0.05)
+    return OpenAIScorer(client, "fake-vlm", **kw)
+
+
+def images(paths: list[Path], n: int = 2) -> list[Candidate]:
+    return [Candidate(f"c{i}", image=str(p)) for i, p in enumerate(paths[:n])]
+
+
+def test_text_only_messages_are_plain_strings(candidate_images: list[Path]) -> None:
+    """llama.cpp's chatml drops list content silently and Qwen2.5 GGUF templates fail on it: a message without
+    images goes as one string; one with images keeps its parts."""
+    with fake_openai() as fake:
+        sc = make(fake.url, revisit="off")
+        sc.score(Query(text="a red circle"), [Candidate("t", text="a circle, red")])
+        sc.score(Query(text="a red circle"), images(candidate_images, 1))
+        text_req, image_req = fake.pair_requests
+    content = text_req["messages"][0]["content"]
+    assert isinstance(content, str) and "a red circle" in content and "a circle, red" in content
+    assert isinstance(image_req["messages"][0]["content"], list)
+
+
+def test_a_500_that_says_logprobs_are_unsupported_switches_to_verbalized_at_once() -> None:
+    with fake_openai(Switches(logprobs_500=True)) as fake:
+        out = make(fake.url, revisit="off", concurrency=1, retries=3).score(
+            Query(text="q"), [Candidate(f"t{i}", text=f"c {i}") for i in range(3)]
+        )
+        n = len(fake.requests)
+    assert [s.method for s in out] == ["verbalized"] * 3
+    assert n == 4  # one refused request, not retried 4 times, then three without logprobs
+
+
+def test_images_sent_to_a_text_only_server_fail_with_one_clear_line(candidate_images: list[Path]) -> None:
+    with fake_openai(Switches(text_only=True)) as fake:  # images dropped without a word
+        with pytest.raises(EndpointError, match=r"ignored an image .*is 'fake-vlm' a vision model"):
+            make(fake.url).score(Query(text="q"), images(candidate_images))
+        assert fake.pair_requests == []  # found out before any pair was sent
+    with fake_openai(Switches(image_error_500=True)) as fake:  # a template that breaks on list content
+        with pytest.raises(EndpointError, match="refused a request with an image"):
+            make(fake.url, retries=3).score(Query(text="q"), images(candidate_images))
+        assert len(fake.requests) == 2  # the probe pair, not retried
+    with fake_openai(Switches(text_only=True)) as fake:  # text pairs are fine on such a server
+        out = make(fake.url).score(Query(text="q"), [Candidate("t", text="words")])
+    assert out[0].method == "logprobs"
+
+
+@pytest.mark.parametrize(
+    ("switches", "revisit", "offered"),
+    [
+        (Switches(ignore_tools=True), "auto", False),  # chatml and most GGUF templates: tools not rendered
+        (Switches(tools=False), "auto", False),  # tools refused with a 400
+        (Switches(), "auto", True),  # the prompt grows by the tool's schema: the model sees it
+        (Switches(ignore_tools=True), "on", True),  # forced on by setting: no probe
+        (Switches(), "off", False),
+    ],
+)
+def test_tools_are_offered_only_where_tool_calls_work(
+    candidate_images: list[Path], switches: Switches, revisit: str, offered: bool
+) -> None:
+    with fake_openai(switches) as fake:
+        out = make(fake.url, revisit=revisit, concurrency=1).score(Query(text="q"), images(candidate_images, 3))
+        pairs, every = fake.pair_requests, fake.requests
+    assert all(s.method == "logprobs" for s in out)
+    assert all(("tools" in b) == offered for b in pairs)
+    assert all(b["max_tokens"] == (64 if offered else 1) for b in pairs)  # no 64-token budget for nothing
+    tool_probes = [b for b in every if "tools" in b and "Capability check" in str(b["messages"])]
+    assert len(tool_probes) == (1 if revisit == "auto" else 0)  # asked once per scorer, never when set
+
+
+def test_the_missing_answer_bound_stays_sound_with_a_short_list() -> None:
+    """Servers return fewer top_logprobs than asked (14-16 of 20: tokens that decode to "" collide). As long as
+    the list is the top of the distribution, a missing answer is bounded by the smallest listed logprob: the
+    score errs towards the missing answer, never away from it."""
+    rng = random.Random(0)
+    for _ in range(300):
+        words = ["True", "False", " True", " false", *[f"w{i}" for i in range(40)]]
+        logits = [rng.gauss(0, 2) for _ in words]
+        z = math.log(sum(math.exp(x) for x in logits))
+        lp = dict(zip(words, (x - z for x in logits), strict=True))
+        top = sorted(lp.items(), key=lambda kv: -kv[1])[:20]
+        kept = [kv for kv in top if not (kv[0].startswith("w") and rng.random() < 0.3)]  # collisions drop some
+        lt = math.log(math.exp(lp["True"]) + math.exp(lp[" True"]))  # both spellings count
+        lf = math.log(math.exp(lp["False"]) + math.exp(lp[" false"]))
+        truth = two_way(lt, lf)
+        listed = {t.strip().lower() for t, _ in kept}
+        try:
+            got = parse_logprobs(kept).value
+        except Exception:  # noqa: BLE001 - neither answer listed, or nothing to bound with
+            continue
+        assert got is not None
+        if "true" in listed and "false" in listed:
+            assert got == pytest.approx(
+                two_way(
+                    math.log(sum(math.exp(v) for t, v in kept if t.strip().lower() == "true")),
+                    math.log(sum(math.exp(v) for t, v in kept if t.strip().lower() == "false")),
+                )
+            )
+        elif "true" in listed:
+            assert got <= truth + 1e-12  # False missing: its mass bounded from above, P(True) from below
+        else:
+            assert got >= truth - 1e-12
