@@ -71,7 +71,7 @@ def parse_logprobs(top: list[tuple[str, float]], positive: str = "True", negativ
     entropy = -sum(p * math.log(p) for p in probs if p > 0) - (rest * math.log(rest) if rest > 0 else 0.0)
     # An unlisted answer's mass: each of its spellings is below every listed token, and all of it fits in the
     # unlisted rest of the distribution.
-    missing = min(rest, SPELLINGS * math.exp(floor))
+    missing = min(max(rest, 1e-6), SPELLINGS * math.exp(floor))  # never claim exactly 0: no hard 1.0
     bound = math.log(missing) if missing > 0 else -math.inf
     return Score(
         value=two_way(lt if lt is not None else bound, lf if lf is not None else bound),
@@ -97,7 +97,16 @@ def image_data_url(data: bytes, max_pixels: int, limit: int = 64_000_000) -> str
     fmt = Image.open(io.BytesIO(data)).format or ""
     if fmt in _WEB_FORMATS and im.width * im.height <= max_pixels:
         return f"data:{_WEB_FORMATS[fmt]};base64,{base64.b64encode(data).decode()}"
-    return png_data_url(_fit(im, max_pixels))
+    return compact_data_url(_fit(im, max_pixels))
+
+
+def compact_data_url(im: Image.Image) -> str:
+    """The smaller of a PNG and a quality-90 JPEG of ``im`` (a photo as PNG can be 3x the JPEG)."""
+    png, jpg = io.BytesIO(), io.BytesIO()
+    im.save(png, "PNG")
+    im.convert("RGB").save(jpg, "JPEG", quality=90)
+    kind, buf = ("png", png) if png.tell() <= jpg.tell() else ("jpeg", jpg)
+    return f"data:image/{kind};base64,{base64.b64encode(buf.getvalue()).decode()}"
 
 
 def png_data_url(im: Image.Image) -> str:

@@ -143,9 +143,10 @@ class OpenAIScorer(EndpointProbes, Scorer):
 
     # --- requests --------------------------------------------------------------------------------
 
-    def _create(self, stop: threading.Event | None = None, **kwargs: Any) -> Any:
+    def _create(self, stop: threading.Event | None = None, retries: int | None = None, **kwargs: Any) -> Any:
         delay = self.backoff_base
-        for attempt in range(self.retries + 1):
+        retries = self.retries if retries is None else retries
+        for attempt in range(retries + 1):
             if stop is not None and stop.is_set():
                 raise Stopped("the query already failed")
             self._slots.acquire(stop)  # one process-wide bound per endpoint; a failed query leaves the queue
@@ -154,7 +155,7 @@ class OpenAIScorer(EndpointProbes, Scorer):
             except Exception as e:
                 # Decided while the slot is held, so a query that fails here stops before a queued pair of it
                 # takes the slot; a transient error returns and is waited out after the slot is given back.
-                self._classify(e, kwargs, attempt == self.retries, stop)
+                self._classify(e, kwargs, attempt == retries, stop)
                 error = e
             finally:
                 self._slots.release()
@@ -252,8 +253,15 @@ class OpenAIScorer(EndpointProbes, Scorer):
             return []
 
     def _ask(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, stop: threading.Event | None = None
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        stop: threading.Event | None = None,
+        *,
+        retries: int | None = None,
     ) -> Any:
+        """One request, adapted to what the endpoint refuses (each refused feature is dropped once, for good:
+        the next request leaves it out, so this never loops on a refusal)."""
         while True:
             kwargs: dict[str, Any] = {"model": self.model, "messages": messages}
             if self._temperature_ok:
@@ -266,7 +274,7 @@ class OpenAIScorer(EndpointProbes, Scorer):
             else:
                 kwargs[self._token_param] = 1
             try:
-                return self._create(stop, **kwargs)
+                return self._create(stop, retries=retries, **kwargs)
             except Unsupported as e:
                 if e.feature in ("image_urls", "body_size"):  # the messages must change: the pair's caller
                     raise
@@ -281,11 +289,12 @@ class OpenAIScorer(EndpointProbes, Scorer):
                     elif e.feature == "tools":
                         log.warning("endpoint rejects tools; revisits off: %s", e)
                         self._tools_state = False
-                    elif e.feature == "logprobs" and self._logprobs_ok:
-                        log.warning("endpoint rejects logprobs; using verbalised answers: %s", e)
+                    elif e.feature in ("logprobs", "top_logprobs"):  # concurrent pairs may all learn it at once
+                        if self._logprobs_ok:
+                            log.warning("endpoint rejects logprobs; using verbalised answers: %s", e)
                         self._logprobs_ok = False
-                    else:  # nothing left to drop: never loop on a refusal
-                        raise EndpointError(f"{self.endpoint} keeps refusing the request: {e}") from e
+                    else:
+                        raise EndpointError(f"{self.endpoint} refuses a request feature: {e}") from e
 
     # --- messages --------------------------------------------------------------------------------
 
@@ -353,20 +362,7 @@ class OpenAIScorer(EndpointProbes, Scorer):
             try:
                 s = self._score_pair_once(query, q_img, c, stop)
             except Unsupported as e:
-                if e.feature == "body_size" and q_img is None and c.image is None:
-                    raise ScoringError(f"the request is too large for the endpoint (HTTP 413): {e}") from e
-                if e.feature == "body_size":  # over the server's body limit: smaller images from now on
-                    with self._lock:
-                        if self.pixel_budget == budget and budget > MIN_PIXEL_BUDGET:  # once per size refused
-                            self.pixel_budget = max(MIN_PIXEL_BUDGET, self.pixel_budget // 4)
-                            log.warning(
-                                "endpoint refused a request as too large (%s); images at %d px", e, self.pixel_budget
-                            )
-                elif self.send_image_urls:  # the endpoint cannot fetch image URLs: inline the bytes from now on
-                    log.warning("endpoint rejects image URLs; sending data URLs: %s", e)
-                    self.send_image_urls = False
-                if q_img is not None and q_img[1] is None:
-                    q_img = (q_img[0], self.limits.read(q_img[0]))
+                q_img = self._adapt(e, budget, q_img, c)
                 try:
                     s = self._score_pair_once(query, q_img, c, stop)
                 except Unsupported as again:
@@ -379,6 +375,25 @@ class OpenAIScorer(EndpointProbes, Scorer):
             s = Score.fallback(f"{type(e).__name__}: {e}")
         s.latency_s = time.perf_counter() - t0
         return s
+
+    def _adapt(
+        self, e: Unsupported, budget: int, q_img: tuple[ImageSource, bytes | None] | None, c: Candidate
+    ) -> tuple[ImageSource, bytes | None] | None:
+        """Change how images are sent after a refusal that concerns them; returns the query image to use."""
+        if e.feature == "body_size" and q_img is None and c.image is None:
+            raise ScoringError(f"the request is too large for the endpoint (HTTP 413): {e}") from e
+        if e.feature == "body_size":  # over the server's body limit: smaller images from now on
+            with self._lock:  # a quarter of what this pair sent, unless another pair went lower already
+                smaller = max(MIN_PIXEL_BUDGET, budget // 4)
+                if smaller < self.pixel_budget:
+                    self.pixel_budget = smaller
+                    log.warning("endpoint refused a request as too large (%s); images at %d px", e, self.pixel_budget)
+        elif self.send_image_urls:  # the endpoint cannot fetch image URLs: inline the bytes from now on
+            log.warning("endpoint rejects image URLs; sending data URLs: %s", e)
+            self.send_image_urls = False
+        if q_img is not None and q_img[1] is None:
+            q_img = (q_img[0], self.limits.read(q_img[0]))
+        return q_img
 
     def _score_pair_once(
         self,

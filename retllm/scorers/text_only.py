@@ -39,4 +39,7 @@ def load_text_only(path: str, dtype: Any) -> tuple[Any, TextOnlyProcessor]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    return model, TextOnlyProcessor(AutoTokenizer.from_pretrained(path))
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:  # Llama and Mistral ship none; padding is on the left and masked out
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    return model, TextOnlyProcessor(tok)

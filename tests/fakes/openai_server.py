@@ -50,6 +50,8 @@ class Switches:
     logprobs_500: bool = False  # llama-cpp-python without logits_all: 500 "logprobs is not supported"
     cap_style: str = "vllm"  # how max_top_logprobs is refused: "vllm" (400) or "tgi" (422, top_n_tokens)
     max_body: int | None = None  # a proxy's body limit (nginx: 1 MiB): larger requests get 413
+    images_as_text: bool = False  # a template that prints the content list as text (Llama-3, Gemma)
+    faults_hit_probes: bool = False  # fail_5xx / rate_limit also hit the scorer's capability probes
     revisit_box: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.5, 0.5])  # the zoom the fake asks for
 
 
@@ -125,8 +127,9 @@ def crop_matches(original: bytes, view: bytes, box: list[float]) -> bool:
     return float(np.abs(ra - rv).mean()) < 12.0
 
 
-def _prompt_tokens(messages: list[dict[str, Any]], *, count_images: bool) -> int:
-    """A stand-in token count: 4 characters of text per token, 64 tokens per image (none if dropped)."""
+def _prompt_tokens(messages: list[dict[str, Any]], *, count_images: bool, as_text: bool = False) -> int:
+    """A stand-in token count: 4 characters of text per token, 64 tokens per image (none if dropped; its
+    data URL's length / 4 if the template prints images as text)."""
     n = 0
     for m in messages:
         content = m.get("content")
@@ -136,6 +139,8 @@ def _prompt_tokens(messages: list[dict[str, Any]], *, count_images: bool) -> int
             for part in content:
                 if part.get("type") == "text":
                     n += len(part.get("text", "")) // 4 + 1
+                elif part.get("type") == "image_url" and as_text:
+                    n += len(part["image_url"]["url"]) // 4
                 elif part.get("type") == "image_url" and count_images:
                     n += 64
     return n
@@ -298,8 +303,9 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             with fake._lock:
                 fake.requests.append(body)
                 fake.times.append(time.monotonic())
-                n = fake._served if not is_probe(body) else 10**9  # faults by switch hit pair requests only
-                fake._served += 0 if is_probe(body) else 1
+                spared = is_probe(body) and not sw.faults_hit_probes  # faults by switch hit pair requests
+                n = fake._served if not spared else 10**9
+                fake._served += 0 if spared else 1
                 fake.in_flight += 1
                 fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
             try:
@@ -334,7 +340,7 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 if body.get("logprobs") and sw.reject_logprobs:
                     return self._send(400, {"error": {"message": "logprobs is not supported"}})
                 choice = _completion(body, fake)
-                n_prompt = _prompt_tokens(body["messages"], count_images=not sw.text_only)
+                n_prompt = _prompt_tokens(body["messages"], count_images=not sw.text_only, as_text=sw.images_as_text)
                 if body.get("tools") and not sw.ignore_tools:  # the template renders the tool schemas
                     n_prompt += len(json.dumps(body["tools"])) // 4
                 self._send(

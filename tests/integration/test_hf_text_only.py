@@ -56,3 +56,25 @@ def test_image_pairs_are_refused_with_a_clear_error(lm_dir: Path, candidate_imag
 def test_image_row_retracing_is_refused_for_a_text_model(lm_dir: Path) -> None:
     with pytest.raises(ConfigError, match="V_ROWS=all"):
         HFScorer.from_pretrained(str(lm_dir), device="cpu", retrace=RetraceConfig(v_rows="image"))
+
+
+def test_a_tokenizer_without_a_pad_token_still_batches(tmp_path: Path) -> None:
+    """Llama and Mistral tokenizers ship no pad token: batched text pairs must still be scored."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    src = build_tiny_qwen2_lm(tmp_path / "qwen")
+    tok = AutoTokenizer.from_pretrained(src)
+    tok.pad_token = None
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, eos_token_id=tok.eos_token_id,
+    )  # fmt: skip
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "llama")
+    tok.save_pretrained(tmp_path / "llama")
+    assert AutoTokenizer.from_pretrained(tmp_path / "llama").pad_token is None  # as shipped
+    s = HFScorer.from_pretrained(str(tmp_path / "llama"), device="cpu", retrace=RetraceConfig(enabled=False))
+    cands = [Candidate(f"t{i}", text=t) for i, t in enumerate(TEXTS)]
+    out = s.score(Query(text="a red circle"), cands)
+    assert s.family.name == "Llama (text)" and [o.method for o in out] == ["logits"] * len(cands)
+    single = [s.score(Query(text="a red circle"), [c])[0] for c in cands]
+    assert max(abs(a.value - b.value) for a, b in zip(out, single, strict=True)) <= 1e-5  # type: ignore[operator]

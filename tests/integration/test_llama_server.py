@@ -69,10 +69,13 @@ def test_served_scores_equal_local_scores(tiny_lm: tuple[Path, Path], served: st
     assert len({round(d, 9) for d in diffs}) > 1 and min(d for d in diffs) < 1e-3  # scores, not constants
 
 
-def test_text_prompts_reach_the_model(served: str) -> None:
-    """With list content llama.cpp's templates saw only the chat markers and every pair got one score."""
-    remote = OpenAIScorer(client(served), "tiny", top_logprobs=700, revisit="off")
-    out = remote.score(Query(text="a red circle"), [Candidate(f"c{i}", text=t) for i, t in enumerate(PAIRS[0][1])])
+def test_text_prompts_reach_the_model(tiny_lm: tuple[Path, Path]) -> None:
+    """llama.cpp's chatml renders list content as nothing: every pair got the same score. Sent as a string,
+    each pair's text reaches the model."""
+    with llama_server(tiny_lm[1], "--chat_format", "chatml") as url:
+        remote = OpenAIScorer(client(url), "tiny", top_logprobs=700, revisit="off")
+        cands = [Candidate(f"c{i}", text=t) for i, t in enumerate(PAIRS[0][1])]
+        out = remote.score(Query(text="a red circle"), cands)
     assert len({s.value for s in out}) == len(out)
 
 
@@ -115,7 +118,8 @@ def test_a_server_without_logits_reaches_the_verbalized_path(tiny_lm: tuple[Path
     the scorer asks for a plain answer (this random model's answers are not True/False, so they are
     reported as unparseable, per pair)."""
     with llama_server(tiny_lm[1], logits_all=False) as url:
-        remote = OpenAIScorer(client(url), "tiny", revisit="off", concurrency=1, retries=3)
-        out = remote.score(Query(text="q"), [Candidate("c0", text="a"), Candidate("c1", text="b")])
-    assert remote._logprobs_ok is False
-    assert all(s.method == "verbalized" or "unparseable answer" in (s.error or "") for s in out)
+        for concurrency in (1, 4):  # concurrent pairs refused at once all switch
+            remote = OpenAIScorer(client(url), "tiny", revisit="off", concurrency=concurrency, retries=3)
+            out = remote.score(Query(text="q"), [Candidate(f"c{i}", text=t) for i, t in enumerate("abcd")])
+            assert remote._logprobs_ok is False
+            assert all(s.method == "verbalized" or "unparseable answer" in (s.error or "") for s in out)

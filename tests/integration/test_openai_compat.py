@@ -120,3 +120,65 @@ def test_the_missing_answer_bound_stays_sound_with_a_short_list() -> None:
             assert got <= truth + 1e-12  # False missing: its mass bounded from above, P(True) from below
         else:
             assert got >= truth - 1e-12
+
+
+@pytest.mark.parametrize("switches", [Switches(reject_logprobs=True), Switches(logprobs_500=True)])
+def test_concurrent_pairs_learn_together_that_logprobs_are_refused(switches: Switches) -> None:
+    """Eight pairs refused at once: each drops logprobs, none fails the search."""
+    with fake_openai(switches) as fake:
+        sc = make(fake.url, revisit="off", concurrency=8)
+        out = sc.score(Query(text="q"), [Candidate(f"t{i}", text=f"caption {i}") for i in range(8)])
+    assert [s.method for s in out] == ["verbalized"] * 8 and sc._logprobs_ok is False
+
+
+def test_images_printed_as_text_fail_with_one_clear_line(candidate_images: list[Path]) -> None:
+    """Llama-3 and Gemma templates print the content list, base64 and all: the prompt grows with the image's
+    encoded size, not with its pixels. Two images of one size and different encoded length tell."""
+    with fake_openai(Switches(images_as_text=True)) as fake:
+        with pytest.raises(EndpointError, match="reads images as text"):
+            make(fake.url).score(Query(text="q"), images(candidate_images))
+        assert fake.pair_requests == []
+
+
+def test_a_wrong_key_on_an_image_search_says_so_not_vision(candidate_images: list[Path]) -> None:
+    with fake_openai(Switches(api_key="right")) as fake:
+        client = openai.OpenAI(base_url=fake.url, api_key="wrong", timeout=5.0)
+        with pytest.raises(EndpointError, match="HTTP 401") as e:
+            OpenAIScorer(client, "fake-vlm").score(Query(text="q"), images(candidate_images))
+    assert "vision model" not in str(e.value)
+
+
+def test_a_transient_fault_leaves_a_probe_open_for_later(candidate_images: list[Path]) -> None:
+    """The probes are not retried: a fault leaves the answer open and a later pair asks again; three faults
+    in a row and the scorer goes on (images assumed readable, revisits off)."""
+    sw = Switches(fail_5xx=1, faults_hit_probes=True, tool_call_first=True)
+    with fake_openai(sw) as fake:
+        sc = make(fake.url, revisit="auto", concurrency=1, retries=0)
+        out = sc.score(Query(text="q"), images(candidate_images, 3))
+    assert [s.method for s in out] == ["logprobs"] * 3
+    assert sc._vision_state is True and sc._tools_state is True  # asked again after the fault, and answered
+    with fake_openai(Switches(fail_5xx=100, faults_hit_probes=True)) as fake:
+        sc = make(fake.url, revisit="auto", concurrency=1, retries=0)
+        out = sc.score(Query(text="q"), images(candidate_images, 4))
+    assert sc._vision_state is True and sc._tools_state is False
+    assert all(s.method == "coarse" for s in out)  # the pairs themselves hit the outage too
+
+
+def test_shrinking_for_a_body_limit_keeps_photos_as_jpeg(tmp_path: Path) -> None:
+    """A photo re-encoded as PNG would grow: the smaller encoding is sent, and the budget keeps shrinking
+    (a quarter at a time) until the body fits."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:1000, 0:1000]
+    photo = np.stack([(x * 0.25) % 256, (y * 0.2) % 256, ((x + y) * 0.1) % 256], -1)
+    photo = (photo + np.random.default_rng(0).normal(0, 6, photo.shape)).clip(0, 255).astype(np.uint8)
+    p = tmp_path / "photo.jpg"
+    Image.fromarray(photo).save(p, quality=85)
+    size = p.stat().st_size
+    with fake_openai(Switches(max_body=int(size * 0.6))) as fake:
+        sc = make(fake.url, revisit="off", concurrency=1)
+        out = sc.score(Query(text="q"), [Candidate("a", image=str(p)), Candidate("b", image=str(p))])
+        sent = [b["messages"][0]["content"][0]["image_url"]["url"][:16] for b in fake.pair_requests]
+    assert [s.method for s in out] == ["logprobs", "logprobs"], [s.error for s in out]
+    assert sc.pixel_budget < 1024 * 1024 and sent[-1] == "data:image/jpeg;"
