@@ -446,14 +446,14 @@ class HFScorer(Scorer):
         return F.log_softmax(torch.tensor(row.logits), -1).tolist(), "logits"
 
     def score(self, query: Query, candidates: Sequence[Candidate]) -> list[Score]:
-        q_img = self._query_image(query)
-        results: list[Score | None] = [None] * len(candidates)
-        todo: list[tuple[int, _Pair]] = []
         if self.family.text_only and (query.image is not None or any(c.image is not None for c in candidates)):
             raise ConfigError(
                 f"{self.id} is a text-only model ({self.family.name}): it scores text pairs only; "
                 "use a vision model for images (RETLLM_SCORER=hf:Qwen/Qwen2.5-VL-7B-Instruct)"
             )
+        q_img = self._query_image(query)
+        results: list[Score | None] = [None] * len(candidates)
+        todo: list[tuple[int, _Pair]] = []
         for i, c in enumerate(candidates):
             try:
                 r, ims = self._pair(query, q_img, c)

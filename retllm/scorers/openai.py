@@ -119,6 +119,7 @@ class OpenAIScorer(EndpointProbes, Scorer):
         self._logprobs_ok = True
         self._temperature_ok = True
         self._token_param = "max_tokens"
+        self._models: list[str] | None = None
         self._lock = threading.Lock()
         self.endpoint = str(getattr(self.client, "base_url", "openai"))
         self._slots = request_slots(self.endpoint, concurrency)
@@ -247,10 +248,13 @@ class OpenAIScorer(EndpointProbes, Scorer):
         return EndpointError(f"{self.endpoint} rejected the request for {self.model!r} (HTTP {code}: {msg})")
 
     def _available_models(self) -> list[str]:
-        try:
-            return sorted(m.id for m in self.client.with_options(timeout=5.0).models.list())
-        except Exception:  # the listing is a hint only
-            return []
+        """The served models, listed once per scorer: every in-flight pair of a search meets the same 404."""
+        if self._models is None:
+            try:
+                self._models = sorted(m.id for m in self.client.with_options(timeout=5.0).models.list())
+            except Exception:  # the listing is a hint only
+                self._models = []
+        return self._models
 
     def _ask(
         self,
@@ -419,9 +423,8 @@ class OpenAIScorer(EndpointProbes, Scorer):
         if images:
             self._check_vision(stop)
         messages: list[dict[str, Any]] = [{"role": "user", "content": self._content(r, images)}]
-        tools = None
-        if c.image is not None and self.max_revisits > 0 and self._check_tools(self._tool(c.id), stop):
-            tools = [self._tool(c.id)]
+        tool = self._tool(c.id) if c.image is not None and self.max_revisits > 0 else None
+        tools = [tool] if tool is not None and self._check_tools(tool, stop) else None
         revisits = 0
         while True:
             resp = self._ask(messages, tools if revisits < self.max_revisits else None, stop)
