@@ -1,5 +1,6 @@
 """The LangGraph agent over :mod:`retllm.tools` (installed as ``retllm.agent``).
 
-The graph (coarse search → MLLM scoring node → ranked scores with provenance) arrives with the
-agent issue; this package exists now so the installed layout is fixed from the start.
+- :mod:`retllm.agent.graph`: the retrieval graph (coarse search -> MLLM scoring <-> revisit -> ranked hits);
+- :mod:`retllm.agent.chat`: the conversational graph (a chat model calling ``multimodal_search``);
+- :mod:`retllm.agent.context` / :mod:`retllm.agent.state`: dependencies and state.
 """

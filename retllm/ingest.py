@@ -68,6 +68,8 @@ class IngestReport:
     already_present: int = 0
     duplicates: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    ids: dict[str, str] = field(default_factory=dict)
+    """The id of every item that was read, by origin."""
 
     @property
     def seen(self) -> int:
@@ -278,6 +280,7 @@ class Ingestor:
             for fut, src in zip(prefetch_map(self.prepare, srcs, pool, depth=max(2 * bs, 8)), srcs, strict=True):
                 try:
                     batch.append(fut.result())
+                    report.ids[src.origin] = batch[-1].id
                 except Exception as e:  # one bad item never stops the rest; each is reported
                     reason = str(e) if isinstance(e, BadItemError) else f"unexpected {type(e).__name__}: {e}"
                     report.skipped.append((src.origin, reason))

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from retllm import events
 from retllm.embedders.base import Embedder
 from retllm.errors import ConfigError
+from retllm.events import EventSink
 from retllm.images import ImageLimits, is_url
 from retllm.index.base import FilterSpec, Index, SearchResult
 from retllm.ranking import apply_scores
-from retllm.scorers.base import Candidate, Scorer, check_not_all_failed
+from retllm.scorers.base import Candidate, Score, Scorer, check_not_all_failed
 from retllm.types import Hit, Query, VectorName
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,7 @@ class Retriever:
         using: VectorName | None = None,
         coarse_only: bool = False,
         min_score: float | None = None,
+        on_event: EventSink | None = None,
     ) -> list[Hit]:
         """Coarse top-k, then (unless ``coarse_only`` or no scorer) fine scores and re-ranking.
 
@@ -83,6 +86,7 @@ class Retriever:
             top: How many final hits to return (default all k).
             min_score: Drop hits whose fine score is below it (two-way P(True); see :mod:`retllm.ranking`),
                 so a query with no good match returns nothing. Needs the fine stage.
+            on_event: Receives the progress events of :mod:`retllm.events` (stage, candidate, revisit, final).
 
         Raises:
             ScoringError: The fine stage failed for every candidate.
@@ -91,16 +95,26 @@ class Retriever:
         scorer = None if coarse_only else self.scorer
         if min_score is not None and scorer is None:
             raise ConfigError("min_score filters fine scores: it needs the fine stage (a scorer, not coarse-only)")
+        emit = on_event or (lambda _e: None)
         fetched = query
         if scorer is not None and is_url(query.image):  # download the query image once for both stages
             fetched = query.model_copy(update={"image": self.limits.read(query.image)})
         hits = self.coarse(fetched, k=k, flt=flt, using=using)
+        emit(events.stage("coarse", len(hits)))
         if scorer is not None:
-            hits = self.rerank(query if scorer.prefers_urls else fetched, hits, min_score=min_score)
-        return hits[:top] if top else hits
+            hits = self.rerank(query if scorer.prefers_urls else fetched, hits, min_score=min_score, on_event=on_event)
+        hits = hits[:top] if top else hits
+        emit(events.final(hits))
+        return hits
 
     def rerank(
-        self, query: Query, hits: list[Hit], *, candidate_text: bool = True, min_score: float | None = None
+        self,
+        query: Query,
+        hits: list[Hit],
+        *,
+        candidate_text: bool = True,
+        min_score: float | None = None,
+        on_event: EventSink | None = None,
     ) -> list[Hit]:
         """Fine-score coarse hits and re-rank them (needs a scorer).
 
@@ -113,15 +127,26 @@ class Retriever:
             raise ConfigError("re-ranking needs a scorer (RETLLM_SCORER)")
         if not hits:
             return hits
-        cands = [Candidate(h.id, h.text if candidate_text else None, h.image, h.coarse_score) for h in hits]
-        scores = self.scorer.score(query, cands)
-        check_not_all_failed(scores)
-        failed = [s for s in scores if s.failed]
-        if failed:
-            log.warning(
-                "%d of %d candidates could not be scored and rank last (first: %s)",
-                len(failed),
-                len(scores),
-                failed[0].error,
-            )
-        return apply_scores(hits, scores, min_score=min_score)
+        if on_event is not None:
+            on_event(events.stage("fine", len(hits)))
+        scores = self.scorer.score(query, candidates_of(hits, candidate_text=candidate_text), on_event=on_event)
+        return finish_rerank(hits, scores, min_score=min_score)
+
+
+def candidates_of(hits: Sequence[Hit], *, candidate_text: bool = True) -> list[Candidate]:
+    """What the fine stage sees of coarse hits (the same for the library pipeline and the agent graph)."""
+    return [Candidate(h.id, h.text if candidate_text else None, h.image, h.coarse_score) for h in hits]
+
+
+def finish_rerank(hits: list[Hit], scores: Sequence[Score], *, min_score: float | None = None) -> list[Hit]:
+    """Re-rank coarse hits by their fine scores (one per hit, in order); fails when every pair failed."""
+    check_not_all_failed(scores)
+    failed = [s for s in scores if s.failed]
+    if failed:
+        log.warning(
+            "%d of %d candidates could not be scored and rank last (first: %s)",
+            len(failed),
+            len(scores),
+            failed[0].error,
+        )
+    return apply_scores(hits, list(scores), min_score=min_score)

@@ -7,12 +7,24 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from retllm.errors import ConfigError, ScoringError
 from retllm.images import ImageLimits
 from retllm.types import ImageSource, Query
+
+if TYPE_CHECKING:
+    from retllm.events import EventSink
+    from retllm.scorers.turns import ToolCall, Turn
+
+
+def _box_arg(call: ToolCall) -> object:
+    try:
+        return call.args().get("box")
+    except ScoringError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -113,15 +125,77 @@ class Scorer(ABC):
 
     id: str = "scorer"
     limits: ImageLimits = ImageLimits()
+    max_revisits: int = 0
 
-    @abstractmethod
-    def score(self, query: Query, candidates: Sequence[Candidate]) -> list[Score]:
-        """One :class:`Score` per candidate, in the candidates' order.
+    def score(self, query: Query, candidates: Sequence[Candidate], *, on_event: EventSink | None = None) -> list[Score]:
+        """One :class:`Score` per candidate, in the candidates' order: the step loop of :mod:`retllm.scorers.turns`.
 
         A pair that cannot be judged (unreadable image, transient endpoint fault) falls back
         (:meth:`Score.fallback`) and the others are scored; a configuration problem (wrong key, unknown
-        model) raises. Callers that re-rank use :func:`check_not_all_failed`.
+        model) raises. Callers that re-rank use :func:`check_not_all_failed`. ``on_event`` receives the
+        ``candidate`` and ``revisit`` events of :mod:`retllm.events` as they happen.
         """
+        from retllm import events
+
+        emit = on_event or (lambda _e: None)
+        turns = self.open_turns(query, candidates)
+        done = 0
+        for _ in range(self.max_revisits + 2):  # a step ends a turn or asks for revisits, up to the bound
+            if all(t.done for t in turns):
+                break
+            was = [t.done for t in turns]
+            self.step(turns)
+            for t, before in zip(turns, was, strict=True):
+                if t.done and not before:
+                    done += 1
+                    emit(events.candidate(t, done, len(turns)))
+                for call in list(t.pending):
+                    emit(events.revisit(t, call, "requested", box=_box_arg(call)))
+                    self.apply_revisit(t, call)
+                    last = t.transcript[-1]
+                    status = "done" if "view" in last else "error"
+                    emit(events.revisit(t, call, status, box=last.get("view"), error=last.get("error")))
+        return [self.finalize(t) for t in turns]
+
+    # --- step-wise scoring (retllm.scorers.turns) -------------------------------------------------
+
+    def open_turns(self, query: Query, candidates: Sequence[Candidate]) -> list[Turn]:
+        """One :class:`~retllm.scorers.turns.Turn` per candidate; a query this scorer cannot judge at all raises."""
+        from retllm.scorers.turns import Turn
+
+        self.check_query(query, candidates)
+        return [Turn(key=i, query=query, candidate=c) for i, c in enumerate(candidates)]
+
+    def check_query(self, query: Query, candidates: Sequence[Candidate]) -> None:  # noqa: B027 - optional hook
+        """Raise :class:`ConfigError` when no pair of this query can be judged (a text-only model, images)."""
+
+    @abstractmethod
+    def step(self, turns: Sequence[Turn]) -> None:
+        """Advance every ready turn (neither done nor waiting on a revisit) by one model call, in place.
+
+        Every stepped turn either finishes (``turn.score`` set: scored or fallen back) or waits on revisit calls
+        (``turn.pending``); a turn never waits past :attr:`max_revisits` revisits. A configuration problem
+        raises, as :meth:`score` does.
+        """
+
+    def apply_revisit(self, turn: Turn, call: ToolCall) -> None:
+        """Answer one pending call of ``turn`` the way the ``revisit_image`` tool does: checked, then a view."""
+        from retllm.scorers.turns import REVISIT_TOOL, RevisitError, check_revisit
+
+        try:
+            if call.name != REVISIT_TOOL:
+                raise RevisitError(f"unknown tool {call.name!r}; the only tool is {REVISIT_TOOL}")
+            box = check_revisit(turn.candidate, call.args(), self.limits)
+        except RevisitError as e:
+            turn.answer(call.id, error=str(e))
+            return
+        turn.answer(call.id, box=box)
+
+    def finalize(self, turn: Turn) -> Score:
+        """The turn's score (a turn left unfinished falls back)."""
+        if turn.score is None:
+            return Score.fallback("the pair was not scored to the end", turn.latency_s)
+        return turn.score
 
     def choose(self, query: Query, options: Sequence[str], *, seed: int | None = 0, rounds: int = 1) -> Choice:
         """Listwise choice over 2-10 text options.

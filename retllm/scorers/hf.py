@@ -32,6 +32,7 @@ from retllm.scorers.batching import BatchWorker
 from retllm.scorers.families import FAMILIES, Family, answer_token_ids, family_of, resolve_attr
 from retllm.scorers.retrace import RetraceConfig, visual_retracing
 from retllm.scorers.text_only import load_text_only
+from retllm.scorers.turns import Turn, query_key
 from retllm.scorers.vision_cache import VisionCache, image_key
 from retllm.types import Query
 
@@ -445,46 +446,54 @@ class HFScorer(Scorer):
             raise ScoringError(f"listwise forward failed: {type(row).__name__}: {row}") from row
         return F.log_softmax(torch.tensor(row.logits), -1).tolist(), "logits"
 
-    def score(self, query: Query, candidates: Sequence[Candidate]) -> list[Score]:
+    def check_query(self, query: Query, candidates: Sequence[Candidate]) -> None:
         if self.family.text_only and (query.image is not None or any(c.image is not None for c in candidates)):
             raise ConfigError(
                 f"{self.id} is a text-only model ({self.family.name}): it scores text pairs only; "
                 "use a vision model for images (RETLLM_SCORER=hf:Qwen/Qwen2.5-VL-7B-Instruct)"
             )
-        q_img = self._query_image(query)
-        results: list[Score | None] = [None] * len(candidates)
-        todo: list[tuple[int, _Pair]] = []
-        for i, c in enumerate(candidates):
+
+    def step(self, turns: Sequence[Turn]) -> None:
+        """One batched forward over every ready turn (retracing inside it); every turn ends here."""
+        ready = [t for t in turns if t.ready]
+        if not ready:
+            return
+        q_imgs: dict[object, Image.Image | None] = {}  # each query's image is loaded and fitted once per step
+        todo: list[tuple[Turn, _Pair]] = []
+        for t in ready:
+            t.steps += 1
+            key = query_key(t.query)
+            if key not in q_imgs:  # an unreadable query image raises: no pair of that query can be judged
+                q_imgs[key] = self._query_image(t.query)
             try:
-                r, ims = self._pair(query, q_img, c)
+                r, ims = self._pair(t.query, q_imgs[key], t.candidate)
             except BadItemError as e:  # one bad candidate image must not fail the query
-                log.info("candidate %s not scored: %s", c.id, e)
-                results[i] = Score.fallback(str(e))
+                log.info("candidate %s not scored: %s", t.candidate.id, e)
+                t.finish(Score.fallback(str(e)))
                 continue
-            ids = self._answer_ids(prompt_for(query.modality, c.modality).answer_words)
-            todo.append((i, _Pair(self._chat_text(r), ims, ids)))
+            ids = self._answer_ids(prompt_for(t.query.modality, t.candidate.modality).answer_words)
+            todo.append((t, _Pair(self._chat_text(r), ims, ids)))
         # Pairs with different image counts never share a forward: processors need it, and padding stays small.
         rows = self._worker.run([p for _, p in todo], [len(p.images) for _, p in todo])
-        for (i, _), row in zip(todo, rows, strict=True):
+        for (t, _), row in zip(todo, rows, strict=True):
             if isinstance(row, BaseException):
-                log.info("candidate %s not scored: %s: %s", candidates[i].id, type(row).__name__, row)
-                results[i] = Score.fallback(f"{type(row).__name__}: {row}")
+                log.info("candidate %s not scored: %s: %s", t.candidate.id, type(row).__name__, row)
+                t.finish(Score.fallback(f"{type(row).__name__}: {row}"))
                 continue
+            t.latency_s += row.latency_s
             (lt, lf), (lpt, _) = row.logits, row.logp
             if not all(math.isfinite(x) for x in (lt, lf, lpt, row.entropy)):
-                results[i] = Score.fallback(
-                    f"non-finite logits ({lt}, {lf}): fp16 overflow? set RETLLM_DTYPE=float32", row.latency_s
-                )
+                t.finish(Score.fallback(f"non-finite logits ({lt}, {lf}): fp16 overflow? set RETLLM_DTYPE=float32"))
                 continue
-            results[i] = Score(
-                value=two_way(lt, lf),
-                p_true=float(torch.tensor(lpt).exp()),
-                entropy=row.entropy,
-                method="logits",
-                retraced=row.retraced,
-                latency_s=row.latency_s,
+            t.finish(
+                Score(
+                    value=two_way(lt, lf),
+                    p_true=float(torch.tensor(lpt).exp()),
+                    entropy=row.entropy,
+                    method="logits",
+                    retraced=row.retraced,
+                )
             )
-        return [r for r in results if r is not None]
 
     def close(self) -> None:
         """Stop the worker thread (queued pairs finish first)."""

@@ -19,7 +19,6 @@ Requests run concurrently, at most ``concurrency`` in flight per endpoint across
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -55,16 +54,12 @@ from retllm.scorers.endpoint import (
     retry_after,
 )
 from retllm.scorers.probes import EndpointProbes
+from retllm.scorers.turns import BOX_DESCRIPTION, REVISIT_DESCRIPTION, REVISIT_TOOL, ToolCall, Turn, query_key
 from retllm.types import ImageSource, Query
 
 log = logging.getLogger(__name__)
 
 MIN_PIXEL_BUDGET = 256 * 256
-
-REVISIT_DESCRIPTION = (
-    "Look at the candidate image again before answering, optionally zoomed into a region. Call this when "
-    "a detail (small object, text, colour, count) decides whether the candidate matches. Returns the image."
-)
 
 
 class OpenAIScorer(EndpointProbes, Scorer):
@@ -327,7 +322,7 @@ class OpenAIScorer(EndpointProbes, Scorer):
         return {
             "type": "function",
             "function": {
-                "name": "revisit_image",
+                "name": REVISIT_TOOL,
                 "description": REVISIT_DESCRIPTION,
                 "parameters": {
                     "type": "object",
@@ -338,7 +333,7 @@ class OpenAIScorer(EndpointProbes, Scorer):
                             "items": {"type": "number"},
                             "minItems": 4,
                             "maxItems": 4,
-                            "description": "Optional zoom region [x0, y0, x1, y1] as fractions of width and height.",
+                            "description": BOX_DESCRIPTION,
                         },
                     },
                     "required": ["candidate_id"],
@@ -351,34 +346,55 @@ class OpenAIScorer(EndpointProbes, Scorer):
             return None
         return self.limits.read(src)
 
-    # --- scoring ---------------------------------------------------------------------------------
+    # --- scoring: the step of retllm.scorers.turns --------------------------------------------------
 
-    def _score_pair(
-        self,
-        query: Query,
-        q_img: tuple[ImageSource, bytes | None] | None,
-        c: Candidate,
-        stop: threading.Event | None = None,
-    ) -> Score:
+    def step(self, turns: Sequence[Turn]) -> None:
+        """One request per ready turn, concurrently: a turn ends scored (or fallen back), or waits on the
+        ``revisit_image`` calls of the model's reply. A configuration error stops the other requests and raises."""
+        ready = [t for t in turns if t.ready]
+        if not ready:
+            return
+        q_imgs: dict[object, tuple[ImageSource, bytes | None] | None] = {}
+        for t in ready:  # each query image is read once per step, before any request (an unreadable one raises)
+            key = query_key(t.query)
+            if key not in q_imgs:
+                img = t.query.image
+                q_imgs[key] = (img, self._fetch(img)) if img is not None else None
+        pool = ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(ready))))
+        stop = threading.Event()
+        try:
+            futures = [pool.submit(self._step_turn, t, q_imgs[query_key(t.query)], stop) for t in ready]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = next((f.exception() for f in done if f.exception() is not None), None)
+            if failed is not None:  # an EndpointError: no other pair can succeed; stop the rest at once
+                raise failed
+        finally:
+            stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _step_turn(self, t: Turn, q_img: tuple[ImageSource, bytes | None] | None, stop: threading.Event) -> None:
         t0 = time.perf_counter()
+        t.steps += 1
         budget = self.pixel_budget
+        score: Score | None
         try:
             try:
-                s = self._score_pair_once(query, q_img, c, stop)
+                score = self._advance(t, q_img, stop)
             except Unsupported as e:
-                q_img = self._adapt(e, budget, q_img, c)
+                q_img = self._adapt(e, budget, q_img, t.candidate)
                 try:
-                    s = self._score_pair_once(query, q_img, c, stop)
+                    score = self._advance(t, q_img, stop)
                 except Unsupported as again:
                     what = "HTTP 413, " if again.feature == "body_size" else ""
                     raise ScoringError(f"the endpoint still refuses this pair ({what}{again})") from again
         except EndpointError:
             raise  # no other pair can succeed either: the search fails with this one line
         except Exception as e:  # a transient fault or a problem with this pair: the other pairs go on
-            log.info("pair %s not scored: %s", c.id, e)
-            s = Score.fallback(f"{type(e).__name__}: {e}")
-        s.latency_s = time.perf_counter() - t0
-        return s
+            log.info("pair %s not scored: %s", t.candidate.id, e)
+            score = Score.fallback(f"{type(e).__name__}: {e}")
+        t.latency_s += time.perf_counter() - t0
+        if score is not None:
+            t.finish(score)
 
     def _adapt(
         self, e: Unsupported, budget: int, q_img: tuple[ImageSource, bytes | None] | None, c: Candidate
@@ -399,18 +415,16 @@ class OpenAIScorer(EndpointProbes, Scorer):
             q_img = (q_img[0], self.limits.read(q_img[0]))
         return q_img
 
-    def _score_pair_once(
-        self,
-        query: Query,
-        q_img: tuple[ImageSource, bytes | None] | None,
-        c: Candidate,
-        stop: threading.Event | None = None,
-    ) -> Score:
-        spec = prompt_for(query.modality, c.modality)
+    def _advance(
+        self, t: Turn, q_img: tuple[ImageSource, bytes | None] | None, stop: threading.Event | None = None
+    ) -> Score | None:
+        """One request for the turn: its score, or ``None`` when the model asked to revisit (``t.pending``)."""
+        c = t.candidate
+        spec = prompt_for(t.query.modality, c.modality)
         words = spec.answer_words
         r = render(
             spec,
-            query_text=query.text,
+            query_text=t.query.text,
             query_image=q_img is not None,
             candidate_text=c.text,
             candidate_image=c.image is not None,
@@ -422,52 +436,69 @@ class OpenAIScorer(EndpointProbes, Scorer):
             images["candidate"] = (c.image, self._fetch(c.image))
         if images:
             self._check_vision(stop)
-        messages: list[dict[str, Any]] = [{"role": "user", "content": self._content(r, images)}]
-        tool = self._tool(c.id) if c.image is not None and self.max_revisits > 0 else None
+        messages = self._messages(t, r, images, words)
+        allowed = min(self.max_revisits - t.revisits, self.max_revisits + 1 - t.steps)  # views left, steps left
+        tool = self._tool(c.id) if c.image is not None and allowed > 0 else None
         tools = [tool] if tool is not None and self._check_tools(tool, stop) else None
-        revisits = 0
-        while True:
-            resp = self._ask(messages, tools if revisits < self.max_revisits else None, stop)
-            choice = resp.choices[0]
-            calls = getattr(choice.message, "tool_calls", None) or []
-            if not calls:
-                break
-            messages.append(
+        resp = self._ask(messages, tools, stop)
+        choice = resp.choices[0]
+        calls = getattr(choice.message, "tool_calls", None) or []
+        if calls and tools:
+            t.transcript.append(
                 {
                     "role": "assistant",
                     "content": choice.message.content or "",  # servers reject null content in an echoed turn
-                    "tool_calls": [tc.model_dump() for tc in calls],
+                    "tool_calls": [tc.model_dump(exclude_none=True) for tc in calls],
                 }
             )
-            for tc in calls:
-                revisits += 1
-                messages.extend(self._revisit(tc, c, images.get("candidate"), words))
-        s = self._parse(choice, words)
-        s.revisits = revisits
-        return s
-
-    def _revisit(
-        self, tc: Any, c: Candidate, img: tuple[ImageSource, bytes | None] | None, words: tuple[str, str]
-    ) -> list[dict[str, Any]]:
+            t.pending = [
+                ToolCall(id=tc.id, name=tc.function.name, arguments=tc.function.arguments or "{}")
+                for tc in calls[:allowed]
+            ]
+            for tc in calls[allowed:]:  # past the bound: answered, never shown
+                t.transcript.append(
+                    {"role": "tool", "tool_call_id": tc.id, "content": "error: no revisits left; answer now"}
+                )
+            return None
         try:
-            args = json.loads(tc.function.arguments or "{}")
-            if tc.function.name != "revisit_image" or img is None:
-                raise ScoringError(f"unknown tool {tc.function.name!r}")
-            data = img[1] if img[1] is not None else self.limits.read(img[0])
-            view = crop_for_revisit(data, args.get("box"), self.pixel_budget, self.limits.max_pixels)
-        except Exception as e:  # bad arguments, unknown tool, unreadable image: tell the model
-            return [{"role": "tool", "tool_call_id": tc.id, "content": f"error: {e}"}]
-        note = f"Candidate {c.id} image" + (f", zoomed to {args['box']}" if args.get("box") else "") + ", below."
-        return [
-            {"role": "tool", "tool_call_id": tc.id, "content": note},
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image_url", "image_url": {"url": png_data_url(view)}},
-                    {"type": "text", "text": f"Please directly output {words[0]} or {words[1]}"},
-                ],
-            },
-        ]
+            return self._parse(choice, words)
+        except ScoringError as e:
+            if calls:  # tools were not offered (bound reached, or off) and the model still called one
+                raise ScoringError(
+                    f"the model asked to revisit the image again after {t.revisits} revisit(s), the bound "
+                    f"(RETLLM_MAX_REVISITS={self.max_revisits}), instead of answering"
+                ) from e
+            raise
+
+    def _messages(
+        self, t: Turn, r: Rendered, images: dict[str, tuple[ImageSource, bytes | None]], words: tuple[str, str]
+    ) -> list[dict[str, Any]]:
+        """The request's messages: the prompt, then the turn's transcript with each run of tool answers followed
+        by one user message that shows the views asked for (OpenAI tool messages carry text only)."""
+        messages: list[dict[str, Any]] = [{"role": "user", "content": self._content(r, images)}]
+        views: list[dict[str, Any]] = []
+
+        def flush() -> None:
+            if views:
+                ask = f"Please directly output {words[0]} or {words[1]}"
+                messages.append({"role": "user", "content": [*views, {"type": "text", "text": ask}]})
+                views.clear()
+
+        for entry in t.transcript:
+            if entry["role"] != "tool":
+                flush()
+                messages.append(entry)
+                continue
+            messages.append({"role": "tool", "tool_call_id": entry["tool_call_id"], "content": entry["content"]})
+            if "view" in entry:
+                box = None if entry["view"] == "all" else entry["view"]
+                src, data = images["candidate"]
+                data = data if data is not None else self.limits.read(src)
+                view = crop_for_revisit(data, box, self.pixel_budget, self.limits.max_pixels)
+                views.append({"type": "text", "text": entry["content"].removesuffix(": shown below.")})
+                views.append({"type": "image_url", "image_url": {"url": png_data_url(view)}})
+        flush()
+        return messages
 
     def _parse(self, choice: Any, words: tuple[str, str]) -> Score:
         lp = getattr(choice, "logprobs", None)
@@ -499,23 +530,6 @@ class OpenAIScorer(EndpointProbes, Scorer):
         if answer not in labels:
             raise ScoringError(f"unparseable option answer {choice.message.content!r}")
         return [0.0 if lab == answer else -math.inf for lab in labels], "verbalized"
-
-    def score(self, query: Query, candidates: Sequence[Candidate]) -> list[Score]:
-        if not candidates:
-            return []
-        q_img = (query.image, self._fetch(query.image)) if query.image is not None else None
-        pool = ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(candidates))))
-        stop = threading.Event()
-        try:
-            futures = [pool.submit(self._score_pair, query, q_img, c, stop) for c in candidates]
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            failed = next((f.exception() for f in done if f.exception() is not None), None)
-            if failed is not None:  # an EndpointError: no other pair can succeed; stop the rest at once
-                raise failed
-            return [f.result() for f in futures]
-        finally:
-            stop.set()
-            pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
         self.client.close()

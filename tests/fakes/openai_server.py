@@ -2,17 +2,23 @@
 
 Answers are deterministic: P(True) is derived from the first image in the conversation (or the text when
 there is none), so tests can compute the expected score with :func:`expected_p_true`.
+
+It can also stand in for a chat model driven by an agent: requests for a model in ``Switches.chat_models`` are
+answered by ``Switches.chat_script`` (see :class:`ChatScript` and :func:`tool_call`), and any request with
+``"stream": true`` is answered as OpenAI's server-sent events.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import math
+import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -53,6 +59,9 @@ class Switches:
     images_as_text: bool = False  # a template that prints the content list as text (Llama-3, Gemma)
     faults_hit_probes: bool = False  # fail_5xx / rate_limit also hit the scorer's capability probes
     revisit_box: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.5, 0.5])  # the zoom the fake asks for
+    revisit_forever: bool = False  # every scoring request answers with a revisit_image call, tools offered or not
+    chat_models: list[str] = field(default_factory=lambda: ["chat-model"])  # served by chat_script, not the scorer
+    chat_script: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # request body -> assistant message
 
 
 @dataclass
@@ -64,13 +73,73 @@ class FakeOpenAI:
     max_in_flight: int = 0
     url: str = ""
     crop_checks: list[bool] = field(default_factory=list)  # per revisit: did the image show the asked region?
+    forever_calls: int = 0  # revisit_image calls answered under the revisit_forever switch
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _served: int = 0
 
     @property
     def pair_requests(self) -> list[dict[str, Any]]:
-        """The requests that scored pairs, without the scorer's one-time capability probes."""
-        return [b for b in self.requests if not is_probe(b)]
+        """The requests that scored pairs, without the scorer's one-time capability probes (nor chat requests)."""
+        return [b for b in self.requests if not is_probe(b) and b.get("model") not in self.switches.chat_models]
+
+    @property
+    def chat_requests(self) -> list[dict[str, Any]]:
+        """The requests for a chat model (``Switches.chat_models``), answered by ``Switches.chat_script``."""
+        return [b for b in self.requests if b.get("model") in self.switches.chat_models]
+
+
+EXHAUSTED = "(script exhausted)"
+_call_ids = itertools.count()
+
+
+def tool_call(name: str, args: dict[str, Any], id: str | None = None) -> dict[str, Any]:
+    """A tool call as an assistant message carries it (``arguments`` is a JSON string)."""
+    return {
+        "id": id or f"call_{name}_{next(_call_ids)}",
+        "type": "function",
+        "function": {"name": name, "arguments": json.dumps(args)},
+    }
+
+
+def as_message(step: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any]:
+    """An assistant message dict from a message dict, a bare :func:`tool_call` or a list of them."""
+    if isinstance(step, list):
+        return {"content": None, "tool_calls": step}
+    if step.get("type") == "function" and "function" in step:
+        return {"content": None, "tool_calls": [step]}
+    return dict(step)
+
+
+Step = Callable[[dict[str, Any]], dict[str, Any]] | dict[str, Any] | list[dict[str, Any]]
+
+
+class ChatScript:
+    """A scripted chat model for ``Switches.chat_script``: each request (one model turn) gets the next step.
+
+    A step is an assistant message dict (``{"content": ..., "tool_calls": [...]}``), a bare :func:`tool_call`
+    or a list of them (a message with just those calls), or a function from the request body to any of these.
+    Once the steps run out, the answer is :data:`EXHAUSTED`. ``bodies`` holds every request body the script saw,
+    in order. Requests refused by a fault switch never reach the script, so a client's retry gets the step the
+    failed request would have got.
+    """
+
+    def __init__(self, steps: Iterable[Step]) -> None:
+        self.steps = list(steps)
+        self.bodies: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, body: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            turn = len(self.bodies)
+            self.bodies.append(body)
+        if turn >= len(self.steps):
+            return {"content": EXHAUSTED}
+        step = self.steps[turn]
+        return as_message(step(body) if callable(step) else step)
+
+    @property
+    def exhausted(self) -> bool:
+        return len(self.bodies) >= len(self.steps)
 
 
 def _first_image_bytes(messages: list[dict[str, Any]]) -> bytes | None:
@@ -177,9 +246,69 @@ def _listwise(body: dict[str, Any], text: str, sw: Switches) -> dict[str, Any]:
     }
 
 
+def _chat(body: dict[str, Any], fake: FakeOpenAI) -> dict[str, Any]:
+    """The choice for a chat-model request: the scripted assistant message."""
+    script = fake.switches.chat_script
+    msg = as_message(script(body)) if script is not None else {"content": "(no chat_script set)"}
+    calls = msg.get("tool_calls") or None
+    out: dict[str, Any] = {"role": "assistant", "content": msg.get("content")}
+    if calls:
+        out["tool_calls"] = calls
+    return {"index": 0, "message": out, "finish_reason": "tool_calls" if calls else "stop", "logprobs": None}
+
+
+def _offered_candidate(body: dict[str, Any]) -> Any:
+    """The first candidate id in an offered tool schema's enum (as ``tool_call_first`` picks it), or None."""
+    for tool in body.get("tools") or []:
+        enum = tool.get("function", {}).get("parameters", {}).get("properties", {}).get("candidate_id", {}).get("enum")
+        if enum:
+            return enum[0]
+    return None
+
+
+def _last_called_candidate(messages: list[dict[str, Any]]) -> Any:
+    """The candidate id of the last tool call in the conversation's assistant messages, or None."""
+    cid = None
+    for m in messages:
+        if m.get("role") != "assistant":
+            continue
+        for call in m.get("tool_calls") or []:
+            try:
+                cid = json.loads(call["function"]["arguments"]).get("candidate_id", cid)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                pass
+    return cid
+
+
+def _forever(body: dict[str, Any], fake: FakeOpenAI) -> dict[str, Any]:
+    """A revisit_image call, whatever the request: the candidate from the offered schema, else the last call."""
+    messages = body["messages"]
+    cid = _offered_candidate(body)
+    if cid is None:
+        cid = _last_called_candidate(messages)
+    if cid is None:
+        cid = "unknown"
+    with fake._lock:
+        fake.forever_calls += 1
+    call = {
+        "id": f"call_{len(messages)}",
+        "type": "function",
+        "function": {
+            "name": "revisit_image",
+            "arguments": json.dumps({"candidate_id": cid, "box": fake.switches.revisit_box}),
+        },
+    }
+    msg = {"role": "assistant", "content": None, "tool_calls": [call]}
+    return {"index": 0, "message": msg, "finish_reason": "tool_calls", "logprobs": None}
+
+
 def _completion(body: dict[str, Any], fake: FakeOpenAI) -> dict[str, Any]:
     sw = fake.switches
     messages = body["messages"]
+    if body.get("model") in sw.chat_models:
+        return _chat(body, fake)
+    if sw.revisit_forever and not is_probe(body):
+        return _forever(body, fake)
     first = messages[0]["content"]
     last_text = first if isinstance(first, str) else [p.get("text", "") for p in first if isinstance(p, dict)][-1]
     if "Answer with the option number only" in last_text:
@@ -240,6 +369,36 @@ def _completion(body: dict[str, Any], fake: FakeOpenAI) -> dict[str, Any]:
     }
 
 
+def _pieces(text: str, n: int) -> list[str]:
+    """``text`` cut into at most ``n`` non-empty pieces of about equal length."""
+    size = max(1, math.ceil(len(text) / n))
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def _chunks(base: dict[str, Any], choice: dict[str, Any], usage: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
+    """A completion ``choice`` as OpenAI streams it: role, content pieces (logprobs on the first), tool calls
+    (id, type and name first, then argument pieces), the finish reason, then ``usage`` if given."""
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> dict[str, Any]:
+        c = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
+        return {**base, "object": "chat.completion.chunk", "choices": [c]}
+
+    msg = choice["message"]
+    yield chunk({"role": "assistant", "content": ""})
+    content = msg.get("content") or ""
+    words = re.findall(r"\s*\S+\s*", content) or ([content] if content else [])
+    for i, piece in enumerate(words):
+        yield chunk({"content": piece}, logprobs=choice.get("logprobs") if i == 0 else None)
+    for i, call in enumerate(msg.get("tool_calls") or []):
+        head = {"index": i, "id": call["id"], "type": "function"}
+        yield chunk({"tool_calls": [{**head, "function": {"name": call["function"]["name"], "arguments": ""}}]})
+        for piece in _pieces(call["function"]["arguments"], 3):
+            yield chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]})
+    yield chunk({}, finish=choice["finish_reason"])
+    if usage is not None:
+        yield {**base, "object": "chat.completion.chunk", "choices": [], "usage": usage}
+
+
 def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
     class H(BaseHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
@@ -257,6 +416,23 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(data)
             except (BrokenPipeError, ConnectionResetError):
                 pass
+
+        def _stream(self, events: Iterable[dict[str, Any]]) -> None:
+            """Server-sent events, ended by ``[DONE]``; the body ends when the connection closes (HTTP/1.0)."""
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            try:
+                for event in events:
+                    self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                    self.wfile.flush()
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            self.close_connection = True
 
         def do_GET(self) -> None:  # noqa: N802
             if self.path.rstrip("/").endswith("/models"):
@@ -343,17 +519,15 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 n_prompt = _prompt_tokens(body["messages"], count_images=not sw.text_only, as_text=sw.images_as_text)
                 if body.get("tools") and not sw.ignore_tools:  # the template renders the tool schemas
                     n_prompt += len(json.dumps(body["tools"])) // 4
-                self._send(
-                    200,
-                    {
-                        "id": f"cmpl-{n}",
-                        "object": "chat.completion",
-                        "created": 0,
-                        "model": body["model"],
-                        "choices": [choice],
-                        "usage": {"prompt_tokens": n_prompt, "completion_tokens": 1, "total_tokens": n_prompt + 1},
-                    },
-                )
+                n_out = 1
+                if body.get("model") in sw.chat_models:
+                    n_out = len(json.dumps(choice["message"])) // 4 + 1
+                usage = {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}
+                base = {"id": f"cmpl-{n}", "created": 0, "model": body["model"]}
+                if body.get("stream"):
+                    with_usage = (body.get("stream_options") or {}).get("include_usage")
+                    return self._stream(_chunks(base, choice, usage if with_usage else None))
+                self._send(200, {**base, "object": "chat.completion", "choices": [choice], "usage": usage})
             finally:
                 with fake._lock:
                     fake.in_flight -= 1

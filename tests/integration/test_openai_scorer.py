@@ -118,7 +118,8 @@ def test_revisit_tool_resends_the_region_the_model_asked_for(tmp_path: Path, box
     imgs = quadrant_images(tmp_path)
     with fake_openai(Switches(tool_call_first=True, revisit_box=box)) as fake:
         out = make(fake.url, revisit="on", concurrency=1).score(Query(text="x"), cands(imgs, 2))
-        first, second = fake.pair_requests[0], fake.pair_requests[1]
+        first = fake.pair_requests[0]
+        second = next(b for b in fake.pair_requests if len(b["messages"]) > 1)  # a follow-up after the revisit
         checks = list(fake.crop_checks)
     assert checks == [True, True]
     assert [s.revisits for s in out] == [1, 1] and all(s.method == "logprobs" for s in out)
@@ -126,7 +127,8 @@ def test_revisit_tool_resends_the_region_the_model_asked_for(tmp_path: Path, box
     roles = [m["role"] for m in second["messages"]]
     assert roles == ["user", "assistant", "tool", "user"]
     assert second["messages"][1]["content"] == ""  # never null: servers reject it in an echoed turn
-    assert second["messages"][3]["content"][0]["image_url"]["url"].startswith("data:image/png")
+    view = [p for p in second["messages"][3]["content"] if p["type"] == "image_url"]
+    assert len(view) == 1 and view[0]["image_url"]["url"].startswith("data:image/png")
     assert "tools" not in second and second["max_tokens"] == 1  # revisits are bounded (max 1)
     for s, p in zip(out, imgs, strict=True):
         assert s.value == pytest.approx(expected(expected_p_true(p.read_bytes())), abs=1e-9)

@@ -1,0 +1,315 @@
+"""LangChain tools over :mod:`tools.ops`: what our graphs and other people's agents call.
+
+Each tool returns ``(content, artifact)``: a short text for the model, and the full typed result (ids, scores,
+provenance, image references) as the artifact. Errors the model can fix come back as tool messages with
+status ``error`` that say what to change; infrastructure errors propagate.
+
+Dependencies come from the ``deps`` the tools are built with, or else from the graph's run-time context
+(``runtime.context.deps``), so one compiled graph serves any configuration.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import re
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any
+
+from langchain_core.tools import BaseTool, InjectedToolArg, StructuredTool, ToolException
+from langgraph.prebuilt import ToolRuntime
+from pydantic import BaseModel, PlainSerializer, SkipValidation, ValidationError, WithJsonSchema, create_model
+from retllm.tools import ops
+from retllm.tools.deps import Deps
+from retllm.tools.schemas import (
+    AddItemsArgs,
+    CoarseSearchArgs,
+    DeleteItemsArgs,
+    NoArgs,
+    RevisitArgs,
+    SearchArgs,
+    SearchOut,
+)
+
+from retllm.scorers.base import Candidate
+from retllm.scorers.turns import REVISIT_DESCRIPTION, REVISIT_TOOL, check_revisit
+
+
+def validation_message(e: ValidationError) -> str:
+    """Every problem with the arguments, one per line, worded for the model that sent them."""
+    lines = []
+    for err in e.errors():
+        where = ".".join(str(x) for x in err["loc"]) or "arguments"
+        lines.append(f"{where}: {err['msg']}")
+    return "Invalid arguments, fix and call again:\n" + "\n".join(lines)
+
+
+def _resolver(deps: Deps | None) -> Callable[[Any], Deps]:
+    def resolve(runtime: Any) -> Deps:
+        if deps is not None:
+            return deps
+        ctx = getattr(runtime, "context", None)
+        found = ctx if isinstance(ctx, Deps) else getattr(ctx, "deps", None)
+        if callable(found):
+            found = found()
+        if not isinstance(found, Deps):
+            raise RuntimeError(
+                "retllm tools need their dependencies: build them with build_tools(Deps(...)) or run them in a "
+                "graph whose context has a `deps` (retllm.agent.context.Context)"
+            )
+        return found
+
+    return resolve
+
+
+def _recoverable(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the errors a model can fix into ToolException (a tool message with status error)."""
+
+    @functools.wraps(fn)  # keeps the signature: ToolNode finds the `runtime` parameter through it
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ops.RECOVERABLE as e:
+            raise ToolException(str(e)) from e
+        except ValidationError as e:  # arguments valid alone but not together (caught by our own models)
+            raise ToolException(validation_message(e)) from e
+
+    return wrapped
+
+
+_Runtime = Annotated[ToolRuntime, InjectedToolArg, SkipValidation, PlainSerializer(lambda _v: None), WithJsonSchema({})]
+"""Injected by ToolNode, never validated, serialised or shown to the model."""
+
+
+def _with_runtime(schema: type[BaseModel]) -> type[BaseModel]:
+    """The schema plus the injected ``runtime`` (hidden from the model; our schemas forbid unknown fields)."""
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        schema.__name__,
+        __base__=schema,
+        __config__=None,
+        runtime=(
+            Annotated[
+                ToolRuntime, InjectedToolArg, SkipValidation, PlainSerializer(lambda _v: None), WithJsonSchema({})
+            ],
+            None,
+        ),
+    )
+
+
+def _make(fn: Callable[..., Any], name: str, description: str, schema: type[BaseModel]) -> BaseTool:
+    return StructuredTool.from_function(
+        func=_recoverable(fn),
+        name=name,
+        description=description,
+        args_schema=_with_runtime(schema),
+        response_format="content_and_artifact",
+        handle_tool_error=True,
+        handle_validation_error=validation_message,
+    )
+
+
+# --- conversation state: earlier results and attached images -------------------------------------------------
+
+
+def _messages(runtime: Any) -> list[Any]:
+    state = getattr(runtime, "state", None)
+    if isinstance(state, dict):
+        return list(state.get("messages") or [])
+    return list(getattr(state, "messages", None) or [])
+
+
+def last_results(messages: Iterable[Any]) -> SearchOut | None:
+    """The latest successful ``multimodal_search`` result in a conversation (from its tool message's artifact)."""
+    for m in reversed(list(messages)):
+        if getattr(m, "type", None) == "tool" and getattr(m, "name", None) == "multimodal_search":
+            if getattr(m, "status", "success") == "error" or not m.artifact:
+                continue
+            return SearchOut.model_validate(m.artifact)
+    return None
+
+
+_DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,(.*)$", re.S)
+
+
+def _block_image(block: Any) -> bytes | str | None:
+    """Image bytes (or a reference) from a message content block in the OpenAI or LangChain formats."""
+    if not isinstance(block, dict):
+        return None
+    kind = block.get("type")
+    url = None
+    if kind == "image_url":
+        iu = block.get("image_url")
+        url = iu.get("url") if isinstance(iu, dict) else iu
+    elif kind == "image":
+        raw = block.get("base64") or block.get("data")
+        if isinstance(raw, str):
+            try:
+                return base64.b64decode(raw, validate=False)
+            except (binascii.Error, ValueError):
+                return None
+        url = block.get("url")
+    if not isinstance(url, str):
+        return None
+    m = _DATA_URL.match(url)
+    if m:
+        try:
+            return base64.b64decode(m.group(1))
+        except (binascii.Error, ValueError):
+            return None
+    return url
+
+
+def attached_image(messages: Iterable[Any]) -> bytes | str | None:
+    """The image the user attached most recently: an image block of a human message, or a reference in its
+    ``additional_kwargs["retllm_attachments"]`` (how ``retllm chat --image`` attaches without bloating the state)."""
+    for m in reversed(list(messages)):
+        if getattr(m, "type", None) != "human":
+            continue
+        refs = (getattr(m, "additional_kwargs", None) or {}).get("retllm_attachments") or []
+        if refs:
+            return str(refs[-1])
+        content = getattr(m, "content", None)
+        if isinstance(content, list):
+            for block in reversed(content):
+                found = _block_image(block)
+                if found is not None:
+                    return found
+    return None
+
+
+def _resolve_image(deps: Deps, image: str | None, like: int | None, runtime: Any) -> tuple[str | None, str | None]:
+    """(image reference, text of the liked hit) for a search: a path/URL, the attached image, or an earlier hit."""
+    msgs = _messages(runtime)
+    liked_text = None
+    if like is not None:
+        prev = last_results(msgs)
+        if prev is None:
+            raise ops.ToolInputError("like: there is no earlier search in this conversation to pick a result from")
+        hit = next((h for h in prev.hits if h.rank == like), None)
+        if hit is None:
+            ranks = ", ".join(str(h.rank) for h in prev.hits) or "none"
+            raise ops.ToolInputError(f"like={like}: the previous search has no result with that rank (ranks: {ranks})")
+        if image is not None:
+            raise ops.ToolInputError("give either image or like, not both")
+        if hit.image is None:
+            liked_text = hit.text
+        image = hit.image
+    elif image is not None and image.strip().lower() == "attached":
+        found = attached_image(msgs)
+        if found is None:
+            raise ops.ToolInputError("image='attached' but no image is attached in this conversation")
+        image = deps.keep_image(found) if isinstance(found, bytes) else found
+    return image, liked_text
+
+
+# --- the tools ------------------------------------------------------------------------------------------------
+
+MULTIMODAL_SEARCH = (
+    "Search the image and text collection and get results ranked by a visual judge that looks at every candidate "
+    "(a multimodal LLM scores each one). Search with words, an image, or both. To refine, call again: add words "
+    "or a filter ('only the ones at night'), or use like=N for results similar to result N of the last search. "
+    "Results carry ids, scores (0-1, the judge's probability of a match) and image references. With min_score, "
+    "an empty result means nothing matches well: say so plainly, do not offer weak matches as matches."
+)
+COARSE_SEARCH = (
+    "First stage of retrieval: the k items whose embeddings are most similar to the query (text, image, or "
+    "both). Fast, but not judged: the scores are cosine similarities."
+)
+ADD_ITEMS = "Add images and/or texts to a collection (created when missing). Bad items are skipped and reported."
+DELETE_ITEMS = "Delete items from a collection by id."
+LIST_COLLECTIONS = "List the collections with their item counts and vector sizes."
+
+
+def multimodal_search_tool(deps: Deps | None = None) -> BaseTool:
+    resolve = _resolver(deps)
+
+    def multimodal_search(runtime: ToolRuntime = None, **kwargs: Any) -> tuple[str, dict[str, Any]]:  # type: ignore[assignment]
+        d = resolve(runtime)
+        args = SearchArgs(**kwargs)
+        image, liked_text = _resolve_image(d, args.image, args.like, runtime)
+        if liked_text is not None:  # a text-only hit: search with its text
+            args = args.model_copy(update={"query": " ".join(x for x in (args.query, liked_text) if x)})
+        ref = ops.query_image_ref(d, image, fine=True)
+        writer = getattr(runtime, "stream_writer", None)
+        out = ops.search(d, args, ref, on_event=writer if callable(writer) else None)
+        return ops.summary(out), out.model_dump(mode="json")
+
+    return _make(multimodal_search, "multimodal_search", MULTIMODAL_SEARCH, SearchArgs)
+
+
+def coarse_search_tool(deps: Deps | None = None) -> BaseTool:
+    resolve = _resolver(deps)
+
+    def coarse_search(runtime: ToolRuntime = None, **kwargs: Any) -> tuple[str, dict[str, Any]]:  # type: ignore[assignment]
+        d = resolve(runtime)
+        args = CoarseSearchArgs(**kwargs)
+        image, _ = _resolve_image(d, args.image, None, runtime)
+        ref = ops.query_image_ref(d, image, fine=not d.coarse_only)
+        out = ops.coarse_search(d, args, ref)
+        return ops.summary(out), out.model_dump(mode="json")
+
+    return _make(coarse_search, "coarse_search", COARSE_SEARCH, CoarseSearchArgs)
+
+
+def revisit_image_tool(deps: Deps | None = None) -> BaseTool:
+    """The revisit tool of the retrieval graph: checks the call against the pair's candidate (from the graph's
+    ``candidates`` state) and returns the view's reference; the scoring node shows the view to the MLLM."""
+    resolve = _resolver(deps)
+
+    def revisit_image(runtime: ToolRuntime = None, **kwargs: Any) -> tuple[str, dict[str, Any]]:  # type: ignore[assignment]
+        args = RevisitArgs(**kwargs)
+        state = getattr(runtime, "state", None)
+        cands = (state.get("candidates") if isinstance(state, dict) else getattr(state, "candidates", None)) or []
+        known = {c["id"]: c for c in cands}
+        if args.candidate_id not in known:
+            raise ops.ToolInputError(f"unknown candidate id {args.candidate_id!r}")
+        c = known[args.candidate_id]
+        cand = Candidate(c["id"], c.get("text"), c.get("image"), c.get("coarse_score", 0.0))
+        box = check_revisit(cand, args.model_dump(), resolve(runtime).settings.image_limits)
+        where = f", zoomed to {box}" if box else ""
+        return f"Candidate {cand.id} image{where}.", {"candidate_id": cand.id, "image": cand.image, "box": box}
+
+    return _make(revisit_image, REVISIT_TOOL, REVISIT_DESCRIPTION, RevisitArgs)
+
+
+def add_items_tool(deps: Deps | None = None) -> BaseTool:
+    resolve = _resolver(deps)
+
+    def add_items(runtime: ToolRuntime = None, **kwargs: Any) -> tuple[str, dict[str, Any]]:  # type: ignore[assignment]
+        out = ops.add_items(resolve(runtime), AddItemsArgs(**kwargs))
+        text = f"Added {out.added} item(s) to {out.collection!r}; {out.already_present} already present."
+        if out.skipped:
+            text += " Skipped: " + "; ".join(f"{s['item']}: {s['reason']}" for s in out.skipped)
+        return text, out.model_dump(mode="json")
+
+    return _make(add_items, "add_items", ADD_ITEMS, AddItemsArgs)
+
+
+def delete_items_tool(deps: Deps | None = None) -> BaseTool:
+    resolve = _resolver(deps)
+
+    def delete_items(runtime: ToolRuntime = None, **kwargs: Any) -> tuple[str, dict[str, Any]]:  # type: ignore[assignment]
+        out = ops.delete_items(resolve(runtime), DeleteItemsArgs(**kwargs))
+        text = f"Deleted {out.deleted} item(s) from {out.collection!r}."
+        if out.missing:
+            text += f" Not found: {', '.join(out.missing[:20])}."
+        return text, out.model_dump(mode="json")
+
+    return _make(delete_items, "delete_items", DELETE_ITEMS, DeleteItemsArgs)
+
+
+def list_collections_tool(deps: Deps | None = None) -> BaseTool:
+    resolve = _resolver(deps)
+
+    def list_collections(runtime: ToolRuntime = None) -> tuple[str, dict[str, Any]]:  # type: ignore[assignment]
+        out = ops.list_collections(resolve(runtime))
+        text = "; ".join(f"{c.name} ({c.items} items)" for c in out.collections) or "no collections yet"
+        return text, out.model_dump(mode="json")
+
+    return _make(list_collections, "list_collections", LIST_COLLECTIONS, NoArgs)
+
+
+def build_tools(deps: Deps | None = None) -> list[BaseTool]:
+    """The tools a larger agent uses: ``multimodal_search``, ``add_items``, ``delete_items``, ``list_collections``."""
+    return [multimodal_search_tool(deps), add_items_tool(deps), delete_items_tool(deps), list_collections_tool(deps)]

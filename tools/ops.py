@@ -1,0 +1,196 @@
+"""The operations behind every tool (LangChain tools, the MCP server): plain functions over :mod:`retllm`.
+
+Errors the calling model can fix (bad arguments, an unknown id or collection, an empty collection, an image
+that cannot be read) raise :data:`RECOVERABLE` errors; the tool layers turn them into error messages for the
+model. Anything else (a wrong API key, a model that cannot load, every pair failing) propagates.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from retllm.tools.deps import Deps
+from retllm.tools.schemas import (
+    AddItemsArgs,
+    AddOut,
+    CoarseSearchArgs,
+    CollectionInfo,
+    CollectionsOut,
+    DeleteItemsArgs,
+    DeleteOut,
+    HitOut,
+    SearchArgs,
+    SearchOut,
+)
+
+from retllm.errors import BadItemError, CollectionNotFoundError, EmptyQueryError, RetllmError
+from retllm.events import EventSink
+from retllm.images import is_url
+from retllm.index.base import FilterSpec
+from retllm.ingest import Ingestor, Source
+from retllm.scorers.turns import RevisitError
+from retllm.types import Hit, Item, Query
+
+log = logging.getLogger(__name__)
+
+
+class ToolInputError(RetllmError):
+    """Tool arguments the calling model can fix (the message says how)."""
+
+
+RECOVERABLE: tuple[type[Exception], ...] = (
+    ToolInputError,
+    CollectionNotFoundError,
+    EmptyQueryError,
+    BadItemError,
+    RevisitError,
+)
+
+
+def collection_name(deps: Deps, name: str | None, *, must_exist: bool = True, non_empty: bool = False) -> str:
+    """The collection to use (default from settings), checked to exist (and to hold items)."""
+    name = name or deps.settings.collection
+    index = deps.get_index()
+    if must_exist and not index.exists(name):
+        have = index.list_collections()
+        raise CollectionNotFoundError(
+            f"no collection {name!r}; existing: {', '.join(have) or 'none'} (list_collections shows them)"
+        )
+    if non_empty and index.count(name) == 0:
+        raise ToolInputError(f"collection {name!r} is empty: add items first (add_items)")
+    return name
+
+
+def query_image_ref(deps: Deps, image: str | None, *, fine: bool) -> str | None:
+    """A query image as a reference both stages read: local paths as given (checked), URLs fetched once and kept
+    (unless the scorer fetches URLs itself), so the coarse and fine stages see the same bytes."""
+    if image is None:
+        return None
+    limits = deps.settings.image_limits
+    scorer = deps.get_scorer() if fine else None
+    if is_url(image):
+        if scorer is not None and scorer.prefers_urls:
+            return image
+        return deps.keep_image(limits.read(image))
+    limits.load(image)  # a path that cannot be read is the model's to fix: BadItemError, reported
+    return image
+
+
+def _flt(args: CoarseSearchArgs) -> FilterSpec | None:
+    return dict(args.filter) if args.filter else None
+
+
+def hit_out(h: Hit) -> HitOut:
+    return HitOut(**h.model_dump(include=set(HitOut.model_fields)))
+
+
+def coarse_search(deps: Deps, args: CoarseSearchArgs, image_ref: str | None) -> SearchOut:
+    """The coarse top-k (embedding similarity) for ``args``; ``image_ref`` is the resolved query image."""
+    name = collection_name(deps, args.collection, non_empty=True)
+    query = Query(text=args.query, image=image_ref)
+    using = None if args.vector == "auto" else args.vector
+    hits = deps.retriever(name, fine=False).coarse(query, k=args.k, flt=_flt(args), using=using)
+    return SearchOut(collection=name, query=args.query, image=image_ref, k=args.k, hits=[hit_out(h) for h in hits])
+
+
+def search(deps: Deps, args: SearchArgs, image_ref: str | None, *, on_event: EventSink | None = None) -> SearchOut:
+    """The whole pipeline: coarse top-k, fine scores from the MLLM, re-ranked (what ``retllm search`` does)."""
+    name = collection_name(deps, args.collection, non_empty=True)
+    scorer = deps.get_scorer()
+    min_score = args.min_score if args.min_score is not None else (deps.settings.min_score if scorer else None)
+    if min_score is not None and scorer is None:
+        raise ToolInputError("min_score needs the visual judge, which is off (coarse only); leave min_score out")
+    query = Query(text=args.query, image=image_ref)
+    using = None if args.vector == "auto" else args.vector
+    retriever = deps.retriever(name)
+    hits = retriever.search(
+        query, k=args.k, top=args.top, flt=_flt(args), using=using, min_score=min_score, on_event=on_event
+    )
+    return SearchOut(
+        collection=name,
+        query=args.query,
+        image=image_ref,
+        scorer=scorer.id if scorer is not None else None,
+        k=args.k,
+        min_score=min_score,
+        hits=[hit_out(h) for h in hits],
+    )
+
+
+def list_collections(deps: Deps) -> CollectionsOut:
+    index = deps.get_index()
+    out = []
+    for name in index.list_collections():
+        try:
+            dim: int | None = index.dim(name)
+        except RetllmError:
+            dim = None
+        out.append(CollectionInfo(name=name, items=index.count(name), dim=dim))
+    return CollectionsOut(collections=out)
+
+
+def add_items(deps: Deps, args: AddItemsArgs) -> AddOut:
+    """Ingest items; bad ones are skipped and reported, the rest are added."""
+    name = collection_name(deps, args.collection, must_exist=False)
+    s = deps.settings
+    ingestor = Ingestor(
+        deps.get_embedder(),
+        deps.get_index(),
+        name,
+        blob_dir=s.blob_dir,
+        fusion_weight=s.fusion_weight,
+        limits=s.image_limits,
+        workers=s.decode_workers,
+    )
+    sources = []
+    for i, it in enumerate(args.items):
+        try:
+            sources.append(Source(f"items[{i}]", Item(id=it.id, text=it.text, image=it.image, payload=it.payload)))
+        except ValueError as e:  # an item with neither text nor image
+            sources.append(Source(f"items[{i}]", error=str(e.errors()[0]["msg"]) if hasattr(e, "errors") else str(e)))
+    report = ingestor.run(sources)
+    return AddOut(
+        collection=name,
+        added=report.added,
+        already_present=report.already_present,
+        ids=[report.ids.get(f"items[{i}]") for i in range(len(args.items))],  # type: ignore[misc]
+        skipped=[{"item": origin, "reason": reason} for origin, reason in report.skipped],
+    )
+
+
+def delete_items(deps: Deps, args: DeleteItemsArgs) -> DeleteOut:
+    name = collection_name(deps, args.collection)
+    index = deps.get_index()
+    present = index.existing(name, list(args.ids))
+    missing = [i for i in args.ids if i not in present]
+    n = index.delete(name, [i for i in args.ids if i in present]) if present else 0
+    return DeleteOut(collection=name, deleted=n, missing=missing)
+
+
+def summary(out: SearchOut, *, shown: Sequence[HitOut] | None = None) -> str:
+    """A short text of a search's results for the calling model (the artifact holds everything)."""
+    hits = list(shown if shown is not None else out.hits)
+    what = f"{out.query!r}" if out.query else "the image"
+    if out.query and out.image:
+        what += " with an image"
+    stage = f"re-ranked by {out.scorer}" if out.scorer else "first stage only"
+    if not hits:
+        if out.min_score is not None:
+            return (
+                f"No result for {what} in {out.collection!r} reached min_score {out.min_score:g}: nothing in the "
+                f"collection matches well ({stage}, {out.k} candidates judged)."
+            )
+        return f"No result for {what} in {out.collection!r}."
+    lines = [f"Results for {what} in {out.collection!r} ({stage}, best first):"]
+    for h in hits:
+        score = f"score {h.score:.3f}" if h.score is not None else f"similarity {h.coarse_score:.3f}"
+        bits = [f"{h.rank}. id={h.id}", score]
+        if h.text:
+            bits.append(repr(h.text[:80]))
+        if h.image:
+            bits.append("[image]")
+        if h.payload:
+            bits.append(", ".join(f"{k}={v}" for k, v in list(h.payload.items())[:4]))
+        lines.append(" ".join(bits[:2]) + (" — " + "; ".join(bits[2:]) if bits[2:] else ""))
+    return "\n".join(lines)
