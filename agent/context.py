@@ -2,26 +2,10 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from retllm.tools.deps import Deps
-
-from retllm.settings import Settings
-
-_default: Deps | None = None
-_default_lock = threading.Lock()
-
-
-def default_deps() -> Deps:
-    """One process-wide :class:`Deps` from the environment (``RETLLM_*``), built lazily: models load on first use
-    and are shared by every run that does not bring its own."""
-    global _default
-    with _default_lock:
-        if _default is None:
-            _default = Deps(Settings())
-        return _default
+from retllm.tools.deps import Deps, default_deps
 
 
 @dataclass(kw_only=True)

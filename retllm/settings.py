@@ -101,7 +101,24 @@ class Settings(BaseSettings):
     max_revisits: int = Field(default=1, ge=0, le=8, description="Revisit-image calls allowed per pair.")
     send_image_urls: bool = Field(default=False, description="Send http(s) image URLs as URLs, not data URLs.")
 
-    @field_validator("qdrant_url")
+    chat_model: str = Field(
+        default="openai:gpt-4o-mini",
+        description="Chat model of `retllm chat` (the one that talks and calls the search tool), in LangChain's "
+        "provider:model form (init_chat_model), e.g. openai:gpt-4o-mini, or openai:<name> with RETLLM_CHAT_BASE_URL "
+        "for any OpenAI-compatible server (vLLM, llama.cpp, Ollama).",
+    )
+    chat_base_url: str | None = Field(
+        default=None, description="Base URL of the chat model's OpenAI-compatible server (default: the provider's)."
+    )
+    chat_api_key: SecretStr | None = Field(
+        default=None,
+        description="API key for the chat model (default: the provider's own variable, e.g. OPENAI_API_KEY).",
+    )
+    thumbnail_size: int = Field(
+        default=256, ge=16, le=2048, description="Longest side (px) of result thumbnails (MCP image content)."
+    )
+
+    @field_validator("qdrant_url", "chat_base_url")
     @classmethod
     def _blank_is_none(cls, v: str | None) -> str | None:
         return v or None

@@ -90,3 +90,17 @@ class Deps:
     @property
     def data_dir(self) -> Path:
         return self.settings.data_dir
+
+
+_default: Deps | None = None
+_default_lock = threading.Lock()
+
+
+def default_deps() -> Deps:
+    """One process-wide :class:`Deps` from the environment (``RETLLM_*``), built lazily: models load on first use
+    and are shared by every run that brings no dependencies of its own."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Deps(Settings())
+        return _default

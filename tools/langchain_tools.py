@@ -21,7 +21,7 @@ from langchain_core.tools import BaseTool, InjectedToolArg, StructuredTool, Tool
 from langgraph.prebuilt import ToolRuntime
 from pydantic import BaseModel, PlainSerializer, SkipValidation, ValidationError, WithJsonSchema, create_model
 from retllm.tools import ops
-from retllm.tools.deps import Deps
+from retllm.tools.deps import Deps, default_deps
 from retllm.tools.schemas import (
     AddItemsArgs,
     CoarseSearchArgs,
@@ -53,12 +53,7 @@ def _resolver(deps: Deps | None) -> Callable[[Any], Deps]:
         found = ctx if isinstance(ctx, Deps) else getattr(ctx, "deps", None)
         if callable(found):
             found = found()
-        if not isinstance(found, Deps):
-            raise RuntimeError(
-                "retllm tools need their dependencies: build them with build_tools(Deps(...)) or run them in a "
-                "graph whose context has a `deps` (retllm.agent.context.Context)"
-            )
-        return found
+        return found if isinstance(found, Deps) else default_deps()  # no context: the environment's settings
 
     return resolve
 

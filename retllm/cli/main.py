@@ -28,6 +28,7 @@ app.add_typer(index_app, name="index")
 
 out = Console()
 err = Console(stderr=True)
+log = logging.getLogger(__name__)
 
 
 class _State:
@@ -405,8 +406,23 @@ def show_config() -> None:
     out.print_json(json.dumps(settings().model_dump(mode="json")))  # SecretStr fields dump as "**********"
 
 
+def _plugins() -> None:
+    """Commands that live above the library (``chat``, ``mcp`` from ``retllm.agent``) register themselves
+    through the ``retllm.cli`` entry points, so this module never imports them."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="retllm.cli"):
+        try:
+            register = ep.load()
+        except ImportError as e:  # an extra that is not installed: its commands say so when asked for
+            log.debug("CLI plugin %s not loaded: %s", ep.name, e)
+            continue
+        register(app)
+
+
 def main() -> None:
     """Console entry point: RetllmError becomes one line on stderr and exit code 1."""
+    _plugins()
     try:
         app()
     except RetllmError as e:

@@ -58,7 +58,9 @@ class Switches:
     max_body: int | None = None  # a proxy's body limit (nginx: 1 MiB): larger requests get 413
     images_as_text: bool = False  # a template that prints the content list as text (Llama-3, Gemma)
     faults_hit_probes: bool = False  # fail_5xx / rate_limit also hit the scorer's capability probes
-    revisit_box: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.5, 0.5])  # the zoom the fake asks for
+    revisit_box: Any = field(default_factory=lambda: [0.0, 0.0, 0.5, 0.5])  # the zoom the fake asks for
+    revisit_id: str | None = None  # the candidate id the fake's revisit call names (default: the offered one)
+    revisit_arguments: str | None = None  # raw arguments text of the revisit call (e.g. not JSON at all)
     revisit_forever: bool = False  # every scoring request answers with a revisit_image call, tools offered or not
     chat_models: list[str] = field(default_factory=lambda: ["chat-model"])  # served by chat_script, not the scorer
     chat_script: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # request body -> assistant message
@@ -316,13 +318,13 @@ def _completion(body: dict[str, Any], fake: FakeOpenAI) -> dict[str, Any]:
     tools = body.get("tools")
     revisited = any(m.get("role") == "tool" for m in messages)
     if tools and not sw.ignore_tools and sw.tool_call_first and not revisited and not is_probe(body):
-        cid = tools[0]["function"]["parameters"]["properties"]["candidate_id"]["enum"][0]
+        cid = sw.revisit_id or tools[0]["function"]["parameters"]["properties"]["candidate_id"]["enum"][0]
         call = {
             "id": f"call_{len(messages)}",
             "type": "function",
             "function": {
                 "name": "revisit_image",
-                "arguments": json.dumps({"candidate_id": cid, "box": sw.revisit_box}),
+                "arguments": sw.revisit_arguments or json.dumps({"candidate_id": cid, "box": sw.revisit_box}),
             },
         }
         msg = {"role": "assistant", "content": None, "tool_calls": [call]}
@@ -337,7 +339,10 @@ def _completion(body: dict[str, Any], fake: FakeOpenAI) -> dict[str, Any]:
     key = _key(messages)
     if revisited and sw.tool_call_first:  # the answer depends on seeing the region that was asked for
         imgs = _images(messages)
-        ok = len(imgs) >= 2 and crop_matches(imgs[0], imgs[-1], sw.revisit_box)
+        box = sw.revisit_box
+        numbers = isinstance(box, list) and len(box) == 4 and all(isinstance(v, int | float) for v in box)
+        well_formed = numbers and box[0] < box[2] and box[1] < box[3]
+        ok = len(imgs) >= 2 and well_formed and crop_matches(imgs[0], imgs[-1], box)
         with fake._lock:
             fake.crop_checks.append(ok)
         if not ok:

@@ -1,0 +1,132 @@
+"""``retllm chat``: the terminal front end of the chat graph (live stage progress, results as tables)."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from retllm.agent.chat import build_chat_graph, chat_db, open_checkpointer
+from retllm.agent.context import Context
+from retllm.tools.deps import Deps
+from retllm.tools.schemas import SearchOut
+from rich.console import Console
+from rich.table import Table
+
+from retllm.errors import BadItemError
+from retllm.settings import Settings
+
+out = Console()
+err = Console(stderr=True)
+
+ATTACHED_NOTE = "(I attached an image; search with image='attached' to use it.)"
+
+
+def _lines(messages: list[str] | None) -> Iterator[str]:
+    if messages:
+        yield from messages
+        return
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            err.print("[bold]you>[/bold] ", end="")
+        line = sys.stdin.readline()
+        if not line:
+            return
+        if line.strip():
+            yield line.strip()
+
+
+def results_table(res: SearchOut) -> Table:
+    t = Table(title=f"{len(res.hits)} result(s) from {res.collection!r}" + (f" by {res.scorer}" if res.scorer else ""))
+    for col in ("rank", "id", "score", "method", "was", "revisits", "text", "image"):
+        t.add_column(col, overflow="fold")
+    for h in res.hits:
+        t.add_row(
+            str(h.rank),
+            h.id[:12],
+            "" if h.score is None else f"{h.score:.3f}",
+            h.method or "",
+            f"#{h.coarse_rank}" if h.coarse_rank else "",
+            str(h.revisits or 0),
+            (h.text or "")[:40],
+            Path(h.image).name if h.image else "",
+        )
+    return t
+
+
+def _progress(event: dict[str, Any]) -> str | None:
+    kind = event.get("event")
+    if kind == "stage":
+        return f"{event['stage']}: {event['n']} candidate(s)"
+    if kind == "candidate":
+        score = event.get("score")
+        shown = "not scored" if score is None else f"{score:.3f} ({event.get('method')})"
+        return f"scored {event['done']}/{event['of']}: {event['id'][:12]} {shown}"
+    if kind == "revisit":
+        return f"revisit {event['status']}: {event['id'][:12]} {event.get('box') or ''}".rstrip()
+    return None
+
+
+def _human(text: str, image: str | None) -> HumanMessage:
+    if image is None:
+        return HumanMessage(content=text)
+    return HumanMessage(content=f"{text}\n{ATTACHED_NOTE}", additional_kwargs={"retllm_attachments": [image]})
+
+
+def run_turn(graph: Any, deps: Deps, thread: str, message: HumanMessage) -> str:
+    """Send one message; show progress and result tables as they come; returns the model's answer."""
+    config = {"configurable": {"thread_id": thread}}
+    answer = ""
+    with err.status("thinking...") as status:
+        for mode, chunk in graph.stream(
+            {"messages": [message]}, config, context=Context(deps=deps), stream_mode=["custom", "updates"]
+        ):
+            if mode == "custom" and isinstance(chunk, dict):
+                line = _progress(chunk)
+                if line:
+                    status.update(line)
+                continue
+            for update in (chunk or {}).values():
+                for m in (update or {}).get("messages", []) if isinstance(update, dict) else []:
+                    if isinstance(m, ToolMessage) and m.name == "multimodal_search":
+                        if m.status == "error" or not m.artifact:
+                            err.print(f"search refused: {m.content}", highlight=False, markup=False)
+                        else:
+                            out.print(results_table(SearchOut.model_validate(m.artifact)))
+                    elif isinstance(m, AIMessage) and not m.tool_calls and m.content:
+                        answer = m.text if hasattr(m, "text") else str(m.content)
+    return answer
+
+
+def run_chat(
+    settings: Settings, *, thread: str | None = None, image: Path | None = None, messages: Iterable[str] | None = None
+) -> None:
+    thread = thread or uuid.uuid4().hex[:12]
+    deps = Deps(settings)
+    saver = open_checkpointer(chat_db(settings))
+    try:
+        graph = build_chat_graph(deps, checkpointer=saver)
+        previous = graph.get_state({"configurable": {"thread_id": thread}}).values.get("messages", [])
+        err.print(
+            f"thread {thread}" + (f" (resumed, {len(previous)} messages)" if previous else "") + "; resume with: "
+            f"retllm chat --thread {thread}",
+            highlight=False,
+        )
+        attach = None
+        if image is not None:
+            try:
+                attach = deps.keep_image(image.read_bytes())
+            except OSError as e:
+                raise BadItemError(f"--image {image}: {e.strerror or e}") from e
+        for text in _lines(list(messages) if messages else None):
+            answer = run_turn(graph, deps, thread, _human(text, attach))
+            attach = None  # attached to the first message only
+            out.print(answer, highlight=False, markup=False)
+        err.print(f"thread {thread}", highlight=False)
+    finally:
+        saver.conn.close()
+        deps.close()

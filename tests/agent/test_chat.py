@@ -1,0 +1,172 @@
+"""Chat-style search: a scripted chat model (served by the local OpenAI-compatible server, streamed or not) calls
+multimodal_search across turns; the conversation is checkpointed in SQLite and survives a reopen."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.messages import HumanMessage, ToolMessage
+from retllm.agent.chat import build_chat_graph, chat_db, make_chat_model, open_checkpointer
+from retllm.agent.context import Context
+
+from tests.agent.conftest import deps_from, ingest
+from tests.e2e.cli import run
+from tests.fakes.openai_server import ChatScript, Switches, fake_openai, tool_call
+
+
+def _manifest(tmp_path: Path, images: list[Path]) -> Path:
+    times = ["night", "day", "night", "day", "night"]
+    lines = [
+        json.dumps({"id": f"scene{i}", "image": str(p), "text": f"a street scene {i}", "time": times[i]})
+        for i, p in enumerate(images)
+    ]
+    m = tmp_path / "items.jsonl"
+    m.write_text("\n".join(lines) + "\n")
+    return m
+
+
+def _tool_text(body: dict[str, Any]) -> str:
+    return next(m["content"] for m in reversed(body["messages"]) if m["role"] == "tool")
+
+
+def _echo_top(body: dict[str, Any]) -> dict[str, Any]:
+    """The scripted model's answer: the top id it read in the tool result (so the test sees what it was shown)."""
+    text = _tool_text(body)
+    m = re.search(r"1\. id=(\S+)", text)
+    return {"content": f"Best match: {m.group(1)}" if m else f"Nothing matches. ({text[:60]})"}
+
+
+def _env(cli_env: dict[str, str], fake_url: str, **extra: str) -> dict[str, str]:
+    return {
+        **cli_env,
+        "RETLLM_SCORER": "openai:fake-vlm",
+        "RETLLM_OPENAI_BASE_URL": fake_url,
+        "OPENAI_API_KEY": "k",
+        "RETLLM_CHAT_MODEL": "openai:chat-model",
+        "RETLLM_CHAT_BASE_URL": fake_url,
+        **extra,
+    }
+
+
+def _tool_messages(state: dict[str, Any]) -> list[ToolMessage]:
+    return [m for m in state["messages"] if isinstance(m, ToolMessage)]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_chat_refines_across_turns_and_survives_a_reopened_checkpoint(
+    cli_env, scene_images, tmp_path, streaming
+) -> None:
+    attachment = scene_images[3].read_bytes()
+    script = ChatScript(
+        [
+            tool_call("multimodal_search", {"query": "a street", "k": 5, "top": 5}),
+            _echo_top,
+            # "only the ones at night": a payload filter
+            tool_call("multimodal_search", {"query": "a street", "filter": {"time": "night"}, "k": 5}),
+            _echo_top,
+            # "more like the second one": resolved from the last results in state, not from the model's memory
+            tool_call("multimodal_search", {"like": 2, "k": 5}),
+            _echo_top,
+            # an attached image
+            tool_call("multimodal_search", {"image": "attached", "k": 3}),
+            _echo_top,
+            # nothing good enough: an honest empty answer
+            tool_call("multimodal_search", {"query": "a unicorn", "k": 5, "min_score": 0.999}),
+            _echo_top,
+        ]
+    )
+    with fake_openai(Switches(chat_script=script)) as fake:
+        env = _env(cli_env, fake.url)
+        ingest(env, [_manifest(tmp_path, scene_images)])
+        with deps_from(env) as deps:
+            model = make_chat_model(deps.settings)
+            model.streaming = streaming
+            cfg = {"configurable": {"thread_id": "t1"}}
+
+            def turn(msg: HumanMessage) -> dict[str, Any]:
+                saver = open_checkpointer(chat_db(deps.settings))  # a fresh connection per turn: a restart
+                try:
+                    g = build_chat_graph(deps, model=model, checkpointer=saver)
+                    return g.invoke({"messages": [msg]}, cfg, context=Context(deps=deps))
+                finally:
+                    saver.conn.close()
+
+            s1 = turn(HumanMessage("find street scenes"))
+            s2 = turn(HumanMessage("only the ones at night"))
+            s3 = turn(HumanMessage("more like the second one"))
+            url = "data:image/png;base64," + base64.b64encode(attachment).decode()
+            s4 = turn(
+                HumanMessage([{"type": "text", "text": "like this"}, {"type": "image_url", "image_url": {"url": url}}])
+            )  # noqa: E501
+            s5 = turn(HumanMessage("a unicorn please"))
+    first = _tool_messages(s1)[-1].artifact
+    assert len(first["hits"]) == 5 and s1["messages"][-1].content == f"Best match: {first['hits'][0]['id']}"
+    # The second turn's request carries the first turn's conversation: the checkpoint was reopened from disk.
+    roles = [m["role"] for m in script.bodies[2]["messages"]]
+    assert roles == ["system", "user", "assistant", "tool", "assistant", "user"]
+    night = _tool_messages(s2)[-1].artifact
+    assert night["hits"] and all(h["payload"]["time"] == "night" for h in night["hits"])
+    liked = _tool_messages(s3)[-1].artifact
+    second = next(h for h in night["hits"] if h["rank"] == 2)
+    assert liked["image"] == second["image"] and second["id"] in [h["id"] for h in liked["hits"]]
+    attached = _tool_messages(s4)[-1].artifact
+    assert Path(attached["image"]).read_bytes() == attachment and "scene3" in [h["id"] for h in attached["hits"]]
+    nothing = _tool_messages(s5)[-1]
+    assert nothing.artifact["hits"] == [] and "nothing in the collection matches well" in nothing.content
+    assert s5["messages"][-1].content.startswith("Nothing matches.")
+    assert len(s5["messages"]) == 20 and script.exhausted
+
+
+def test_chat_tool_errors_go_back_to_the_model(cli_env, scene_images, tmp_path) -> None:
+    script = ChatScript(
+        [
+            tool_call("multimodal_search", {"query": "x", "k": 0}),
+            tool_call("multimodal_search", {"like": 3}),
+            tool_call("multimodal_search", {"query": "x", "collection": "nope"}),
+            {"content": "I could not search."},
+        ]
+    )
+    with fake_openai(Switches(chat_script=script)) as fake:
+        env = _env(cli_env, fake.url)
+        ingest(env, scene_images[:2])
+        with deps_from(env) as deps:
+            g = build_chat_graph(deps)
+            out = g.invoke({"messages": [HumanMessage("search")]}, context=Context(deps=deps))
+    errs = [m for m in _tool_messages(out)]
+    assert [m.status for m in errs] == ["error"] * 3
+    assert "k: Input should be greater than or equal to 1" in errs[0].content
+    assert "no earlier search" in errs[1].content and "no collection 'nope'" in errs[2].content
+    assert out["messages"][-1].content == "I could not search."
+
+
+def test_retllm_chat_cli_resumes_a_thread(cli_env, scene_images, tmp_path) -> None:
+    script = ChatScript(
+        [
+            tool_call("multimodal_search", {"query": "a street", "k": 4, "top": 3}),
+            _echo_top,
+            tool_call("multimodal_search", {"like": 1, "k": 4, "top": 2}),
+            _echo_top,
+            tool_call("multimodal_search", {"image": "attached", "k": 2}),
+            _echo_top,
+        ]
+    )
+    with fake_openai(Switches(chat_script=script)) as fake:
+        env = {**_env(cli_env, fake.url), "COLUMNS": "200"}
+        ingest(env, scene_images)
+        r1 = run(["chat", "-m", "find street scenes"], env)
+        assert r1.returncode == 0, r1.stderr
+        thread = re.search(r"thread (\w+)", r1.stderr).group(1)
+        r2 = run(["chat", "--thread", thread, "-m", "more like the first one"], env)
+        assert r2.returncode == 0, r2.stderr
+        r3 = run(["chat", "--image", str(scene_images[4]), "-m", "like this"], env)
+        assert r3.returncode == 0, r3.stderr
+    assert "result(s) from 'default'" in r1.stdout and "Best match:" in r1.stdout
+    assert "resumed, 4 messages" in r2.stderr and "Best match:" in r2.stdout
+    assert [m["role"] for m in script.bodies[2]["messages"]][:5] == ["system", "user", "assistant", "tool", "assistant"]
+    assert "attached an image" in script.bodies[4]["messages"][-1]["content"]
+    assert "Best match:" in r3.stdout
