@@ -15,7 +15,7 @@ import binascii
 import functools
 import re
 from collections.abc import Callable, Iterable
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from langchain_core.tools import BaseTool, InjectedToolArg, StructuredTool, ToolException
 from langgraph.prebuilt import ToolRuntime
@@ -41,7 +41,7 @@ def validation_message(e: ValidationError) -> str:
     lines = []
     for err in e.errors():
         where = ".".join(str(x) for x in err["loc"]) or "arguments"
-        lines.append(f"{where}: {err['msg']}")
+        lines.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
     return "Invalid arguments, fix and call again:\n" + "\n".join(lines)
 
 
@@ -67,11 +67,11 @@ def _recoverable(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except ops.RECOVERABLE as e:
             raise ToolException(str(e)) from e
-        except ValidationError as e:  # arguments valid alone but not together (caught by our own models)
-            raise ToolException(validation_message(e)) from e
 
     return wrapped
 
+
+M = TypeVar("M", bound=BaseModel)
 
 _Runtime = Annotated[ToolRuntime, InjectedToolArg, SkipValidation, PlainSerializer(lambda _v: None), WithJsonSchema({})]
 """Injected by ToolNode, never validated, serialised or shown to the model."""
@@ -90,6 +90,14 @@ def _with_runtime(schema: type[BaseModel]) -> type[BaseModel]:
             None,
         ),
     )
+
+
+def _args(model: type[M], kwargs: dict[str, Any]) -> M:
+    """The validated arguments; problems go back to the model (the schema checks fields, this their combination)."""
+    try:
+        return model(**kwargs)
+    except ValidationError as e:
+        raise ToolException(validation_message(e)) from e
 
 
 def _make(fn: Callable[..., Any], name: str, description: str, schema: type[BaseModel]) -> BaseTool:
@@ -221,7 +229,7 @@ def multimodal_search_tool(deps: Deps | None = None) -> BaseTool:
 
     def multimodal_search(runtime: ToolRuntime = None, **kwargs: Any) -> tuple[str, dict[str, Any]]:  # type: ignore[assignment]
         d = resolve(runtime)
-        args = SearchArgs(**kwargs)
+        args = _args(SearchArgs, kwargs)
         image, liked_text = _resolve_image(d, args.image, args.like, runtime)
         if liked_text is not None:  # a text-only hit: search with its text
             args = args.model_copy(update={"query": " ".join(x for x in (args.query, liked_text) if x)})
@@ -238,7 +246,7 @@ def coarse_search_tool(deps: Deps | None = None) -> BaseTool:
 
     def coarse_search(runtime: ToolRuntime = None, **kwargs: Any) -> tuple[str, dict[str, Any]]:  # type: ignore[assignment]
         d = resolve(runtime)
-        args = CoarseSearchArgs(**kwargs)
+        args = _args(CoarseSearchArgs, kwargs)
         image, _ = _resolve_image(d, args.image, None, runtime)
         ref = ops.query_image_ref(d, image, fine=not d.coarse_only)
         out = ops.coarse_search(d, args, ref)
@@ -253,7 +261,7 @@ def revisit_image_tool(deps: Deps | None = None) -> BaseTool:
     resolve = _resolver(deps)
 
     def revisit_image(runtime: ToolRuntime = None, **kwargs: Any) -> tuple[str, dict[str, Any]]:  # type: ignore[assignment]
-        args = RevisitArgs(**kwargs)
+        args = _args(RevisitArgs, kwargs)
         state = getattr(runtime, "state", None)
         cands = (state.get("candidates") if isinstance(state, dict) else getattr(state, "candidates", None)) or []
         known = {c["id"]: c for c in cands}
@@ -272,7 +280,7 @@ def add_items_tool(deps: Deps | None = None) -> BaseTool:
     resolve = _resolver(deps)
 
     def add_items(runtime: ToolRuntime = None, **kwargs: Any) -> tuple[str, dict[str, Any]]:  # type: ignore[assignment]
-        out = ops.add_items(resolve(runtime), AddItemsArgs(**kwargs))
+        out = ops.add_items(resolve(runtime), _args(AddItemsArgs, kwargs))
         text = f"Added {out.added} item(s) to {out.collection!r}; {out.already_present} already present."
         if out.skipped:
             text += " Skipped: " + "; ".join(f"{s['item']}: {s['reason']}" for s in out.skipped)
@@ -285,7 +293,7 @@ def delete_items_tool(deps: Deps | None = None) -> BaseTool:
     resolve = _resolver(deps)
 
     def delete_items(runtime: ToolRuntime = None, **kwargs: Any) -> tuple[str, dict[str, Any]]:  # type: ignore[assignment]
-        out = ops.delete_items(resolve(runtime), DeleteItemsArgs(**kwargs))
+        out = ops.delete_items(resolve(runtime), _args(DeleteItemsArgs, kwargs))
         text = f"Deleted {out.deleted} item(s) from {out.collection!r}."
         if out.missing:
             text += f" Not found: {', '.join(out.missing[:20])}."

@@ -24,10 +24,10 @@ from retllm.tools.schemas import (
     SearchOut,
 )
 
-from retllm.errors import BadItemError, CollectionNotFoundError, EmptyQueryError, RetllmError
+from retllm.errors import BadItemError, CollectionNotFoundError, ConfigError, EmptyQueryError, RetllmError
 from retllm.events import EventSink
 from retllm.images import is_url
-from retllm.index.base import FilterSpec
+from retllm.index.base import FilterSpec, check_collection_name
 from retllm.ingest import Ingestor, Source
 from retllm.scorers.turns import RevisitError
 from retllm.types import Hit, Item, Query
@@ -51,6 +51,10 @@ RECOVERABLE: tuple[type[Exception], ...] = (
 def collection_name(deps: Deps, name: str | None, *, must_exist: bool = True, non_empty: bool = False) -> str:
     """The collection to use (default from settings), checked to exist (and to hold items)."""
     name = name or deps.settings.collection
+    try:
+        check_collection_name(name)
+    except ConfigError as e:
+        raise ToolInputError(str(e)) from e
     index = deps.get_index()
     if must_exist and not index.exists(name):
         have = index.list_collections()
@@ -154,7 +158,7 @@ def add_items(deps: Deps, args: AddItemsArgs) -> AddOut:
         collection=name,
         added=report.added,
         already_present=report.already_present,
-        ids=[report.ids.get(f"items[{i}]") for i in range(len(args.items))],  # type: ignore[misc]
+        ids=[report.ids.get(f"items[{i}]") for i in range(len(args.items))],
         skipped=[{"item": origin, "reason": reason} for origin, reason in report.skipped],
     )
 

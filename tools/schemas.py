@@ -147,7 +147,7 @@ class AddOut(BaseModel):
     collection: str
     added: int
     already_present: int
-    ids: list[str] = Field(description="Ids of the items given, in order (null where the item was skipped).")
+    ids: list[str | None] = Field(description="Ids of the items given, in order (null where the item was skipped).")
     skipped: list[dict[str, str]] = Field(description="Items that could not be added, with the reason.")
 
 
