@@ -29,10 +29,13 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import torch
 
+from retllm.scorers.base import Candidate
+from retllm.types import Query
 from tests.fakes import tiny_vlm
 from tests.fakes.llama_server import converter, llama_server
 from tests.fakes.tiny_lm import LM_CORPUS
@@ -50,7 +53,7 @@ sys.argv = ["convert_hf_to_gguf.py", *sys.argv[2:]]
 cv.main()
 """
 
-VISION = {
+VISION: dict[str, dict[str, Any]] = {
     "qwen2_vl": dict(depth=3),
     # window attention: 56-px windows (2x2 visual tokens), every 2nd block full attention
     "qwen2_5_vl": dict(depth=4, fullatt_block_indexes=[1, 3]),
@@ -121,21 +124,17 @@ def parity_images(folder: Path, sizes: list[tuple[int, int]] | None = None) -> l
 CAPTIONS = ["a red circle", "a blue square on a white background"]
 
 
-def parity_pairs(images: list[Path]) -> list[tuple[object, list[object]]]:
+def parity_pairs(images: list[Path]) -> list[tuple[Query, list[Candidate]]]:
     """(query, candidates) runs over the parity images: text->image (one caption, every image),
     image->text (three images, both captions) and image->image (the first image against the next three)."""
-    from retllm.scorers.base import Candidate
-    from retllm.types import Query
-
     imgs = [Candidate(f"i{k}", image=str(p)) for k, p in enumerate(images)]
     texts = [Candidate(f"t{k}", text=t) for k, t in enumerate(CAPTIONS)]
-    runs: list[tuple[object, list[object]]] = [(Query(text=CAPTIONS[0]), imgs)]
+    runs: list[tuple[Query, list[Candidate]]] = [(Query(text=CAPTIONS[0]), imgs)]
     runs += [(Query(image=str(p)), texts) for p in images[:3]]
     runs += [(Query(image=str(images[0])), imgs[1:4])]
     return runs
 
 
-def label(x: object) -> str:
+def label(x: Query | Candidate) -> str:
     """A query's or candidate's text, or its image's file name."""
-    text, image = getattr(x, "text", None), getattr(x, "image", None)
-    return str(text) if text else f"image {Path(str(image)).name}"
+    return x.text if x.text else f"image {Path(str(x.image)).name}"
