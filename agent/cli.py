@@ -33,12 +33,15 @@ def register(app: typer.Typer) -> None:
     def mcp(
         http: Annotated[
             str | None,
-            typer.Option("--http", help="Serve streamable HTTP on HOST:PORT instead of stdio."),
+            typer.Option("--http", help="Serve streamable HTTP on HOST:PORT instead of stdio (loopback only)."),
         ] = None,
+        insecure: Annotated[
+            bool, typer.Option("--insecure", help="Allow --http on a non-loopback address (no authentication!).")
+        ] = False,
     ) -> None:
         """Serve the search, add, delete and list-collections tools over MCP (stdio by default)."""
         from retllm.tools.mcp_server import serve
 
         from retllm.cli.main import settings
 
-        serve(settings(), http=http)
+        serve(settings(), http=http, insecure=insecure)

@@ -129,7 +129,11 @@ class Retriever:
             return hits
         if on_event is not None:
             on_event(events.stage("fine", len(hits)))
-        scores = self.scorer.score(query, candidates_of(hits, candidate_text=candidate_text), on_event=on_event)
+        cands = candidates_of(hits, candidate_text=candidate_text)
+        if type(self.scorer).score is Scorer.score:
+            scores = self.scorer.score(query, cands, on_event=on_event)
+        else:  # a scorer written against the older API (score() only): no per-candidate events
+            scores = self.scorer.score(query, cands)
         return finish_rerank(hits, scores, min_score=min_score)
 
 

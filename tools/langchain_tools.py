@@ -36,15 +36,6 @@ from retllm.scorers.base import Candidate
 from retllm.scorers.turns import REVISIT_DESCRIPTION, REVISIT_TOOL, check_revisit
 
 
-def validation_message(e: ValidationError) -> str:
-    """Every problem with the arguments, one per line, worded for the model that sent them."""
-    lines = []
-    for err in e.errors():
-        where = ".".join(str(x) for x in err["loc"]) or "arguments"
-        lines.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
-    return "Invalid arguments, fix and call again:\n" + "\n".join(lines)
-
-
 def _resolver(deps: Deps | None) -> Callable[[Any], Deps]:
     def resolve(runtime: Any) -> Deps:
         if deps is not None:
@@ -97,7 +88,7 @@ def _args(model: type[M], kwargs: dict[str, Any]) -> M:
     try:
         return model(**kwargs)
     except ValidationError as e:
-        raise ToolException(validation_message(e)) from e
+        raise ToolException(ops.validation_message(e)) from e
 
 
 def _make(fn: Callable[..., Any], name: str, description: str, schema: type[BaseModel]) -> BaseTool:
@@ -108,7 +99,7 @@ def _make(fn: Callable[..., Any], name: str, description: str, schema: type[Base
         args_schema=_with_runtime(schema),
         response_format="content_and_artifact",
         handle_tool_error=True,
-        handle_validation_error=validation_message,
+        handle_validation_error=ops.validation_message,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from pydantic import ValidationError
 from retllm.tools.deps import Deps
 from retllm.tools.schemas import (
     AddItemsArgs,
@@ -46,6 +47,15 @@ RECOVERABLE: tuple[type[Exception], ...] = (
     BadItemError,
     RevisitError,
 )
+
+
+def validation_message(e: ValidationError) -> str:
+    """Every problem with the arguments, one per line, worded for the model that sent them (all tool front ends)."""
+    lines = []
+    for err in e.errors():
+        where = ".".join(str(x) for x in err["loc"]) or "arguments"
+        lines.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+    return "Invalid arguments, fix and call again:\n" + "\n".join(lines)
 
 
 def collection_name(deps: Deps, name: str | None, *, must_exist: bool = True, non_empty: bool = False) -> str:

@@ -98,7 +98,7 @@ class DeleteItemsArgs(_Args):
     """Arguments of ``delete_items``."""
 
     ids: list[str] = Field(min_length=1, max_length=10000, description="Ids of the items to delete.")
-    collection: str | None = Field(default=None, description=_COLLECTION)
+    collection: str | None = Field(default=None, description="Collection to delete from (default: the configured one).")
 
 
 class HitOut(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from abc import ABC, abstractmethod
+from abc import ABC
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -169,14 +169,29 @@ class Scorer(ABC):
     def check_query(self, query: Query, candidates: Sequence[Candidate]) -> None:  # noqa: B027 - optional hook
         """Raise :class:`ConfigError` when no pair of this query can be judged (a text-only model, images)."""
 
-    @abstractmethod
     def step(self, turns: Sequence[Turn]) -> None:
         """Advance every ready turn (neither done nor waiting on a revisit) by one model call, in place.
 
         Every stepped turn either finishes (``turn.score`` set: scored or fallen back) or waits on revisit calls
         (``turn.pending``); a turn never waits past :attr:`max_revisits` revisits. A configuration problem
         raises, as :meth:`score` does.
+
+        Backends implement this (ours do). A scorer written against the older API that overrides only
+        :meth:`score` still works: its turns are scored per query with one :meth:`score` call each.
         """
+        if type(self).score is Scorer.score:
+            raise NotImplementedError(f"{type(self).__name__} implements neither step() nor score()")
+        from retllm.scorers.turns import query_key
+
+        groups: dict[object, list[Turn]] = {}
+        for t in turns:
+            if t.ready:
+                groups.setdefault((id(t.query), query_key(t.query)), []).append(t)
+        for group in groups.values():
+            scores = self.score(group[0].query, [t.candidate for t in group])
+            for t, sc in zip(group, scores, strict=True):
+                t.steps += 1
+                t.finish(sc)
 
     def apply_revisit(self, turn: Turn, call: ToolCall) -> None:
         """Answer one pending call of ``turn`` the way the ``revisit_image`` tool does: checked, then a view."""
