@@ -73,15 +73,59 @@ def chat_db(settings: Settings) -> Path:
     return settings.data_dir / "chat.sqlite"
 
 
+ATTACHED_NOTE = "(I attached an image; search with image='attached' to use it.)"
+
+
+def slim_attachments(messages: list[Any], deps: Deps) -> list[Any]:
+    """User messages whose inline images (data URLs, base64 blocks) are kept on disk by content and replaced by
+    references (``additional_kwargs["retllm_attachments"]``, what ``image='attached'`` reads), under the same
+    message ids: checkpoints then hold a path per image, not megabytes of base64 in every later checkpoint.
+    Returns only the messages that changed."""
+    from langchain_core.messages import HumanMessage
+    from retllm.tools.langchain_tools import block_image
+
+    out = []
+    for m in messages:
+        if not isinstance(m, HumanMessage) or not isinstance(m.content, list):
+            continue
+        refs, text, changed = [], [], False
+        for block in m.content:
+            found = block_image(block)
+            if isinstance(found, bytes):
+                refs.append(deps.keep_image(found))
+                changed = True
+            elif found is not None:  # an http(s) URL or a path: kept as the reference itself
+                refs.append(found)
+                changed = True
+            elif isinstance(block, dict) and block.get("type") == "text":
+                text.append(str(block.get("text", "")))
+            elif isinstance(block, str):
+                text.append(block)
+        if changed:
+            kwargs = dict(m.additional_kwargs)
+            kwargs["retllm_attachments"] = [*kwargs.get("retllm_attachments", []), *refs]
+            body = "\n".join(t for t in text if t)
+            out.append(HumanMessage(content=f"{body}\n{ATTACHED_NOTE}".strip(), additional_kwargs=kwargs, id=m.id))
+    return out
+
+
 def build_chat_graph(deps: Deps | None = None, *, model: Any = None, checkpointer: Any = None) -> Any:
     """The compiled chat graph. ``model``: any LangChain chat model with tool calling (default from settings)."""
     from langchain.agents import create_agent
+    from langchain.agents.middleware import before_agent
+    from retllm.agent.context import deps_of
+
+    @before_agent
+    def keep_attachments(state: Any, runtime: Any) -> dict[str, Any] | None:
+        slim = slim_attachments(list(state["messages"]), deps_of(runtime.context, deps))
+        return {"messages": slim} if slim else None
 
     settings = (deps or default_deps()).settings
     return create_agent(
         model if model is not None else make_chat_model(settings),
         build_tools(deps),
         system_prompt=system_prompt(),
+        middleware=[keep_attachments],
         checkpointer=checkpointer,
         context_schema=Context,
         name="chat",

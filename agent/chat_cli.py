@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
-from retllm.agent.chat import build_chat_graph, chat_db, open_checkpointer
+from retllm.agent.chat import ATTACHED_NOTE, build_chat_graph, chat_db, open_checkpointer
 from retllm.agent.context import Context
 from retllm.tools.deps import Deps
 from retllm.tools.schemas import SearchOut
@@ -21,8 +21,6 @@ from retllm.settings import Settings
 
 out = Console()
 err = Console(stderr=True)
-
-ATTACHED_NOTE = "(I attached an image; search with image='attached' to use it.)"
 
 
 def _lines(messages: list[str] | None) -> Iterator[str]:

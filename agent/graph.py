@@ -1,7 +1,8 @@
 """The retrieval graph, wired top to bottom:
 
     START -> plan -> coarse_search (ToolNode) -> score <-> revisit (ToolNode) -> rank -> END
-                                  \\-> failed -> END   (the coarse search refused its arguments)
+              |                  |
+              +------------------+--> failed -> END   (the request, or the coarse search's arguments, refused)
 
 ``build_graph(deps)`` compiles it for callers with their own dependencies; the module-level ``graph`` takes them
 from the run's context (:class:`~retllm.agent.context.Context`) or the environment, for ``langgraph.json``.
@@ -14,7 +15,7 @@ from typing import Any
 from langgraph.graph import END, START, StateGraph
 from langgraph.prebuilt import ToolNode
 from retllm.agent.context import Context
-from retllm.agent.nodes import RetrievalNodes, coarse_failed, needs_revisit
+from retllm.agent.nodes import RetrievalNodes, coarse_failed, needs_revisit, request_refused
 from retllm.agent.state import InputState, State
 from retllm.tools.deps import Deps
 from retllm.tools.langchain_tools import coarse_search_tool, revisit_image_tool
@@ -34,7 +35,7 @@ def build_graph(deps: Deps | None = None, *, checkpointer: Any = None) -> Any:
     builder.add_node("rank", nodes.rank)
 
     builder.add_edge(START, "plan")
-    builder.add_edge("plan", "coarse_search")
+    builder.add_conditional_edges("plan", request_refused, {True: "failed", False: "coarse_search"})
     builder.add_conditional_edges("coarse_search", coarse_failed, {True: "failed", False: "score"})
     builder.add_edge("failed", END)
     builder.add_conditional_edges("score", needs_revisit, ["revisit", "score", "rank"])

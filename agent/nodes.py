@@ -52,14 +52,19 @@ class RetrievalNodes:
 
     # --- START -> coarse search ------------------------------------------------------------------------
 
-    def plan_search(self, state: State) -> dict[str, Any]:
-        """Turn the request into a ``coarse_search`` tool call (run by the ToolNode that follows)."""
+    def plan_search(self, state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+        """Turn the request into a ``coarse_search`` tool call (run by the ToolNode that follows). A thread that is
+        reused starts over: the last run's pool, turns and hits are cleared."""
+        fresh: dict[str, Any] = {"search": None, "candidates": [], "turns": [], "hits": [], "error": None}
+        if state.min_score is not None and self._deps(runtime).get_scorer() is None:
+            error = "min_score filters fine scores: it needs the fine stage (a scorer, not coarse-only)"
+            return {**fresh, "error": error}
         args: dict[str, Any] = {"k": state.k, "vector": state.vector}
         for key in ("query", "image", "collection", "filter"):
             if getattr(state, key) is not None:
                 args[key] = getattr(state, key)
         call = {"name": COARSE_CALL, "args": args, "id": f"coarse-{uuid.uuid4().hex[:8]}", "type": "tool_call"}
-        return {"messages": [AIMessage(content="", tool_calls=[call])]}
+        return {**fresh, "messages": [AIMessage(content="", tool_calls=[call])]}
 
     # --- score <-> revisit ---------------------------------------------------------------------------------
 
@@ -93,6 +98,7 @@ class RetrievalNodes:
         scorer.step(turns)
         n_done = sum(was)
         calls: list[dict[str, Any]] = []
+        invalid: list[dict[str, Any]] = []
         errors: list[ToolMessage] = []
         for t, before in zip(turns, was, strict=True):
             if t.done and not before:
@@ -104,14 +110,23 @@ class RetrievalNodes:
                     args = call.args()
                 except RevisitError as e:  # not even JSON: answered here, as the tool would have
                     t.answer(call.id, error=str(e))
+                    invalid.append(
+                        {
+                            "name": call.name,
+                            "args": call.arguments,
+                            "id": gid,
+                            "error": str(e),
+                            "type": "invalid_tool_call",
+                        }
+                    )
                     errors.append(ToolMessage(f"Error: {e}", tool_call_id=gid, name=call.name, status="error"))
                     emit(events.revisit(t, call, "error", error=str(e)))
                     continue
                 emit(events.revisit(t, call, "requested", box=args.get("box")))
                 calls.append({"name": call.name, "args": args, "id": gid, "type": "tool_call"})
         update["turns"] = turns
-        if calls or errors:
-            update["messages"] = [*errors, *([AIMessage(content="", tool_calls=calls)] if calls else [])]
+        if calls or invalid:  # every tool message follows the model turn that made its call
+            update["messages"] = [AIMessage(content="", tool_calls=calls, invalid_tool_calls=invalid), *errors]
         return update
 
     def _apply_answers(self, state: State, turns: list[Turn], emit: Any) -> None:
@@ -125,6 +140,11 @@ class RetrievalNodes:
                 elif m.status == "error" or not isinstance(m.artifact, dict):
                     t.answer(call.id, error=str(m.content).removeprefix("Error: "))
                     emit(events.revisit(t, call, "error", error=str(m.content)))
+                elif m.artifact.get("candidate_id") != t.candidate.id:  # a view of another pair's image: never
+                    other = m.artifact.get("candidate_id")
+                    error = f"unknown candidate id {other!r}; this pair's candidate is {t.candidate.id!r}"
+                    t.answer(call.id, error=error)
+                    emit(events.revisit(t, call, "error", error=error))
                 else:
                     t.answer(call.id, box=m.artifact.get("box"))
                     emit(events.revisit(t, call, "done", box=t.transcript[-1].get("view")))
@@ -146,9 +166,10 @@ class RetrievalNodes:
         return {"hits": hits}
 
     def failed(self, state: State) -> dict[str, Any]:
-        """The coarse search refused its arguments: end with the tool's message as the error."""
+        """The request was refused (the coarse search's arguments, or options that exclude each other): end with
+        the reason as the error."""
         tm = _last_tool_message(state)
-        error = str(tm.content) if tm is not None else "the coarse search failed"
+        error = state.error or (str(tm.content) if tm is not None else "the coarse search failed")
         _writer()({"event": "final", "hits": [], "error": error})
         return {"error": error, "hits": []}
 
@@ -171,6 +192,11 @@ def _tool_messages_since_last_call(state: State) -> list[ToolMessage]:
 
 
 # --- routing ---------------------------------------------------------------------------------------------------
+
+
+def request_refused(state: State) -> bool:
+    """Did planning refuse the request (options that exclude each other)?"""
+    return state.error is not None
 
 
 def coarse_failed(state: State) -> bool:

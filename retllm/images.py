@@ -32,6 +32,12 @@ def is_url(src: object) -> TypeGuard[str]:
     return isinstance(src, str) and src.startswith(("http://", "https://"))
 
 
+def shown(src: object, n: int = 120) -> str:
+    """A source as error messages show it: cut to ``n`` characters (a data URL or a huge path stays readable)."""
+    text = str(src)
+    return text if len(text) <= n else f"{text[:n]}... ({len(text)} characters)"
+
+
 def read_image_bytes(src: ImageSource, *, timeout: float = 10.0) -> bytes:
     """The encoded bytes of an image source (path, URL or bytes)."""
     if isinstance(src, bytes):
@@ -41,18 +47,18 @@ def read_image_bytes(src: ImageSource, *, timeout: float = 10.0) -> bytes:
             resp = httpx.get(str(src), timeout=timeout, follow_redirects=True)
             resp.raise_for_status()
         except httpx.HTTPStatusError as e:
-            raise BadItemError(f"URL returned HTTP {e.response.status_code}: {src}") from e
+            raise BadItemError(f"URL returned HTTP {e.response.status_code}: {shown(src)}") from e
         except httpx.HTTPError as e:
-            raise BadItemError(f"URL unreachable ({type(e).__name__}): {src}") from e
+            raise BadItemError(f"URL unreachable ({type(e).__name__}): {shown(src)}") from e
         data = resp.content
     else:
         path = Path(src)
         try:
             data = path.read_bytes()
         except FileNotFoundError as e:
-            raise BadItemError(f"file not found: {path}") from e
+            raise BadItemError(f"file not found: {shown(path)}") from e
         except OSError as e:
-            raise BadItemError(f"cannot read {path}: {e.strerror or e}") from e
+            raise BadItemError(f"cannot read {shown(path)}: {e.strerror or e}") from e
     if not data:
         raise BadItemError("empty file (0 bytes)")
     return data

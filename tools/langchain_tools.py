@@ -126,7 +126,7 @@ def last_results(messages: Iterable[Any]) -> SearchOut | None:
 _DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,(.*)$", re.S)
 
 
-def _block_image(block: Any) -> bytes | str | None:
+def block_image(block: Any) -> bytes | str | None:
     """Image bytes (or a reference) from a message content block in the OpenAI or LangChain formats."""
     if not isinstance(block, dict):
         return None
@@ -166,7 +166,7 @@ def attached_image(messages: Iterable[Any]) -> bytes | str | None:
         content = getattr(m, "content", None)
         if isinstance(content, list):
             for block in reversed(content):
-                found = _block_image(block)
+                found = block_image(block)
                 if found is not None:
                     return found
     return None
@@ -247,24 +247,36 @@ def coarse_search_tool(deps: Deps | None = None) -> BaseTool:
 
 
 def revisit_image_tool(deps: Deps | None = None) -> BaseTool:
-    """The revisit tool of the retrieval graph: checks the call against the pair's candidate (from the graph's
-    ``candidates`` state) and returns the view's reference; the scoring node shows the view to the MLLM."""
+    """The revisit tool of the retrieval graph. The pair comes from the call's id (``t<key>:...``, set by the scoring
+    node) and the call is checked against that pair's candidate by :func:`check_revisit`, as the library loop
+    checks it; the scoring node then shows the view to the MLLM."""
     resolve = _resolver(deps)
 
     def revisit_image(runtime: ToolRuntime = None, **kwargs: Any) -> tuple[str, dict[str, Any]]:  # type: ignore[assignment]
-        args = _args(RevisitArgs, kwargs)
         state = getattr(runtime, "state", None)
         cands = (state.get("candidates") if isinstance(state, dict) else getattr(state, "candidates", None)) or []
-        known = {c["id"]: c for c in cands}
-        if args.candidate_id not in known:
-            raise ops.ToolInputError(f"unknown candidate id {args.candidate_id!r}")
-        c = known[args.candidate_id]
+        call_id = str(getattr(runtime, "tool_call_id", "") or "")
+        key = call_id[1:].partition(":")[0] if call_id.startswith("t") else ""
+        if key.isdigit() and int(key) < len(cands):
+            c = cands[int(key)]  # the pair whose model made the call
+        else:  # called outside the scoring loop: the candidate named in the call
+            c = next((x for x in cands if x["id"] == str(kwargs.get("candidate_id"))), None)
+            if c is None:
+                raise ops.ToolInputError(f"unknown candidate id {kwargs.get('candidate_id')!r}")
         cand = Candidate(c["id"], c.get("text"), c.get("image"), c.get("coarse_score", 0.0))
-        box = check_revisit(cand, args.model_dump(), resolve(runtime).settings.image_limits)
+        box = check_revisit(cand, kwargs, resolve(runtime).settings.image_limits)
         where = f", zoomed to {box}" if box else ""
         return f"Candidate {cand.id} image{where}.", {"candidate_id": cand.id, "image": cand.image, "box": box}
 
-    return _make(revisit_image, REVISIT_TOOL, REVISIT_DESCRIPTION, RevisitArgs)
+    return StructuredTool.from_function(
+        func=_recoverable(revisit_image),
+        name=REVISIT_TOOL,
+        description=REVISIT_DESCRIPTION,
+        args_schema=_with_runtime(RevisitArgs),
+        response_format="content_and_artifact",
+        handle_tool_error=True,
+        handle_validation_error=ops.validation_message,
+    )
 
 
 def add_items_tool(deps: Deps | None = None) -> BaseTool:

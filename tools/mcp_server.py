@@ -284,7 +284,24 @@ class _ImageRefs:
 
 def build_server(deps: Deps, *, host: str = "127.0.0.1", port: int = 8000) -> FastMCP:
     """The MCP server over ``deps`` (models load on the first tool call). ``host``/``port``: streamable HTTP."""
-    server = RetllmMCP("retllm", instructions=INSTRUCTIONS, host=host, port=port, log_level=_log_level())
+    security = None
+    if _loopback(host):  # FastMCP guards only the exact names 127.0.0.1, localhost, ::1 against DNS rebinding
+        from mcp.server.transport_security import TransportSecuritySettings
+
+        shown = f"[{host}]" if ":" in host else host
+        security = TransportSecuritySettings(
+            enable_dns_rebinding_protection=True,
+            allowed_hosts=[f"{shown}:*", "127.0.0.1:*", "localhost:*", "[::1]:*"],
+            allowed_origins=[f"http://{shown}:*", "http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
+        )
+    server = RetllmMCP(
+        "retllm",
+        instructions=INSTRUCTIONS,
+        host=host,
+        port=port,
+        log_level=_log_level(),
+        transport_security=security,
+    )
     refs = _ImageRefs()
 
     def search(**kw: Any) -> CallToolResult:

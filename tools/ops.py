@@ -7,6 +7,8 @@ model. Anything else (a wrong API key, a model that cannot load, every pair fail
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 from collections.abc import Sequence
 
@@ -82,6 +84,8 @@ def query_image_ref(deps: Deps, image: str | None, *, fine: bool) -> str | None:
     if image is None:
         return None
     limits = deps.settings.image_limits
+    if image.startswith("data:"):  # an inline image (a data URL): kept by content, referenced by path
+        return deps.keep_image(data_url_bytes(image))
     scorer = deps.get_scorer() if fine else None
     if is_url(image):
         if scorer is not None and scorer.prefers_urls:
@@ -89,6 +93,17 @@ def query_image_ref(deps: Deps, image: str | None, *, fine: bool) -> str | None:
         return deps.keep_image(limits.read(image))
     limits.load(image)  # a path that cannot be read is the model's to fix: BadItemError, reported
     return image
+
+
+def data_url_bytes(url: str) -> bytes:
+    """The bytes of a base64 ``data:image/...`` URL (:class:`ToolInputError` for anything else)."""
+    head, sep, body = url.partition(",")
+    if not sep or not head.startswith("data:image/") or not head.endswith(";base64"):
+        raise ToolInputError(f"image: a data URL must look like data:image/png;base64,... (got {url[:40]!r}...)")
+    try:
+        return base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ToolInputError("image: the data URL's base64 is corrupt") from e
 
 
 def _flt(args: CoarseSearchArgs) -> FilterSpec | None:

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
-FilterValue = str | int | float | bool
+FilterValue = StrictStr | StrictInt | StrictBool  # what a payload match takes (no floats: exact match only)
 VectorChoice = Literal["auto", "image", "text", "fused"]
 
 _QUERY = "What to find, in plain words (e.g. 'a red bicycle at night'). Optional when an image is given."
@@ -41,6 +51,25 @@ class CoarseSearchArgs(_Args):
     filter: dict[str, FilterValue | list[FilterValue]] | None = Field(default=None, description=_FILTER)
     vector: VectorChoice = Field(default="auto", description=_VECTOR)
 
+    @field_validator("filter", mode="before")
+    @classmethod
+    def _usable_filter(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v  # the type check says what is wrong
+        for key, value in v.items():
+            if not isinstance(key, str) or not key.strip():
+                raise ValueError("filter keys must be field names, not empty")
+            values = value if isinstance(value, list) else [value]
+            if not values:
+                raise ValueError(f"filter {key!r}: give at least one value")
+            bad = [x for x in values if not isinstance(x, str | int | bool) or isinstance(x, float)]
+            if bad:
+                raise ValueError(
+                    f"filter {key!r}: values are matched exactly and must be strings, integers or booleans "
+                    f"(or a list of them), got {bad[0]!r}"
+                )
+        return v
+
     @model_validator(mode="after")
     def _something_to_search(self) -> CoarseSearchArgs:
         if not (self.query and self.query.strip()) and not self.image and not getattr(self, "like", None):
@@ -67,11 +96,19 @@ class SearchArgs(CoarseSearchArgs):
     )
 
 
-class RevisitArgs(_Args):
-    """Arguments of ``revisit_image``."""
+class RevisitArgs(BaseModel):
+    """Arguments of ``revisit_image``: typed for the schema the model reads, checked by
+    :func:`retllm.scorers.turns.check_revisit` alone, so a revisit in the graph is judged exactly as in the library
+    loop (extra keys ignored, a box of strings refused, the same messages)."""
 
-    candidate_id: str = Field(description="The id of the candidate whose image to look at again.")
-    box: list[float] | None = Field(
+    model_config = ConfigDict(extra="ignore", arbitrary_types_allowed=True)
+
+    candidate_id: Annotated[Any, WithJsonSchema({"type": "string"})] = Field(
+        default=None, description="The id of the candidate whose image to look at again."
+    )
+    box: Annotated[
+        Any, WithJsonSchema({"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4})
+    ] = Field(
         default=None,
         description="Optional zoom region [x0, y0, x1, y1] as fractions (0-1) of the image's width and height; "
         "omit it to see the whole image again.",

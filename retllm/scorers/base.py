@@ -116,7 +116,7 @@ def check_not_all_failed(scores: Sequence[Score]) -> None:
         )
 
 
-class Scorer(ABC):
+class Scorer(ABC):  # noqa: B024 - step() or score(): either one makes a backend
     """Judges (query, candidate) pairs with a multimodal LLM.
 
     Scorers are shared: one instance may be called from many threads at once, and each call's scores are

@@ -444,20 +444,27 @@ class OpenAIScorer(EndpointProbes, Scorer):
         choice = resp.choices[0]
         calls = getattr(choice.message, "tool_calls", None) or []
         if calls and tools:
+            echoed, seen = [], set()
+            for i, tc in enumerate(calls):  # ids must be unique within the turn: some servers repeat or omit them
+                d = tc.model_dump(exclude_none=True)
+                if not d.get("id") or d["id"] in seen:
+                    d["id"] = f"{d.get('id') or 'call'}#{i}"
+                seen.add(d["id"])
+                echoed.append(d)
             t.transcript.append(
                 {
                     "role": "assistant",
                     "content": choice.message.content or "",  # servers reject null content in an echoed turn
-                    "tool_calls": [tc.model_dump(exclude_none=True) for tc in calls],
+                    "tool_calls": echoed,
                 }
             )
             t.pending = [
-                ToolCall(id=tc.id, name=tc.function.name, arguments=tc.function.arguments or "{}")
-                for tc in calls[:allowed]
+                ToolCall(id=d["id"], name=d["function"]["name"], arguments=d["function"].get("arguments") or "{}")
+                for d in echoed[:allowed]
             ]
-            for tc in calls[allowed:]:  # past the bound: answered, never shown
+            for d in echoed[allowed:]:  # past the bound: answered, never shown (the requests put them in call order)
                 t.transcript.append(
-                    {"role": "tool", "tool_call_id": tc.id, "content": "error: no revisits left; answer now"}
+                    {"role": "tool", "tool_call_id": d["id"], "content": "error: no revisits left; answer now"}
                 )
             return None
         try:
@@ -484,7 +491,7 @@ class OpenAIScorer(EndpointProbes, Scorer):
                 messages.append({"role": "user", "content": [*views, {"type": "text", "text": ask}]})
                 views.clear()
 
-        for entry in t.transcript:
+        for entry in _in_call_order(t.transcript):
             if entry["role"] != "tool":
                 flush()
                 messages.append(entry)
@@ -533,3 +540,25 @@ class OpenAIScorer(EndpointProbes, Scorer):
 
     def close(self) -> None:
         self.client.close()
+
+
+def _in_call_order(transcript: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The transcript with each round's tool answers in the order of the calls they answer (strict chat templates
+    pair them by position; calls past the bound are answered before the others are)."""
+    out: list[dict[str, Any]] = []
+    rank: dict[str, int] = {}
+    answers: list[dict[str, Any]] = []
+
+    def close_round() -> None:
+        out.extend(sorted(answers, key=lambda e: rank.get(e.get("tool_call_id", ""), len(rank))))
+        answers.clear()
+
+    for entry in transcript:
+        if entry["role"] == "tool":
+            answers.append(entry)
+            continue
+        close_round()
+        out.append(entry)
+        rank = {tc["id"]: i for i, tc in enumerate(entry.get("tool_calls") or [])}
+    close_round()
+    return out

@@ -116,8 +116,8 @@ class Turn(BaseModel):
         An answered call with a view counts as a revisit; an error (the model can fix its arguments) does not
         show anything, but still costs the turn one of its steps.
         """
-        self.call(call_id)
-        self.pending = [c for c in self.pending if c.id != call_id]
+        call = self.call(call_id)
+        self.pending.remove(call)  # only this call, should an id repeat
         entry: dict[str, Any] = {"role": "tool", "tool_call_id": call_id}
         if error is not None:
             entry["content"] = f"error: {error}"

@@ -170,3 +170,42 @@ def test_retllm_chat_cli_resumes_a_thread(cli_env, scene_images, tmp_path) -> No
     assert [m["role"] for m in script.bodies[2]["messages"]][:5] == ["system", "user", "assistant", "tool", "assistant"]
     assert "attached an image" in script.bodies[4]["messages"][-1]["content"]
     assert "Best match:" in r3.stdout
+
+
+def test_an_inline_image_is_not_copied_into_every_checkpoint(cli_env, scene_images, tmp_path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    big = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (600, 600, 3), dtype=np.uint8)).save(big)
+    data = big.read_bytes()
+    assert len(data) > 1_000_000
+    script = ChatScript(
+        [tool_call("multimodal_search", {"image": "attached", "k": 2}), _echo_top] + [{"content": "ok"}] * 3
+    )
+    with fake_openai(Switches(chat_script=script)) as fake:
+        env = _env(cli_env, fake.url)
+        ingest(env, scene_images[:2])
+        with deps_from(env) as deps:
+            db = chat_db(deps.settings)
+            saver = open_checkpointer(db)
+            g = build_chat_graph(deps, checkpointer=saver)
+            cfg = {"configurable": {"thread_id": "big"}}
+            url = "data:image/png;base64," + base64.b64encode(data).decode()
+            msg = HumanMessage(
+                [{"type": "text", "text": "like this"}, {"type": "image_url", "image_url": {"url": url}}]
+            )
+            first = g.invoke({"messages": [msg]}, cfg, context=Context(deps=deps))
+            sizes = []
+            for text in ("and now?", "more", "thanks"):
+                g.invoke({"messages": [HumanMessage(text)]}, cfg, context=Context(deps=deps))
+                saver.conn.commit()
+                sizes.append(db.stat().st_size)
+            state = g.get_state(cfg).values
+            saver.conn.close()
+    stored = state["messages"][0]
+    assert "retllm_attachments" in stored.additional_kwargs and "base64" not in str(stored.content)
+    assert Path(_tool_messages(first)[-1].artifact["image"]).read_bytes() == data  # the search used the image
+    growth = [b - a for a, b in zip(sizes, sizes[1:], strict=False)]
+    assert max(growth) < 100_000  # later turns do not copy the megabytes again
+    assert script.bodies[-1]["messages"][1]["content"].endswith("search with image='attached' to use it.)")

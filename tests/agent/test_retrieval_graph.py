@@ -8,6 +8,7 @@ import pytest
 from langchain_core.messages import AIMessage, ToolMessage
 from retllm.agent.context import Context
 from retllm.agent.graph import build_graph, graph
+from retllm.agent.state import InputState
 
 from tests.agent.conftest import cli_search, deps_from, ingest
 from tests.fakes.openai_server import Switches, fake_openai
@@ -28,6 +29,9 @@ def _hf_env(cli_env: dict[str, str], tiny_vlm_dirs: dict[str, Any]) -> dict[str,
         "RETLLM_RETRACE__START": "0",
         "RETLLM_RETRACE__END": "3",
         "RETLLM_RETRACE__THRESHOLD": "-1",
+        # Bit-identical mode: each new image goes through the vision tower alone, so a score does not depend on
+        # which images an earlier query left in the vision cache (the graph's process vs. a fresh CLI process).
+        "RETLLM_SCORER_CROSS_QUERY": "false",
     }
 
 
@@ -96,3 +100,30 @@ def test_bad_requests_end_in_an_error_not_an_exception(cli_env, scene_images, re
         out = build_graph(deps).invoke(request_)
     assert out["hits"] == [] and expect in out["error"]
     assert isinstance(out["messages"][-1], ToolMessage) and out["messages"][-1].status == "error"
+
+
+def test_a_reused_thread_answers_each_request_afresh(cli_env, tiny_vlm_dirs, scene_images, tmp_path) -> None:
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    env = _hf_env(cli_env, tiny_vlm_dirs)
+    ingest(env, scene_images)
+    want_a = cli_search(env, "a red square", "-k", "3")
+    want_b = cli_search(env, "--image", str(scene_images[4]), "-k", "2")
+    with deps_from(env) as deps:
+        g = build_graph(deps, checkpointer=InMemorySaver())
+        cfg = {"configurable": {"thread_id": "studio-thread"}}
+        a = g.invoke({"query": "a red square", "k": 3}, cfg)
+        # A whole request (InputState): options it leaves out go back to their defaults, not the last run's.
+        b = g.invoke(InputState(image=str(scene_images[4]), k=2), cfg)
+    _same(a["hits"], want_a)
+    _same(b["hits"], want_b)
+    assert len(b["turns"]) == 2 and b["search"]["image"] == str(scene_images[4]) and b["search"]["query"] is None
+
+
+def test_min_score_with_the_fine_stage_off_is_refused(cli_env, scene_images) -> None:
+    ingest(cli_env, scene_images[:2])
+    with deps_from(cli_env, coarse_only=True) as deps:
+        out = build_graph(deps).invoke({"query": "x", "k": 2, "min_score": 0.5})
+        coarse = build_graph(deps).invoke({"query": "x", "k": 2})
+    assert out["hits"] == [] and "min_score filters fine scores" in out["error"]
+    assert [h.score for h in coarse["hits"]] == [None, None] and coarse["error"] is None

@@ -28,6 +28,11 @@ BAD = [
     ("multimodal_search", {"query": "x", "vector": "colour"}, "vector: Input should be 'auto', 'image'"),
     ("multimodal_search", {"query": "x", "filter": "time=night"}, "filter: Input should be a valid dictionary"),
     ("multimodal_search", {"query": "x", "colour": "red"}, "colour: Extra inputs are not permitted"),
+    ("multimodal_search", {"query": "x", "filter": {"kind": []}}, "filter 'kind': give at least one value"),
+    ("multimodal_search", {"query": "x", "filter": {"": "cat"}}, "filter keys must be field names, not empty"),
+    ("multimodal_search", {"query": "x", "filter": {"n": 1.5}}, "filter 'n': values are matched exactly"),
+    ("multimodal_search", {"image": "data:text/plain;base64,aGk="}, "a data URL must look like data:image/png"),
+    ("multimodal_search", {"image": "/no/" + "x" * 5000}, "... (5004 characters)"),
     ("multimodal_search", {"image": "/no/such/file.png"}, "/no/such/file.png"),
     ("multimodal_search", {"image": "attached"}, "no image is attached in this conversation"),
     ("multimodal_search", {"like": 2}, "no earlier search in this conversation"),
@@ -137,3 +142,13 @@ def test_add_and_delete_items_report_bad_items_and_keep_the_rest(deps, candidate
     assert "missing.png" in add.content and "needs text, an image, or both" in add.content
     (delete,) = _run(deps, [("delete_items", {"ids": ["t1", "ghost"], "collection": "fresh"})])
     assert delete.artifact == {"collection": "fresh", "deleted": 1, "missing": ["ghost"]}
+
+
+def test_an_inline_image_is_kept_by_reference(deps, candidate_images) -> None:
+    import base64
+
+    data = candidate_images[2].read_bytes()
+    url = "data:image/png;base64," + base64.b64encode(data).decode()
+    (m,) = _run(deps, [("multimodal_search", {"image": url, "k": 2})])
+    assert m.status == "success" and len(m.artifact["image"]) < 200 and Path(m.artifact["image"]).read_bytes() == data
+    assert m.artifact["hits"][0]["id"] == "p2"

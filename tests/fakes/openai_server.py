@@ -61,6 +61,9 @@ class Switches:
     revisit_box: Any = field(default_factory=lambda: [0.0, 0.0, 0.5, 0.5])  # the zoom the fake asks for
     revisit_id: str | None = None  # the candidate id the fake's revisit call names (default: the offered one)
     revisit_arguments: str | None = None  # raw arguments text of the revisit call (e.g. not JSON at all)
+    # Several calls in the first reply: (id, arguments) each; arguments as a dict (the offered candidate id is
+    # filled in for "{cid}") or raw text. Ids may repeat, as some servers number calls per message.
+    revisit_calls: list[tuple[str, Any]] | None = None
     revisit_forever: bool = False  # every scoring request answers with a revisit_image call, tools offered or not
     chat_models: list[str] = field(default_factory=lambda: ["chat-model"])  # served by chat_script, not the scorer
     chat_script: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # request body -> assistant message
@@ -319,15 +322,15 @@ def _completion(body: dict[str, Any], fake: FakeOpenAI) -> dict[str, Any]:
     revisited = any(m.get("role") == "tool" for m in messages)
     if tools and not sw.ignore_tools and sw.tool_call_first and not revisited and not is_probe(body):
         cid = sw.revisit_id or tools[0]["function"]["parameters"]["properties"]["candidate_id"]["enum"][0]
-        call = {
-            "id": f"call_{len(messages)}",
-            "type": "function",
-            "function": {
-                "name": "revisit_image",
-                "arguments": sw.revisit_arguments or json.dumps({"candidate_id": cid, "box": sw.revisit_box}),
-            },
-        }
-        msg = {"role": "assistant", "content": None, "tool_calls": [call]}
+        specs = sw.revisit_calls or [
+            (f"call_{len(messages)}", sw.revisit_arguments or {"candidate_id": cid, "box": sw.revisit_box})
+        ]
+        calls = []
+        for call_id, args in specs:
+            if isinstance(args, dict):
+                args = json.dumps({k: (cid if v == "{cid}" else v) for k, v in args.items()})
+            calls.append({"id": call_id, "type": "function", "function": {"name": "revisit_image", "arguments": args}})
+        msg = {"role": "assistant", "content": None, "tool_calls": calls}
         return {"index": 0, "message": msg, "finish_reason": "tool_calls", "logprobs": None}
     if sw.garbage:
         return {
