@@ -87,6 +87,8 @@ def run_turn(graph: Any, deps: Deps, thread: str, message: HumanMessage) -> str:
                 line = _progress(chunk)
                 if line:
                     status.update(line)
+                    if not err.is_terminal:  # no spinner to update (a log, a pipe): one line per event
+                        err.print(line, highlight=False, markup=False)
                 continue
             for update in (chunk or {}).values():
                 for m in (update or {}).get("messages", []) if isinstance(update, dict) else []:

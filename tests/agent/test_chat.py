@@ -166,6 +166,8 @@ def test_retllm_chat_cli_resumes_a_thread(cli_env, scene_images, tmp_path) -> No
         r3 = run(["chat", "--image", str(scene_images[4]), "-m", "like this"], env)
         assert r3.returncode == 0, r3.stderr
     assert "result(s) from 'default'" in r1.stdout and "Best match:" in r1.stdout
+    # Stage progress, live (one line per event when stderr is not a terminal).
+    assert "coarse: 4 candidate(s)" in r1.stderr and "scored 4/4" in r1.stderr
     assert "resumed, 4 messages" in r2.stderr and "Best match:" in r2.stdout
     assert [m["role"] for m in script.bodies[2]["messages"]][:5] == ["system", "user", "assistant", "tool", "assistant"]
     assert "attached an image" in script.bodies[4]["messages"][-1]["content"]
