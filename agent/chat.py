@@ -18,7 +18,7 @@ from retllm.agent.context import Context
 from retllm.tools.deps import Deps, default_deps
 from retllm.tools.langchain_tools import build_tools
 
-from retllm.errors import ConfigError, MissingDependencyError
+from retllm.errors import BadItemError, ConfigError, MissingDependencyError
 from retllm.settings import Settings
 
 
@@ -77,36 +77,68 @@ ATTACHED_NOTE = "(I attached an image; search with image='attached' to use it.)"
 
 
 def slim_attachments(messages: list[Any], deps: Deps) -> list[Any]:
-    """User messages whose inline images (data URLs, base64 blocks) are kept on disk by content and replaced by
-    references (``additional_kwargs["retllm_attachments"]``, what ``image='attached'`` reads), under the same
-    message ids: checkpoints then hold a path per image, not megabytes of base64 in every later checkpoint.
-    Returns only the messages that changed."""
+    """User messages whose inline images (data URLs, base64 blocks) are kept on disk by content and replaced, in
+    place, by a ``[attached image N]`` text block; every image of the message, inline or URL, is listed in order
+    in ``additional_kwargs["retllm_attachments"]`` (what ``image='attached'`` / ``'attached:N'`` read). URL
+    image blocks and other blocks (text, files) stay as they are, so the chat model still sees them; checkpoints
+    hold a path per inline image instead of megabytes of base64. Same message ids; only changed messages return.
+    """
     from langchain_core.messages import HumanMessage
+    from retllm.tools import ops
     from retllm.tools.langchain_tools import block_image
 
     out = []
     for m in messages:
         if not isinstance(m, HumanMessage) or not isinstance(m.content, list):
             continue
-        refs, text, changed = [], [], False
+        if (m.additional_kwargs or {}).get("retllm_attachments"):
+            continue  # already slimmed (or attached by reference)
+        blocks: list[Any] = []
+        refs: list[str] = []
+        inline = False
         for block in m.content:
-            found = block_image(block)
+            try:
+                found = block_image(block)
+            except ops.ToolInputError as e:
+                blocks.append({"type": "text", "text": f"[an attached image that could not be read: {e}]"})
+                inline = True
+                continue
             if isinstance(found, bytes):
-                refs.append(deps.keep_image(found))
-                changed = True
-            elif found is not None:  # an http(s) URL or a path: kept as the reference itself
+                try:
+                    refs.append(ops.keep_checked(deps, found))
+                except (ops.ToolInputError, BadItemError) as e:
+                    blocks.append({"type": "text", "text": f"[an attached image that could not be read: {e}]"})
+                else:
+                    blocks.append({"type": "text", "text": f"[attached image {len(refs)}]"})
+                inline = True
+            elif isinstance(found, str):
                 refs.append(found)
-                changed = True
-            elif isinstance(block, dict) and block.get("type") == "text":
-                text.append(str(block.get("text", "")))
-            elif isinstance(block, str):
-                text.append(block)
-        if changed:
-            kwargs = dict(m.additional_kwargs)
-            kwargs["retllm_attachments"] = [*kwargs.get("retllm_attachments", []), *refs]
-            body = "\n".join(t for t in text if t)
-            out.append(HumanMessage(content=f"{body}\n{ATTACHED_NOTE}".strip(), additional_kwargs=kwargs, id=m.id))
+                blocks.append(block)  # a URL: the model sees it
+                blocks.append({"type": "text", "text": f"[attached image {len(refs)}]"})
+            else:
+                blocks.append(block)
+        if inline or refs:
+            kwargs = {**m.additional_kwargs, "retllm_attachments": refs}
+            note = (
+                f"({len(refs)} image(s) attached: search with image='attached:N' for image N, 'attached' for the last.)"
+            )
+            out.append(
+                HumanMessage(content=[*blocks, {"type": "text", "text": note}], additional_kwargs=kwargs, id=m.id)
+            )
     return out
+
+
+def prepare_messages(messages: list[Any], deps: Deps) -> list[Any]:
+    """``messages`` with inline images kept by reference (:func:`slim_attachments`): front ends call this before
+    ``invoke`` so that not even the run's first checkpoint holds the base64 (the graph's own middleware slims
+    what reaches it unprepared, for every later checkpoint)."""
+    import uuid
+
+    for m in messages:
+        if getattr(m, "id", None) is None:
+            m.id = str(uuid.uuid4())
+    slim = {x.id: x for x in slim_attachments(messages, deps)}
+    return [slim.get(m.id, m) for m in messages]
 
 
 def build_chat_graph(deps: Deps | None = None, *, model: Any = None, checkpointer: Any = None) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from typing import Any
@@ -10,7 +11,7 @@ from langchain_core.messages import AIMessage, ToolMessage
 from langgraph.config import get_stream_writer
 from langgraph.runtime import Runtime
 from retllm.agent.context import Context, deps_of
-from retllm.agent.state import State
+from retllm.agent.state import InputState, State
 from retllm.tools.deps import Deps
 from retllm.tools.schemas import SearchOut
 
@@ -98,35 +99,24 @@ class RetrievalNodes:
         scorer.step(turns)
         n_done = sum(was)
         calls: list[dict[str, Any]] = []
-        invalid: list[dict[str, Any]] = []
-        errors: list[ToolMessage] = []
+        owners: dict[str, int] = {}
         for t, before in zip(turns, was, strict=True):
             if t.done and not before:
                 n_done += 1
                 emit(events.candidate(t, n_done, len(turns)))
-            for call in list(t.pending):
+            for call in t.pending:  # every call goes through the ToolNode, in call order, bad ones included
                 gid = _call_id(t, call.id)
                 try:
                     args = call.args()
-                except RevisitError as e:  # not even JSON: answered here, as the tool would have
-                    t.answer(call.id, error=str(e))
-                    invalid.append(
-                        {
-                            "name": call.name,
-                            "args": call.arguments,
-                            "id": gid,
-                            "error": str(e),
-                            "type": "invalid_tool_call",
-                        }
-                    )
-                    errors.append(ToolMessage(f"Error: {e}", tool_call_id=gid, name=call.name, status="error"))
-                    emit(events.revisit(t, call, "error", error=str(e)))
-                    continue
+                except RevisitError as e:  # not even JSON: the tool answers with this error
+                    args = {"arguments_error": str(e)}
                 emit(events.revisit(t, call, "requested", box=args.get("box")))
                 calls.append({"name": call.name, "args": args, "id": gid, "type": "tool_call"})
+                owners[gid] = t.key
         update["turns"] = turns
-        if calls or invalid:  # every tool message follows the model turn that made its call
-            update["messages"] = [AIMessage(content="", tool_calls=calls, invalid_tool_calls=invalid), *errors]
+        update["calls"] = owners
+        if calls:
+            update["messages"] = [AIMessage(content="", tool_calls=calls)]
         return update
 
     def _apply_answers(self, state: State, turns: list[Turn], emit: Any) -> None:
@@ -163,7 +153,7 @@ class RetrievalNodes:
             hits = finish_rerank(hits, scores, min_score=min_score)
         hits = hits[: state.top] if state.top else hits
         _writer()(events.final(hits))
-        return {"hits": hits}
+        return {"hits": hits, **_input_defaults()}
 
     def failed(self, state: State) -> dict[str, Any]:
         """The request was refused (the coarse search's arguments, or options that exclude each other): end with
@@ -171,7 +161,13 @@ class RetrievalNodes:
         tm = _last_tool_message(state)
         error = state.error or (str(tm.content) if tm is not None else "the coarse search failed")
         _writer()({"event": "final", "hits": [], "error": error})
-        return {"error": error, "hits": []}
+        return {"error": error, "hits": [], **_input_defaults()}
+
+
+def _input_defaults() -> dict[str, Any]:
+    """The request fields at their defaults: a thread that is reused with a partial dict input starts from these,
+    not from the last request's options (the resolved request stays in ``search``)."""
+    return {f.name: f.default for f in dataclasses.fields(InputState)}
 
 
 def _last_tool_message(state: State) -> ToolMessage | None:

@@ -46,6 +46,7 @@ class State(InputState):
         search: The coarse search's result (collection, query image reference, coarse hits).
         candidates: What the MLLM judges (id, text, image reference, coarse score); the revisit tool reads it.
         turns: One scoring turn per candidate (:class:`retllm.scorers.turns.Turn`).
+        calls: Which turn made each pending revisit call (graph call id -> turn key), for the revisit tool.
         hits: The final ranked hits with provenance.
         error: Why the search ended without results (a tool error the caller can fix).
     """
@@ -54,5 +55,6 @@ class State(InputState):
     search: dict[str, Any] | None = None
     candidates: list[dict[str, Any]] = field(default_factory=list)
     turns: list[Turn] = field(default_factory=list)
+    calls: dict[str, int] = field(default_factory=dict)
     hits: list[Hit] = field(default_factory=list)
     error: str | None = None

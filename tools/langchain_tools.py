@@ -10,8 +10,6 @@ Dependencies come from the ``deps`` the tools are built with, or else from the g
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import re
 from collections.abc import Callable, Iterable
@@ -123,9 +121,6 @@ def last_results(messages: Iterable[Any]) -> SearchOut | None:
     return None
 
 
-_DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,(.*)$", re.S)
-
-
 def block_image(block: Any) -> bytes | str | None:
     """Image bytes (or a reference) from a message content block in the OpenAI or LangChain formats."""
     if not isinstance(block, dict):
@@ -138,38 +133,41 @@ def block_image(block: Any) -> bytes | str | None:
     elif kind == "image":
         raw = block.get("base64") or block.get("data")
         if isinstance(raw, str):
-            try:
-                return base64.b64decode(raw, validate=False)
-            except (binascii.Error, ValueError):
-                return None
+            return ops.b64_bytes(raw, "attached image")
         url = block.get("url")
     if not isinstance(url, str):
         return None
-    m = _DATA_URL.match(url)
-    if m:
-        try:
-            return base64.b64decode(m.group(1))
-        except (binascii.Error, ValueError):
-            return None
+    if url[:5].lower() == "data:":
+        return ops.data_url_bytes(url)
     return url
 
 
-def attached_image(messages: Iterable[Any]) -> bytes | str | None:
-    """The image the user attached most recently: an image block of a human message, or a reference in its
-    ``additional_kwargs["retllm_attachments"]`` (how ``retllm chat --image`` attaches without bloating the state)."""
+def attachments(message: Any) -> list[bytes | str]:
+    """A human message's attached images, in order: its references (``additional_kwargs["retllm_attachments"]``,
+    how ``retllm chat --image`` and the chat graph keep them), then its image blocks."""
+    refs: list[bytes | str] = list((getattr(message, "additional_kwargs", None) or {}).get("retllm_attachments") or [])
+    content = getattr(message, "content", None)
+    if not refs and isinstance(content, list):
+        refs = [x for x in (block_image(b) for b in content) if x is not None]
+    return refs
+
+
+def attached_image(messages: Iterable[Any], n: int | None = None) -> bytes | str | None:
+    """Image ``n`` (1-based; default the last) of the latest human message that attached images."""
     for m in reversed(list(messages)):
         if getattr(m, "type", None) != "human":
             continue
-        refs = (getattr(m, "additional_kwargs", None) or {}).get("retllm_attachments") or []
-        if refs:
-            return str(refs[-1])
-        content = getattr(m, "content", None)
-        if isinstance(content, list):
-            for block in reversed(content):
-                found = block_image(block)
-                if found is not None:
-                    return found
+        found = attachments(m)
+        if found:
+            if n is None:
+                return found[-1]
+            if not 1 <= n <= len(found):
+                raise ops.ToolInputError(f"image='attached:{n}': the user attached {len(found)} image(s)")
+            return found[n - 1]
     return None
+
+
+_ATTACHED = re.compile(r"^attached(?::(\d+))?$")
 
 
 def _resolve_image(deps: Deps, image: str | None, like: int | None, runtime: Any) -> tuple[str | None, str | None]:
@@ -189,11 +187,11 @@ def _resolve_image(deps: Deps, image: str | None, like: int | None, runtime: Any
         if hit.image is None:
             liked_text = hit.text
         image = hit.image
-    elif image is not None and image.strip().lower() == "attached":
-        found = attached_image(msgs)
+    elif image is not None and (m := _ATTACHED.match(image.strip().lower())):
+        found = attached_image(msgs, int(m.group(1)) if m.group(1) else None)
         if found is None:
-            raise ops.ToolInputError("image='attached' but no image is attached in this conversation")
-        image = deps.keep_image(found) if isinstance(found, bytes) else found
+            raise ops.ToolInputError(f"image={image!r} but no image is attached in this conversation")
+        image = ops.keep_checked(deps, found) if isinstance(found, bytes) else found
     return image, liked_text
 
 
@@ -253,12 +251,17 @@ def revisit_image_tool(deps: Deps | None = None) -> BaseTool:
     resolve = _resolver(deps)
 
     def revisit_image(runtime: ToolRuntime = None, **kwargs: Any) -> tuple[str, dict[str, Any]]:  # type: ignore[assignment]
+        if kwargs.get("arguments_error"):  # the model's arguments were not JSON (found by the scoring node)
+            raise ops.ToolInputError(str(kwargs["arguments_error"]))
         state = getattr(runtime, "state", None)
-        cands = (state.get("candidates") if isinstance(state, dict) else getattr(state, "candidates", None)) or []
-        call_id = str(getattr(runtime, "tool_call_id", "") or "")
-        key = call_id[1:].partition(":")[0] if call_id.startswith("t") else ""
-        if key.isdigit() and int(key) < len(cands):
-            c = cands[int(key)]  # the pair whose model made the call
+
+        def field(name: str) -> Any:
+            return state.get(name) if isinstance(state, dict) else getattr(state, name, None)
+
+        cands = field("candidates") or []
+        key = (field("calls") or {}).get(str(getattr(runtime, "tool_call_id", "") or ""))
+        if isinstance(key, int) and 0 <= key < len(cands):
+            c = cands[key]  # the pair whose model made the call (recorded by the scoring node)
         else:  # called outside the scoring loop: the candidate named in the call
             c = next((x for x in cands if x["id"] == str(kwargs.get("candidate_id"))), None)
             if c is None:

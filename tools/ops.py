@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import re
 from collections.abc import Sequence
 
 from pydantic import ValidationError
@@ -29,7 +30,7 @@ from retllm.tools.schemas import (
 
 from retllm.errors import BadItemError, CollectionNotFoundError, ConfigError, EmptyQueryError, RetllmError
 from retllm.events import EventSink
-from retllm.images import is_url
+from retllm.images import decode_image, is_url
 from retllm.index.base import FilterSpec, check_collection_name
 from retllm.ingest import Ingestor, Source
 from retllm.scorers.turns import RevisitError
@@ -84,8 +85,8 @@ def query_image_ref(deps: Deps, image: str | None, *, fine: bool) -> str | None:
     if image is None:
         return None
     limits = deps.settings.image_limits
-    if image.startswith("data:"):  # an inline image (a data URL): kept by content, referenced by path
-        return deps.keep_image(data_url_bytes(image))
+    if image[:5].lower() == "data:":  # an inline image (a data URL): kept by content, referenced by path
+        return keep_checked(deps, data_url_bytes(image))
     scorer = deps.get_scorer() if fine else None
     if is_url(image):
         if scorer is not None and scorer.prefers_urls:
@@ -95,15 +96,36 @@ def query_image_ref(deps: Deps, image: str | None, *, fine: bool) -> str | None:
     return image
 
 
+MAX_INLINE_BYTES = 32 * 2**20
+"""Largest inline image (data URL, base64 block) accepted from a model or a chat message."""
+
+
+def b64_bytes(body: str, what: str = "image") -> bytes:
+    """Lenient base64 (line breaks, spaces, missing padding), capped at :data:`MAX_INLINE_BYTES`."""
+    body = re.sub(r"\s+", "", body)
+    if len(body) * 3 // 4 > MAX_INLINE_BYTES:
+        raise ToolInputError(f"{what}: the inline image is over {MAX_INLINE_BYTES // 2**20} MiB; give a path or URL")
+    try:
+        return base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ToolInputError(f"{what}: the base64 data is corrupt") from e
+
+
 def data_url_bytes(url: str) -> bytes:
     """The bytes of a base64 ``data:image/...`` URL (:class:`ToolInputError` for anything else)."""
     head, sep, body = url.partition(",")
-    if not sep or not head.startswith("data:image/") or not head.endswith(";base64"):
+    h = head.lower()
+    if not sep or not h.startswith("data:image/") or not h.endswith(";base64"):
         raise ToolInputError(f"image: a data URL must look like data:image/png;base64,... (got {url[:40]!r}...)")
-    try:
-        return base64.b64decode(body, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise ToolInputError("image: the data URL's base64 is corrupt") from e
+    return b64_bytes(body)
+
+
+def keep_checked(deps: Deps, data: bytes) -> str:
+    """Keep inline image bytes on disk (by content) once they decode as an image within the limits; the path."""
+    if len(data) > MAX_INLINE_BYTES:
+        raise ToolInputError(f"the inline image is over {MAX_INLINE_BYTES // 2**20} MiB; give a path or URL")
+    decode_image(data, max_pixels=deps.settings.max_image_pixels)  # BadItemError: not an image, too large
+    return deps.keep_image(data)
 
 
 def _flt(args: CoarseSearchArgs) -> FilterSpec | None:

@@ -15,6 +15,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 FilterValue = StrictStr | StrictInt | StrictBool  # what a payload match takes (no floats: exact match only)
 VectorChoice = Literal["auto", "image", "text", "fused"]
@@ -22,7 +23,7 @@ VectorChoice = Literal["auto", "image", "text", "fused"]
 _QUERY = "What to find, in plain words (e.g. 'a red bicycle at night'). Optional when an image is given."
 _IMAGE = (
     "An image to search with: a local file path or an http(s) URL, or 'attached' for the image the user "
-    "attached most recently in this conversation."
+    "attached most recently in this conversation ('attached:2' for the second image of that message)."
 )
 _K = "How many candidates the fast first stage passes to the visual judge (more is slower but finds more)."
 _COLLECTION = "Collection to search (default: the configured one). list_collections shows what exists."
@@ -62,11 +63,15 @@ class CoarseSearchArgs(_Args):
             values = value if isinstance(value, list) else [value]
             if not values:
                 raise ValueError(f"filter {key!r}: give at least one value")
-            bad = [x for x in values if not isinstance(x, str | int | bool) or isinstance(x, float)]
+            bad = [
+                x
+                for x in values
+                if not isinstance(x, str | int | bool) or (isinstance(x, int) and not -(2**63) <= x < 2**63)
+            ]
             if bad:
                 raise ValueError(
                     f"filter {key!r}: values are matched exactly and must be strings, integers or booleans "
-                    f"(or a list of them), got {bad[0]!r}"
+                    f"(64-bit), or a list of them; got {bad[0]!r}"
                 )
         return v
 
@@ -101,8 +106,11 @@ class RevisitArgs(BaseModel):
     :func:`retllm.scorers.turns.check_revisit` alone, so a revisit in the graph is judged exactly as in the library
     loop (extra keys ignored, a box of strings refused, the same messages)."""
 
-    model_config = ConfigDict(extra="ignore", arbitrary_types_allowed=True)
+    model_config = ConfigDict(
+        extra="ignore", arbitrary_types_allowed=True, json_schema_extra={"required": ["candidate_id"]}
+    )
 
+    arguments_error: SkipJsonSchema[str | None] = None  # set by the scoring node for a call that was not JSON
     candidate_id: Annotated[Any, WithJsonSchema({"type": "string"})] = Field(
         default=None, description="The id of the candidate whose image to look at again."
     )

@@ -37,7 +37,10 @@ def check_collection_name(name: str) -> str:
 
 
 def filter_alternatives(value: Any) -> list[Any]:
-    """Values a CLI ``key=value`` string may stand for: the string itself, and int/bool when it parses."""
+    """Values a filter value may stand for: a list means any of its values; a CLI ``key=value`` string stands for
+    itself and for the int/bool it parses as."""
+    if isinstance(value, list | tuple):
+        return [alt for v in value for alt in filter_alternatives(v)]
     if not isinstance(value, str):
         return [value]
     alts: list[Any] = [value]

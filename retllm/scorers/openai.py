@@ -24,6 +24,7 @@ import math
 import random
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any
@@ -445,10 +446,10 @@ class OpenAIScorer(EndpointProbes, Scorer):
         calls = getattr(choice.message, "tool_calls", None) or []
         if calls and tools:
             echoed, seen = [], set()
-            for i, tc in enumerate(calls):  # ids must be unique within the turn: some servers repeat or omit them
+            for tc in calls:  # ids must be unique within the turn: some servers repeat or omit them
                 d = tc.model_dump(exclude_none=True)
-                if not d.get("id") or d["id"] in seen:
-                    d["id"] = f"{d.get('id') or 'call'}#{i}"
+                while not d.get("id") or d["id"] in seen:  # alphanumeric, 9 characters: what Mistral templates take
+                    d["id"] = uuid.uuid4().hex[:9]
                 seen.add(d["id"])
                 echoed.append(d)
             t.transcript.append(

@@ -177,14 +177,14 @@ def test_retllm_chat_cli_resumes_a_thread(cli_env, scene_images, tmp_path) -> No
 def test_an_inline_image_is_not_copied_into_every_checkpoint(cli_env, scene_images, tmp_path) -> None:
     import numpy as np
     from PIL import Image
+    from retllm.agent.chat import prepare_messages
 
     big = tmp_path / "noise.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (600, 600, 3), dtype=np.uint8)).save(big)
-    data = big.read_bytes()
+    data, small = big.read_bytes(), scene_images[1].read_bytes()
     assert len(data) > 1_000_000
-    script = ChatScript(
-        [tool_call("multimodal_search", {"image": "attached", "k": 2}), _echo_top] + [{"content": "ok"}] * 3
-    )
+    steps = [tool_call("multimodal_search", {"image": "attached:2", "k": 2}), _echo_top, *[{"content": "ok"}] * 3]
+    script = ChatScript(steps + [tool_call("multimodal_search", {"image": "attached", "k": 2}), _echo_top])
     with fake_openai(Switches(chat_script=script)) as fake:
         env = _env(cli_env, fake.url)
         ingest(env, scene_images[:2])
@@ -193,21 +193,39 @@ def test_an_inline_image_is_not_copied_into_every_checkpoint(cli_env, scene_imag
             saver = open_checkpointer(db)
             g = build_chat_graph(deps, checkpointer=saver)
             cfg = {"configurable": {"thread_id": "big"}}
-            url = "data:image/png;base64," + base64.b64encode(data).decode()
-            msg = HumanMessage(
-                [{"type": "text", "text": "like this"}, {"type": "image_url", "image_url": {"url": url}}]
-            )
-            first = g.invoke({"messages": [msg]}, cfg, context=Context(deps=deps))
+
+            def url(b: bytes) -> str:
+                return "data:image/png;base64," + base64.b64encode(b).decode()
+
+            blocks = [
+                {"type": "image_url", "image_url": {"url": url(small)}},
+                {"type": "text", "text": "not this one, the second:"},
+                {"type": "image_url", "image_url": {"url": url(data)}},
+            ]
+            # Unprepared (as langgraph dev sends it): the graph's middleware slims it for every later checkpoint.
+            first = g.invoke({"messages": [HumanMessage(blocks)]}, cfg, context=Context(deps=deps))
             sizes = []
             for text in ("and now?", "more", "thanks"):
                 g.invoke({"messages": [HumanMessage(text)]}, cfg, context=Context(deps=deps))
                 saver.conn.commit()
                 sizes.append(db.stat().st_size)
             state = g.get_state(cfg).values
+            # Prepared by the front end (CLI, service): not even the first checkpoint holds the base64.
+            before = db.stat().st_size
+            msgs = prepare_messages([HumanMessage([{"type": "text", "text": "this"}, blocks[2]])], deps)
+            again = g.invoke(
+                {"messages": msgs}, {"configurable": {"thread_id": "prepared"}}, context=Context(deps=deps)
+            )
+            saver.conn.commit()
+            prepared_growth = db.stat().st_size - before
             saver.conn.close()
     stored = state["messages"][0]
-    assert "retllm_attachments" in stored.additional_kwargs and "base64" not in str(stored.content)
-    assert Path(_tool_messages(first)[-1].artifact["image"]).read_bytes() == data  # the search used the image
+    assert len(stored.additional_kwargs["retllm_attachments"]) == 2 and "base64" not in str(stored.content)
+    texts = [b["text"] for b in stored.content if b["type"] == "text"]
+    assert texts[:3] == ["[attached image 1]", "not this one, the second:", "[attached image 2]"]  # order kept
+    assert Path(_tool_messages(first)[-1].artifact["image"]).read_bytes() == data  # 'attached:2' was the second
     growth = [b - a for a, b in zip(sizes, sizes[1:], strict=False)]
     assert max(growth) < 100_000  # later turns do not copy the megabytes again
-    assert script.bodies[-1]["messages"][1]["content"].endswith("search with image='attached' to use it.)")
+    assert prepared_growth < 300_000 and Path(_tool_messages(again)[-1].artifact["image"]).read_bytes() == data
+    sent = json.dumps(script.bodies[1]["messages"])  # what the chat model saw of the first message
+    assert "not this one, the second:" in sent and "attached:N" in sent and "base64" not in sent
