@@ -122,9 +122,8 @@ def slim_attachments(messages: list[Any], deps: Deps) -> list[Any]:
             note = (
                 f"({len(refs)} image(s) attached: search with image='attached:N' for image N, 'attached' for the last.)"
             )
-            out.append(
-                HumanMessage(content=[*blocks, {"type": "text", "text": note}], additional_kwargs=kwargs, id=m.id)
-            )
+            tail = [{"type": "text", "text": note}] if refs else []
+            out.append(HumanMessage(content=[*blocks, *tail], additional_kwargs=kwargs, id=m.id))
     return out
 
 

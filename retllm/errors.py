@@ -45,3 +45,7 @@ class ScoringError(RetllmError):
 
 class EndpointError(RetllmError):
     """A scoring endpoint refused the request in a way no retry can fix (bad key, unknown model, bad request)."""
+
+
+class FilterError(ConfigError):
+    """A payload filter the index cannot apply (the message says what to change)."""

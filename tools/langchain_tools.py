@@ -148,8 +148,24 @@ def attachments(message: Any) -> list[bytes | str]:
     refs: list[bytes | str] = list((getattr(message, "additional_kwargs", None) or {}).get("retllm_attachments") or [])
     content = getattr(message, "content", None)
     if not refs and isinstance(content, list):
-        refs = [x for x in (block_image(b) for b in content) if x is not None]
+        for b in content:
+            try:
+                found = block_image(b)
+            except ops.ToolInputError:  # one unreadable block does not hide the others
+                continue
+            if found is not None:
+                refs.append(found)
     return refs
+
+
+def _attached_something(message: Any) -> bool:
+    """Whether the user attached images to this message, readable or not."""
+    if "retllm_attachments" in (getattr(message, "additional_kwargs", None) or {}):
+        return True
+    content = getattr(message, "content", None)
+    return isinstance(content, list) and any(
+        isinstance(b, dict) and b.get("type") in ("image_url", "image") for b in content
+    )
 
 
 def attached_image(messages: Iterable[Any], n: int | None = None) -> bytes | str | None:
@@ -158,6 +174,8 @@ def attached_image(messages: Iterable[Any], n: int | None = None) -> bytes | str
         if getattr(m, "type", None) != "human":
             continue
         found = attachments(m)
+        if not found and _attached_something(m):  # never fall back to an older image behind the user's back
+            raise ops.ToolInputError("the image attached to the latest message could not be read; ask for it again")
         if found:
             if n is None:
                 return found[-1]

@@ -28,7 +28,14 @@ from retllm.tools.schemas import (
     SearchOut,
 )
 
-from retllm.errors import BadItemError, CollectionNotFoundError, ConfigError, EmptyQueryError, RetllmError
+from retllm.errors import (
+    BadItemError,
+    CollectionNotFoundError,
+    ConfigError,
+    EmptyQueryError,
+    FilterError,
+    RetllmError,
+)
 from retllm.events import EventSink
 from retllm.images import decode_image, is_url
 from retllm.index.base import FilterSpec, check_collection_name
@@ -49,6 +56,7 @@ RECOVERABLE: tuple[type[Exception], ...] = (
     EmptyQueryError,
     BadItemError,
     RevisitError,
+    FilterError,
 )
 
 

@@ -36,17 +36,17 @@ def check_collection_name(name: str) -> str:
     return name
 
 
-def filter_alternatives(value: Any) -> list[Any]:
+def filter_alternatives(value: Any, *, bools: bool = True) -> list[Any]:
     """Values a filter value may stand for: a list means any of its values; a CLI ``key=value`` string stands for
-    itself and for the int/bool it parses as."""
+    itself and for the int (and, with ``bools``, the bool) it parses as."""
     if isinstance(value, list | tuple):
-        return [alt for v in value for alt in filter_alternatives(v)]
+        return [alt for v in value for alt in filter_alternatives(v, bools=bools)]
     if not isinstance(value, str):
         return [value]
     alts: list[Any] = [value]
     if re.fullmatch(r"[+-]?\d+", value):
         alts.append(int(value))
-    if value.lower() in ("true", "false"):
+    if bools and value.lower() in ("true", "false"):
         alts.append(value.lower() == "true")
     return alts
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from retllm.errors import CollectionLockedError, CollectionNotFoundError, MissingDependencyError
+from retllm.errors import CollectionLockedError, CollectionNotFoundError, FilterError, MissingDependencyError
 from retllm.index.base import (
     RRF_K,
     FilterSpec,
@@ -49,7 +49,13 @@ def edge_filter(flt: FilterSpec | None) -> Any:
     q = _edge()
     must = []
     for key, value in flt.items():
-        alts = [q.FieldCondition(key=f"meta.{key}", match=q.MatchValue(v)) for v in filter_alternatives(value)]
+        values = filter_alternatives(value, bools=False)  # qdrant-edge matches True as 1: it has no bool match
+        if any(isinstance(v, bool) for v in values):
+            raise FilterError(
+                f"filter {key!r}: the embedded store cannot match true/false values (qdrant-edge would match them "
+                "as 1/0); store the field as a string, or use a Qdrant server (RETLLM_QDRANT_URL)"
+            )
+        alts = [q.FieldCondition(key=f"meta.{key}", match=q.MatchValue(v)) for v in values]
         must.append(alts[0] if len(alts) == 1 else q.Filter(should=alts))
     return q.Filter(must=must)
 

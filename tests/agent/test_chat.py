@@ -229,3 +229,26 @@ def test_an_inline_image_is_not_copied_into_every_checkpoint(cli_env, scene_imag
     assert prepared_growth < 300_000 and Path(_tool_messages(again)[-1].artifact["image"]).read_bytes() == data
     sent = json.dumps(script.bodies[1]["messages"])  # what the chat model saw of the first message
     assert "not this one, the second:" in sent and "attached:N" in sent and "base64" not in sent
+
+
+def test_an_unreadable_attachment_never_falls_back_to_an_older_image(tmp_path) -> None:
+    from langchain_core.messages import AIMessage
+    from retllm.agent.chat import prepare_messages
+    from retllm.tools.deps import Deps
+    from retllm.tools.langchain_tools import attached_image
+    from retllm.tools.ops import ToolInputError
+
+    from retllm.settings import Settings
+
+    deps = Deps(Settings(data_dir=tmp_path))
+    not_an_image = "data:image/png;base64," + base64.b64encode(b"these bytes are no image").decode()
+    older = HumanMessage([{"type": "image_url", "image_url": {"url": "https://example.org/old.jpg"}}])
+    broken = HumanMessage(
+        [{"type": "text", "text": "use THIS"}, {"type": "image_url", "image_url": {"url": not_an_image}}]
+    )
+    msgs = prepare_messages([older, AIMessage("ok"), broken], deps)
+    assert "could not be read" in str(msgs[-1].content) and "attached:N" not in str(msgs[-1].content)
+    with pytest.raises(ToolInputError, match="latest message could not be read"):
+        attached_image(msgs)
+    assert attached_image(msgs[:2]) == "https://example.org/old.jpg"
+    assert list(tmp_path.rglob("*")) == []  # nothing written for bytes that are not an image

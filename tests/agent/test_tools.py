@@ -32,6 +32,7 @@ BAD = [
     ("multimodal_search", {"query": "x", "filter": {"": "cat"}}, "filter keys must be field names, not empty"),
     ("multimodal_search", {"query": "x", "filter": {"n": 1.5}}, "filter 'n': values are matched exactly"),
     ("multimodal_search", {"query": "x", "filter": {"n": [1, 2**70]}}, "(64-bit), or a list of them; got"),
+    ("multimodal_search", {"query": "x", "filter": {"flag": True}}, "the embedded store cannot match true/false"),
     ("multimodal_search", {"image": "data:text/plain;base64,aGk="}, "a data URL must look like data:image/png"),
     ("multimodal_search", {"image": "/no/" + "x" * 5000}, "... (5004 characters)"),
     ("multimodal_search", {"image": "/no/such/file.png"}, "/no/such/file.png"),
