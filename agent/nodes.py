@@ -97,13 +97,11 @@ class RetrievalNodes:
         assert scorer is not None
         was = [t.done for t in turns]
         scorer.step(turns)
-        n_done = sum(was)
+        for event in events.scored(turns, was):
+            emit(event)
         calls: list[dict[str, Any]] = []
         owners: dict[str, int] = {}
-        for t, before in zip(turns, was, strict=True):
-            if t.done and not before:
-                n_done += 1
-                emit(events.candidate(t, n_done, len(turns)))
+        for t in turns:
             for call in t.pending:  # every call goes through the ToolNode, in call order, bad ones included
                 gid = _call_id(t, call.id)
                 try:

@@ -44,6 +44,16 @@ def candidate(turn: Turn, done: int, of: int) -> Event:
     }
 
 
+def scored(turns: Sequence[Turn], was_done: Sequence[bool]) -> list[Event]:
+    """The ``candidate`` events of the turns a step just finished (``was_done``: each turn's state before it)."""
+    out, n = [], sum(was_done)
+    for t, before in zip(turns, was_done, strict=True):
+        if t.done and not before:
+            n += 1
+            out.append(candidate(t, n, len(turns)))
+    return out
+
+
 def revisit(turn: Turn, call: ToolCall, status: str, box: Any = None, error: str | None = None) -> Event:
     out: Event = {"event": "revisit", "status": status, "id": turn.candidate.id, "call": call.id}
     if box is not None:

@@ -6,8 +6,10 @@ white); empty, truncated, corrupt, oversized and unsupported inputs raise :class
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +64,17 @@ def read_image_bytes(src: ImageSource, *, timeout: float = 10.0) -> bytes:
     if not data:
         raise BadItemError("empty file (0 bytes)")
     return data
+
+
+def keep_bytes(folder: Path, data: bytes) -> str:
+    """Keep ``data`` in ``folder`` under its SHA-256 (written once, atomically, safe across threads); the path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / hashlib.sha256(data).hexdigest()
+    if not path.exists():
+        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return str(path)
 
 
 def _stretch_to_8bit(im: Image.Image) -> Image.Image:

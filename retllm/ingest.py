@@ -9,7 +9,6 @@ Bad items are reported with their reason and never stop the rest.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -24,7 +23,7 @@ import numpy as np
 
 from retllm.embedders.base import Embedder, fuse
 from retllm.errors import BadItemError
-from retllm.images import IMAGE_EXTENSIONS, ImageLimits, decode_image, decode_text, is_url
+from retllm.images import IMAGE_EXTENSIONS, ImageLimits, decode_image, decode_text, is_url, keep_bytes
 from retllm.index.base import Index, Record
 from retllm.types import Item, VectorName, content_id
 
@@ -213,13 +212,7 @@ class Ingestor:
             return str(Path(src).resolve()) if not is_url(src) else str(src)
         if self.blob_dir is None:
             raise BadItemError("image given as bytes but no blob folder is configured to keep it")
-        self.blob_dir.mkdir(parents=True, exist_ok=True)
-        blob = self.blob_dir / hashlib.sha256(data).hexdigest()
-        if not blob.exists():
-            tmp = blob.with_suffix(".tmp")
-            tmp.write_bytes(data)
-            tmp.replace(blob)
-        return str(blob)
+        return keep_bytes(self.blob_dir, data)
 
     def _store(self, batch: list[Prepared], report: IngestReport, seen: set[str]) -> None:
         fresh: list[Prepared] = []

@@ -34,16 +34,11 @@ def embedder(tiny_clip_dir: Path):
 @pytest.fixture
 def cli_env(tmp_path: Path, tiny_clip_spec: str) -> dict[str, str]:
     """Environment for running the real ``retllm`` CLI against a fresh data dir and the tiny model."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RETLLM_")}
-    env.update(
-        RETLLM_DATA_DIR=str(tmp_path / "data"),
-        RETLLM_EMBEDDER=tiny_clip_spec,
-        RETLLM_DEVICE="cpu",
-        RETLLM_BATCH_SIZE="4",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
+    from tests.e2e.cli import retllm_env
+
+    return retllm_env(
+        tmp_path / "data", tiny_clip_spec, RETLLM_BATCH_SIZE="4", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"
     )
-    return env
 
 
 @pytest.fixture(scope="session")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from retllm.embedders.base import Embedder
+from retllm.images import keep_bytes
 from retllm.index.base import Index
 from retllm.pipeline import Retriever
 from retllm.scorers.base import Scorer
@@ -72,14 +72,7 @@ class Deps:
         """Store image bytes (an upload, an attachment, a fetched URL) by content; returns the file path.
 
         State, checkpoints and tool artifacts then carry this reference instead of the bytes."""
-        folder = self.settings.blob_dir
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / hashlib.sha256(data).hexdigest()
-        if not path.exists():
-            tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
-            tmp.write_bytes(data)
-            tmp.replace(path)
-        return str(path)
+        return keep_bytes(self.settings.blob_dir, data)
 
     def close(self) -> None:
         """Release what this object built or was given (models, the index)."""

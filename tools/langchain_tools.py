@@ -289,15 +289,7 @@ def revisit_image_tool(deps: Deps | None = None) -> BaseTool:
         where = f", zoomed to {box}" if box else ""
         return f"Candidate {cand.id} image{where}.", {"candidate_id": cand.id, "image": cand.image, "box": box}
 
-    return StructuredTool.from_function(
-        func=_recoverable(revisit_image),
-        name=REVISIT_TOOL,
-        description=REVISIT_DESCRIPTION,
-        args_schema=_with_runtime(RevisitArgs),
-        response_format="content_and_artifact",
-        handle_tool_error=True,
-        handle_validation_error=ops.validation_message,
-    )
+    return _make(revisit_image, REVISIT_TOOL, REVISIT_DESCRIPTION, RevisitArgs)
 
 
 def add_items_tool(deps: Deps | None = None) -> BaseTool:

@@ -139,16 +139,14 @@ class Scorer(ABC):  # noqa: B024 - step() or score(): either one makes a backend
 
         emit = on_event or (lambda _e: None)
         turns = self.open_turns(query, candidates)
-        done = 0
         for _ in range(self.max_revisits + 2):  # a step ends a turn or asks for revisits, up to the bound
             if all(t.done for t in turns):
                 break
             was = [t.done for t in turns]
             self.step(turns)
-            for t, before in zip(turns, was, strict=True):
-                if t.done and not before:
-                    done += 1
-                    emit(events.candidate(t, done, len(turns)))
+            for event in events.scored(turns, was):
+                emit(event)
+            for t in turns:
                 for call in list(t.pending):
                     emit(events.revisit(t, call, "requested", box=_box_arg(call)))
                     self.apply_revisit(t, call)

@@ -35,7 +35,7 @@ from PIL import Image
 from pydantic import AnyUrl
 
 from tests.agent.conftest import cli_search, ingest
-from tests.e2e.cli import RETLLM
+from tests.e2e.cli import RETLLM, retllm_env
 from tests.fakes.openai_server import FakeOpenAI, fake_openai
 
 TOOLS = {"search", "add_items", "delete_items", "list_collections"}
@@ -65,11 +65,9 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_clip_spec: str) -> Ite
         images.append(root / f"scene_{i}.png")
         Image.fromarray(arr).save(images[-1])
     with fake_openai() as fake:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RETLLM_")}
-        env.update(
-            RETLLM_DATA_DIR=str(root / "data"),
-            RETLLM_EMBEDDER=tiny_clip_spec,
-            RETLLM_DEVICE="cpu",
+        env = retllm_env(
+            root / "data",
+            tiny_clip_spec,
             RETLLM_SCORER="openai:fake-vlm",
             RETLLM_OPENAI_BASE_URL=fake.url,
             OPENAI_API_KEY="k",

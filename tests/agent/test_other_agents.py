@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from PIL import Image
 from retllm.tools.langchain_tools import build_tools
 
 from tests.agent.conftest import cli_search, deps_from, ingest
-from tests.e2e.cli import RETLLM
+from tests.e2e.cli import RETLLM, retllm_env
 from tests.fakes.openai_server import ChatScript, FakeOpenAI, fake_openai, tool_call
 
 QUERY = "a red square"
@@ -51,11 +50,9 @@ def indexed(tmp_path_factory: pytest.TempPathFactory, tiny_clip_spec: str) -> It
         images.append(root / f"img_{i}.png")
         Image.fromarray(arr).save(images[-1])
     with fake_openai() as fake:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RETLLM_")}
-        env.update(
-            RETLLM_DATA_DIR=str(root / "data"),
-            RETLLM_EMBEDDER=tiny_clip_spec,
-            RETLLM_DEVICE="cpu",
+        env = retllm_env(
+            root / "data",
+            tiny_clip_spec,
             RETLLM_SCORER="openai:fake-vlm",
             RETLLM_OPENAI_BASE_URL=fake.url,
             OPENAI_API_KEY="k",

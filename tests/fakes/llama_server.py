@@ -27,13 +27,14 @@ import sys
 root = sys.argv[1]
 sys.path[:0] = [root + "/gguf-py", root]
 import conversion.base as base
-import conversion.qwen as qwen
+import conversion.{module} as family
 base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
-qwen.Qwen2Model.set_vocab = lambda self: self._set_vocab_gpt2()
+family.{model}.set_vocab = lambda self: self._set_vocab_gpt2()
 import convert_hf_to_gguf as cv
 sys.argv = ["convert_hf_to_gguf.py", *sys.argv[2:]]
 cv.main()
 """
+"""Runs the vendored converter on our tiny checkpoints, whose BPE vocabularies it would not recognise by hash."""
 
 
 def llama_cpp_version() -> str | None:
@@ -67,16 +68,22 @@ def converter(cache: Path) -> Path:
     return root
 
 
-def make_gguf(hf_dir: Path, out: Path, cache: Path) -> Path:
-    """Convert a checkpoint folder to an f32 GGUF (weights exactly as in the checkpoint)."""
+def convert(hf_dir: Path, out: Path, cache: Path, *, module: str, model: str, extra: tuple[str, ...] = ()) -> Path:
+    """One f32 GGUF from a checkpoint folder (weights exactly as in the checkpoint), with the vendored converter;
+    ``module``/``model``: the converter's class for the family (``extra``: e.g. ``--mmproj``)."""
     root = converter(cache)
-    wrapper = cache / "convert_wrapper.py"
-    wrapper.write_text(_WRAPPER)
-    cmd = [sys.executable, str(wrapper), str(root), str(hf_dir), "--outfile", str(out), "--outtype", "f32"]
+    wrapper = cache / f"convert_{module}.py"
+    wrapper.write_text(_WRAPPER.format(module=module, model=model))
+    cmd = [sys.executable, str(wrapper), str(root), str(hf_dir), *extra, "--outfile", str(out), "--outtype", "f32"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if r.returncode != 0 or not out.is_file():
-        raise RuntimeError(f"GGUF conversion failed: {r.stderr[-2000:]}")
+        raise RuntimeError(f"GGUF conversion failed ({out.name}): {r.stderr[-2000:]}")
     return out
+
+
+def make_gguf(hf_dir: Path, out: Path, cache: Path) -> Path:
+    """Convert a tiny Qwen2 text checkpoint to an f32 GGUF."""
+    return convert(hf_dir, out, cache, module="qwen", model="Qwen2Model")
 
 
 def _free_port() -> int:

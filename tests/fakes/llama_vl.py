@@ -24,8 +24,6 @@ What the tiny model must look like for llama.cpp 0.3.36 to serve it exactly as t
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,21 +35,8 @@ import torch
 from retllm.scorers.base import Candidate
 from retllm.types import Query
 from tests.fakes import tiny_vlm
-from tests.fakes.llama_server import converter, llama_server
+from tests.fakes.llama_server import convert, llama_server
 from tests.fakes.tiny_lm import LM_CORPUS
-
-_VL_WRAPPER = """
-import sys
-root = sys.argv[1]
-sys.path[:0] = [root + "/gguf-py", root]
-import conversion.base as base
-import conversion.qwenvl as qwenvl
-base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
-qwenvl.Qwen2VLModel.set_vocab = lambda self: self._set_vocab_gpt2()
-import convert_hf_to_gguf as cv
-sys.argv = ["convert_hf_to_gguf.py", *sys.argv[2:]]
-cv.main()
-"""
 
 VISION: dict[str, dict[str, Any]] = {
     "qwen2_vl": dict(depth=3),
@@ -82,17 +67,10 @@ def build_tiny_qwen_vl(folder: Path, family: str = "qwen2_vl", *, seed: int = 0,
 
 def make_vl_ggufs(hf_dir: Path, out: Path, cache: Path) -> tuple[Path, Path]:
     """Convert a Qwen-VL checkpoint to f32 GGUFs: (language model, mmproj)."""
-    root = converter(cache)
-    wrapper = cache / "convert_vl_wrapper.py"
-    wrapper.write_text(_VL_WRAPPER)
     out.mkdir(parents=True, exist_ok=True)
-    lm, mmproj = out / "model.gguf", out / "mmproj.gguf"
-    for dest, extra in ((lm, []), (mmproj, ["--mmproj"])):
-        cmd = [sys.executable, str(wrapper), str(root), str(hf_dir), *extra, "--outfile", str(dest), "--outtype", "f32"]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        if r.returncode != 0 or not dest.is_file():
-            raise RuntimeError(f"GGUF conversion failed ({dest.name}): {r.stderr[-2000:]}")
-    return lm, mmproj
+    family = {"module": "qwenvl", "model": "Qwen2VLModel"}
+    lm = convert(hf_dir, out / "model.gguf", cache, **family)
+    return lm, convert(hf_dir, out / "mmproj.gguf", cache, **family, extra=("--mmproj",))
 
 
 @contextmanager
