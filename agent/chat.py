@@ -8,6 +8,7 @@ Conversations persist in SQLite (``chat.sqlite`` in the data dir), one thread id
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,40 @@ def prepare_messages(messages: list[Any], deps: Deps) -> list[Any]:
             m.id = str(uuid.uuid4())
     slim = {x.id: x for x in slim_attachments(messages, deps)}
     return [slim.get(m.id, m) for m in messages]
+
+
+def turn_events(graph: Any, deps: Deps, thread: str | None, messages: list[Any]) -> Iterator[tuple[str, Any]]:
+    """Run one chat turn and say what happens, as ``(kind, data)`` pairs, for every front end (terminal, SSE):
+
+    - ``progress``: a stage event of the search (:mod:`retllm.events`);
+    - ``search``: a ``multimodal_search`` result (:class:`SearchOut`); ``search_error``: its refusal (a message);
+    - ``answer``: the chat model's final text.
+
+    ``thread``: the conversation to continue (``None``: a graph without a checkpointer, one-off)."""
+    from langchain_core.messages import AIMessage, ToolMessage
+    from retllm.agent.context import Context
+    from retllm.tools.schemas import SearchOut
+
+    config = {"configurable": {"thread_id": thread}} if thread is not None else {}
+    for mode, chunk in graph.stream(
+        {"messages": prepare_messages(messages, deps)},
+        config,
+        context=Context(deps=deps),
+        stream_mode=["custom", "updates"],
+    ):
+        if mode == "custom":
+            if isinstance(chunk, dict):
+                yield "progress", chunk
+            continue
+        for update in (chunk or {}).values():
+            for m in (update or {}).get("messages", []) if isinstance(update, dict) else []:
+                if isinstance(m, ToolMessage) and m.name == "multimodal_search":
+                    if m.status == "error" or not m.artifact:
+                        yield "search_error", str(m.content)
+                    else:
+                        yield "search", SearchOut.model_validate(m.artifact)
+                elif isinstance(m, AIMessage) and not m.tool_calls and m.content:
+                    yield "answer", m.text if hasattr(m, "text") else str(m.content)
 
 
 def build_chat_graph(deps: Deps | None = None, *, model: Any = None, checkpointer: Any = None) -> Any:

@@ -8,9 +8,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
-from retllm.agent.chat import ATTACHED_NOTE, build_chat_graph, chat_db, open_checkpointer
-from retllm.agent.context import Context
+from langchain_core.messages import HumanMessage
+from retllm.agent.chat import ATTACHED_NOTE, build_chat_graph, chat_db, open_checkpointer, turn_events
 from retllm.tools.deps import Deps
 from retllm.tools.schemas import SearchOut
 from rich.console import Console
@@ -77,28 +76,21 @@ def _human(text: str, image: str | None) -> HumanMessage:
 
 def run_turn(graph: Any, deps: Deps, thread: str, message: HumanMessage) -> str:
     """Send one message; show progress and result tables as they come; returns the model's answer."""
-    config = {"configurable": {"thread_id": thread}}
     answer = ""
     with err.status("thinking...") as status:
-        for mode, chunk in graph.stream(
-            {"messages": [message]}, config, context=Context(deps=deps), stream_mode=["custom", "updates"]
-        ):
-            if mode == "custom" and isinstance(chunk, dict):
-                line = _progress(chunk)
+        for kind, data in turn_events(graph, deps, thread, [message]):
+            if kind == "progress":
+                line = _progress(data)
                 if line:
                     status.update(line)
                     if not err.is_terminal:  # no spinner to update (a log, a pipe): one line per event
                         err.print(line, highlight=False, markup=False)
-                continue
-            for update in (chunk or {}).values():
-                for m in (update or {}).get("messages", []) if isinstance(update, dict) else []:
-                    if isinstance(m, ToolMessage) and m.name == "multimodal_search":
-                        if m.status == "error" or not m.artifact:
-                            err.print(f"search refused: {m.content}", highlight=False, markup=False)
-                        else:
-                            out.print(results_table(SearchOut.model_validate(m.artifact)))
-                    elif isinstance(m, AIMessage) and not m.tool_calls and m.content:
-                        answer = m.text if hasattr(m, "text") else str(m.content)
+            elif kind == "search_error":
+                err.print(f"search refused: {data}", highlight=False, markup=False)
+            elif kind == "search":
+                out.print(results_table(data))
+            elif kind == "answer":
+                answer = data
     return answer
 
 

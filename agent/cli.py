@@ -1,4 +1,4 @@
-"""``retllm chat`` and ``retllm mcp``: the agent's commands, added to the ``retllm`` CLI as a plugin."""
+"""``retllm chat``, ``mcp`` and ``serve``: the agent's commands, added to the ``retllm`` CLI as a plugin."""
 
 from __future__ import annotations
 
@@ -45,3 +45,19 @@ def register(app: typer.Typer) -> None:
         from retllm.cli.main import settings
 
         serve(settings(), http=http, insecure=insecure)
+
+    @app.command("serve")
+    def serve(
+        host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+        port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8080,
+        insecure: Annotated[
+            bool,
+            typer.Option("--insecure", help="Allow a non-loopback address without RETLLM_API_TOKEN (no auth!)."),
+        ] = False,
+    ) -> None:
+        """Serve the REST + SSE API, the OpenAI-compatible chat endpoint and the web chat page (docs at /docs)."""
+        from retllm.agent.service.run import run
+
+        from retllm.cli.main import settings
+
+        run(settings(), host=host, port=port, insecure=insecure)

@@ -152,6 +152,12 @@ class HitOut(BaseModel):
     rank: int = Field(description="Final rank (1 = best).")
     id: str
     score: float | None = Field(description="The judge's probability that it matches (null: not judged).")
+    p_true: float | None = Field(
+        default=None, description="The judge's raw P(True) under its whole vocabulary (null where unknown)."
+    )
+    entropy: float | None = Field(
+        default=None, description="Entropy (nats) of the judge's answer distribution (ties go to the surer)."
+    )
     coarse_rank: int | None = Field(default=None, description="Rank in the fast first stage.")
     coarse_score: float = Field(description="Embedding similarity in the first stage.")
     method: str | None = Field(

@@ -145,6 +145,11 @@ class Index(ABC):
     def existing(self, collection: str, ids: Sequence[str]) -> set[str]:
         """The subset of ``ids`` stored in the collection."""
 
+    def payloads(self, collection: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The stored payloads of those of ``ids`` that exist, by id (backends override this with a lookup)."""
+        wanted = set(ids) & self.existing(collection, ids)
+        return {r.id: r.payload for r in self.scroll(collection) if r.id in wanted} if wanted else {}
+
     @abstractmethod
     def _search(
         self, collection: str, vector: np.ndarray, using: VectorName, limit: int, flt: FilterSpec | None

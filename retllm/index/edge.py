@@ -169,6 +169,12 @@ class EdgeIndex(Index):
         recs = self._open(collection).retrieve([point_id(i) for i in ids], with_payload=True, with_vector=False)
         return {r.payload["retllm_id"] for r in recs}
 
+    def payloads(self, collection: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        if not ids:
+            return {}
+        recs = self._open(collection).retrieve([point_id(i) for i in ids], with_payload=True, with_vector=False)
+        return {r.payload["retllm_id"]: dict(r.payload) for r in recs}
+
     def _search(
         self, collection: str, vector: np.ndarray, using: VectorName, limit: int, flt: FilterSpec | None
     ) -> list[SearchResult]:

@@ -1,0 +1,343 @@
+"""Chat over HTTP: the chat graph's turns as server-sent events, conversation threads, and an OpenAI-compatible
+``/v1/chat/completions`` so existing chat front ends (Open WebUI, LibreChat, any OpenAI client) use retllm as a
+"model" and show the ranked thumbnails as Markdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from retllm.agent.service.models import ChatRequest, ThreadInfo, ThreadTurn
+from retllm.tools import ops
+from retllm.tools.schemas import SearchOut
+
+from retllm.errors import RetllmError
+
+if TYPE_CHECKING:
+    from retllm.agent.service.app import Service
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[str, Any], None]
+KEEPALIVE_S = 10.0
+
+
+def _message(e: Exception) -> str:
+    if isinstance(e, HTTPException):
+        return str(e.detail)
+    if isinstance(e, RetllmError | ValidationError):
+        return str(e)
+    log.exception("chat turn failed", exc_info=e)
+    return f"internal error ({type(e).__name__})"
+
+
+def stream(svc: Service, work: Callable[[Emit], None], fmt: Callable[[str, Any], bytes | None]) -> StreamingResponse:
+    """Run ``work(emit)`` on a gated worker thread and stream what it emits, formatted by ``fmt``, as it comes.
+
+    Admission happens before the response starts, so a full queue is a plain 503; an error inside becomes an
+    ``error`` event; comments keep idle connections (proxies) open while the models work."""
+    svc.gate.admit()
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str | None, Any]] = asyncio.Queue()
+
+    def emit(kind: str | None, data: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, (kind, data))
+        except RuntimeError:  # the loop is gone (shutdown): nobody is listening
+            pass
+
+    def guarded() -> None:
+        try:
+            work(emit)
+        except Exception as e:
+            emit("error", {"message": _message(e)})
+
+    async def run() -> None:
+        try:
+            await anyio.to_thread.run_sync(guarded, limiter=svc.gate.limiter)
+        finally:
+            svc.gate.release()
+            queue.put_nowait((None, None))
+
+    task = asyncio.ensure_future(run())
+
+    async def body() -> AsyncIterator[bytes]:
+        while True:
+            try:
+                kind, data = await asyncio.wait_for(queue.get(), timeout=KEEPALIVE_S)
+            except TimeoutError:
+                yield b": working\n\n"
+                continue
+            if kind is None:
+                break
+            out = fmt(kind, data)
+            if out:
+                yield out
+        await task
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
+
+
+def sse(kind: str, data: Any) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def human(text: str, images: list[str]) -> Any:
+    from langchain_core.messages import HumanMessage
+
+    if not images:
+        return HumanMessage(content=text)
+    blocks: list[Any] = [{"type": "text", "text": text}]
+    blocks += [{"type": "image_url", "image_url": {"url": u}} for u in images]
+    return HumanMessage(content=blocks)
+
+
+def _check_images(images: list[str]) -> None:
+    for i, u in enumerate(images):
+        if not (u[:11].lower() == "data:image/" or u.lower().startswith(("http://", "https://"))):
+            raise HTTPException(422, f"images[{i}]: give a data:image/...;base64 URL or an http(s) URL")
+
+
+# --- threads ---------------------------------------------------------------------------------------------------
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    parts = [b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text"]
+    return "\n".join(p for p in parts if not (p.startswith("[attached image") or p.startswith("(")))
+
+
+def thread_messages(svc: Service, thread_id: str) -> list[Any] | None:
+    tup = svc.saver.get_tuple({"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}})
+    if tup is None:
+        return None
+    return list(tup.checkpoint.get("channel_values", {}).get("messages", []))
+
+
+def list_threads(svc: Service, limit: int = 100) -> list[ThreadInfo]:
+    with svc.saver.cursor(transaction=False) as cur:
+        cur.execute(
+            "SELECT thread_id FROM checkpoints WHERE checkpoint_ns = '' GROUP BY thread_id "
+            "ORDER BY MAX(checkpoint_id) DESC LIMIT ?",
+            (limit,),
+        )
+        ids = [row[0] for row in cur.fetchall()]
+    out = []
+    for tid in ids:
+        tup = svc.saver.get_tuple({"configurable": {"thread_id": tid, "checkpoint_ns": ""}})
+        msgs = list(tup.checkpoint.get("channel_values", {}).get("messages", [])) if tup else []
+        first = next((_text(m.content) for m in msgs if m.type == "human"), "")
+        updated = tup.checkpoint.get("ts") if tup else None
+        out.append(ThreadInfo(thread_id=tid, title=first[:80] or "(empty)", updated=updated))
+    return out
+
+
+def history(svc: Service, request: Request, msgs: list[Any]) -> list[ThreadTurn]:
+    turns = []
+    for m in msgs:
+        if m.type == "human":
+            refs = (m.additional_kwargs or {}).get("retllm_attachments") or []
+            turns.append(ThreadTurn(role="user", text=_text(m.content), images=len(refs)))
+        elif m.type == "tool" and m.name == "multimodal_search" and m.status != "error" and m.artifact:
+            search = svc.public(request, SearchOut.model_validate(m.artifact))
+            turns.append(ThreadTurn(role="search", search=search))
+        elif m.type == "ai" and not m.tool_calls and m.content:
+            turns.append(ThreadTurn(role="assistant", text=_text(m.content)))
+    return turns
+
+
+def router(svc: Service) -> APIRouter:
+    r = APIRouter(tags=["chat"])
+
+    @r.post("/chat")
+    async def chat(body: ChatRequest, request: Request) -> StreamingResponse:
+        """One user turn; server-sent events: ``thread`` (its id), ``progress`` (stage events), ``search`` (ranked
+        results), ``search_error``, ``answer`` (the reply), ``error``, and ``done`` last. History is kept per
+        thread (SQLite) and survives restarts."""
+        _check_images(body.images)
+        thread = body.thread_id or uuid.uuid4().hex[:12]
+        message = human(body.message, body.images)
+
+        def work(emit: Emit) -> None:
+            from retllm.agent.chat import turn_events
+
+            emit("thread", {"thread_id": thread})
+            for kind, data in turn_events(svc.chat_graph(), svc.deps, thread, [message]):
+                emit(kind, svc.public(request, data) if kind == "search" else data)
+            emit("done", {"thread_id": thread})
+
+        return stream(svc, work, sse)
+
+    @r.get("/chat/threads", response_model=list[ThreadInfo])
+    async def threads() -> list[ThreadInfo]:
+        """Conversations, newest first (title: the first message)."""
+        return await svc.gate.run(list_threads, svc)
+
+    @r.get("/chat/threads/{thread_id}")
+    async def thread(thread_id: str, request: Request) -> dict[str, Any]:
+        """One conversation's turns (user, search, assistant), to resume it."""
+        msgs = await svc.gate.run(thread_messages, svc, thread_id)
+        if msgs is None:
+            raise HTTPException(404, f"no conversation {thread_id!r}")
+        return {"thread_id": thread_id, "turns": [t.model_dump() for t in history(svc, request, msgs)]}
+
+    return r
+
+
+# --- OpenAI-compatible -----------------------------------------------------------------------------------------
+
+
+class OpenAIMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")  # temperature, max_tokens, ...: accepted, the chat graph decides
+
+    model: str = "retllm"
+    messages: list[OpenAIMessage] = Field(min_length=1, max_length=200)
+    stream: bool = False
+
+
+MODEL_ID = "retllm"
+
+
+def to_langchain(messages: list[OpenAIMessage]) -> list[Any]:
+    """OpenAI chat messages as LangChain ones (system messages dropped: the graph has its own prompt)."""
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    out: list[Any] = []
+    for i, m in enumerate(messages):
+        if m.role == "user":
+            content = m.content or ""
+            if isinstance(content, list):
+                for j, block in enumerate(content):
+                    kind = block.get("type")
+                    if kind == "image_url":
+                        url = (block.get("image_url") or {}).get("url", "")
+                        _check_images_at(url, f"messages[{i}].content[{j}]")
+                    elif kind != "text":
+                        raise HTTPException(422, f"messages[{i}].content[{j}]: only text and image_url parts")
+            out.append(HumanMessage(content=content))
+        elif m.role == "assistant":
+            out.append(AIMessage(content=_text(m.content or "")))
+        elif m.role not in ("system", "developer"):
+            raise HTTPException(422, f"messages[{i}].role: {m.role!r} is not supported (user, assistant, system)")
+    if not out or out[-1].type != "human":
+        raise HTTPException(422, "messages: the last message must be the user's")
+    return out
+
+
+def _check_images_at(url: str, where: str) -> None:
+    try:
+        _check_images([url])
+    except HTTPException as e:
+        raise HTTPException(422, f"{where}: {e.detail.split(': ', 1)[1]}") from e
+
+
+def markdown(search: dict[str, Any]) -> str:
+    """Ranked results as Markdown thumbnails (what chat front ends render)."""
+    if not search["hits"]:
+        return ""
+    how = f"re-ranked by {search['scorer']}" if search["scorer"] else "coarse order"
+    lines = [f"**Results** ({search['collection']}, {how}):", ""]
+    for h in search["hits"]:
+        score = f"{h['score']:.3f}" if h.get("score") is not None else f"similarity {h['coarse_score']:.3f}"
+        badge = ", ".join(
+            x
+            for x in (
+                h.get("method"),
+                f"coarse #{h['coarse_rank']}" if h.get("coarse_rank") else None,
+                f"retraced L{h['retraced']}" if h.get("retraced") is not None else None,
+                f"{h['revisits']} revisit(s)" if h.get("revisits") else None,
+            )
+            if x
+        )
+        pic = f"![{h['id']}]({h['thumbnail']}) " if h.get("thumbnail") else ""
+        text = f" — {h['text'][:80]}" if h.get("text") else ""
+        lines.append(f"{h['rank']}. {pic}`{h['id']}` **{score}** ({badge}){text}")
+    return "\n".join(lines)
+
+
+def openai_router(svc: Service) -> APIRouter:
+    r = APIRouter(prefix="/v1", tags=["openai"])
+
+    @r.get("/models")
+    def models() -> dict[str, Any]:
+        """The one model this endpoint serves: ``retllm`` (the chat graph over the configured collection)."""
+        return {"object": "list", "data": [{"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "retllm"}]}
+
+    @r.post("/chat/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Any:
+        """Runs the chat graph over the conversation sent (stateless: clients send the history each time); the
+        reply is the answer followed by the ranked results as Markdown thumbnails. ``stream: true`` gives SSE
+        chunks as OpenAI sends them."""
+        messages = to_langchain(body.messages)
+        created, cid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+        def reply(emit: Emit | None = None) -> str:
+            from retllm.agent.chat import turn_events
+
+            answer, results = "", []
+            graph = svc.chat_graph(stateless=True)
+            for kind, data in turn_events(graph, svc.deps, None, messages):
+                if kind == "search":
+                    results.append(markdown(svc.public(request, data)))
+                elif kind == "answer":
+                    answer = data
+                elif kind == "search_error":
+                    results.append(f"_search refused: {data}_")
+            text = "\n\n".join(x for x in (answer, *results[-1:]) if x)
+            if emit is not None:
+                emit("content", text)
+            return text
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            obj = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": body.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+            return f"data: {json.dumps(obj)}\n\n".encode()
+
+        if body.stream:
+
+            def fmt(kind: str, data: Any) -> bytes | None:
+                if kind == "content":
+                    return chunk({"role": "assistant", "content": data}) + chunk({}, "stop") + b"data: [DONE]\n\n"
+                if kind == "error":
+                    err = {"error": {"message": data["message"], "type": "server_error"}}
+                    return f"data: {json.dumps(err)}\n\ndata: [DONE]\n\n".encode()
+                return None
+
+            return stream(svc, lambda emit: reply(emit) and None, fmt)
+        try:
+            text = await svc.gate.run(reply)
+        except (RetllmError, ops.ToolInputError) as e:
+            raise HTTPException(502, str(e)) from e
+        return {
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": body.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        }
+
+    return r

@@ -1,0 +1,156 @@
+"""Chat over HTTP: SSE turns that refine across a thread and survive a restart; the OpenAI-compatible endpoint
+driven by the real ``openai`` client, streamed and not."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.agent.conftest import ingest
+from tests.fakes.openai_server import ChatScript, Switches, fake_openai, tool_call
+from tests.service.conftest import TOKEN, running, service_env
+
+
+def _echo_top(body: dict[str, Any]) -> dict[str, Any]:
+    text = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "tool")
+    m = re.search(r"1\. id=(\S+)", text)
+    return {"content": f"Best match: {m.group(1)}" if m else f"Nothing matches. ({text[:60]})"}
+
+
+def sse_events(r: httpx.Response) -> list[tuple[str, Any]]:
+    out, kind = [], None
+    for line in r.iter_lines():
+        if line.startswith("event: "):
+            kind = line[7:]
+        elif line.startswith("data: "):
+            out.append((kind, json.loads(line[6:])))
+    return out
+
+
+def chat(url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> list[tuple[str, Any]]:
+    with httpx.stream("POST", f"{url}/chat", json=body, headers=headers, timeout=120) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        return sse_events(r)
+
+
+def test_chat_streams_stages_results_and_answer_refines_and_survives_a_restart(cli_env, scene_images) -> None:
+    script = ChatScript(
+        [
+            tool_call("multimodal_search", {"image": "attached", "query": "a street", "k": 5, "top": 5}),
+            _echo_top,
+            tool_call("multimodal_search", {"like": 2, "k": 5, "top": 3}),
+            _echo_top,
+        ]
+    )
+    with fake_openai(Switches(chat_script=script)) as fake:
+        env = service_env(cli_env, fake)
+        ingest(env, scene_images)
+        photo = "data:image/png;base64," + base64.b64encode(scene_images[3].read_bytes()).decode()
+        with running(env) as (url, _):
+            ev = chat(url, {"message": "find pictures like this", "images": [photo]})
+            kinds = [k for k, _ in ev]
+            assert kinds[0] == "thread" and kinds[-1] == "done"
+            thread = ev[0][1]["thread_id"]
+            stages = [d for k, d in ev if k == "progress" and d["event"] == "stage"]
+            assert [s["stage"] for s in stages] == ["coarse", "fine"]
+            scored = [d for k, d in ev if k == "progress" and d["event"] == "candidate"]
+            assert sorted(d["done"] for d in scored) == [1, 2, 3, 4, 5]
+            first = next(d for k, d in ev if k == "search")
+            assert len(first["hits"]) == 5 and first["hits"][0]["image"].startswith(url)
+            answer = next(d for k, d in ev if k == "answer")
+            assert answer == f"Best match: {first['hits'][0]['id']}"
+            # the attachment reached the search as the query image: scene 3 itself is found
+            assert "scene_3" in [h["id"] for h in first["hits"]] or any(
+                httpx.get(h["image"]).content == scene_images[3].read_bytes() for h in first["hits"]
+            )
+        # a new process on the same data dir: the thread goes on where it stopped
+        with running(env) as (url, _):
+            threads = httpx.get(f"{url}/chat/threads").json()
+            assert [t["thread_id"] for t in threads] == [thread] and threads[0]["title"] == "find pictures like this"
+            ev = chat(url, {"thread_id": thread, "message": "more like the second one"})
+            second = next(d for k, d in ev if k == "search")
+            assert len(second["hits"]) == 3
+            assert next(d for k, d in ev if k == "answer") == f"Best match: {second['hits'][0]['id']}"
+            turns = httpx.get(f"{url}/chat/threads/{thread}").json()["turns"]
+            assert [t["role"] for t in turns] == ["user", "search", "assistant", "user", "search", "assistant"]
+            assert turns[0]["images"] == 1 and turns[3]["text"] == "more like the second one"
+            assert [h["id"] for h in turns[4]["search"]["hits"]] == [h["id"] for h in second["hits"]]
+            assert httpx.get(f"{url}/chat/threads/nope").status_code == 404
+    # the follow-up's request to the chat model carried the first turn (read back from SQLite)
+    assert [m["role"] for m in script.bodies[2]["messages"]] == ["system", "user", "assistant", "tool", "assistant", "user"]
+
+
+def test_chat_bad_requests_and_errors_as_events(cli_env, scene_images) -> None:
+    script = ChatScript(
+        [
+            tool_call("multimodal_search", {"query": "x", "collection": "nope"}),
+            {"content": "sorry"},
+            tool_call("multimodal_search", {"image": "attached", "k": 2}),
+            {"content": "cannot"},
+        ]
+    )
+    with fake_openai(Switches(chat_script=script)) as fake:
+        env = service_env(cli_env, fake)
+        ingest(env, scene_images[:2])
+        with running(env) as (url, _):
+            for body, msg in [
+                ({"message": ""}, "message"),
+                ({"message": "x", "thread_id": "../../etc"}, "thread_id"),
+                ({"message": "x", "images": ["file:///etc/passwd"]}, "images[0]"),
+                ({"message": "x", "images": ["/etc/passwd"]}, "images[0]"),
+            ]:
+                r = httpx.post(f"{url}/chat", json=body)
+                assert r.status_code == 422 and msg in r.json()["detail"], r.text
+            ev = chat(url, {"message": "search please"})
+            assert [d for k, d in ev if k == "search_error"][0].startswith("no collection 'nope'")
+            assert [d for k, d in ev if k == "answer"] == ["sorry"]
+            # an attached URL to the metadata address: the search tool refuses to fetch it
+            ev = chat(url, {"message": "like this", "images": ["http://169.254.169.254/latest/meta-data/x.png"]})
+            assert "refused" in [d for k, d in ev if k == "search_error"][0]
+    # the chat model's server gone: an error event, not a hung stream
+    env["RETLLM_CHAT_BASE_URL"] = "http://127.0.0.1:9/v1"
+    with fake_openai(Switches()) as fake2:
+        env["RETLLM_OPENAI_BASE_URL"] = fake2.url
+        with running(env) as (url, _):
+            ev = chat(url, {"message": "hello"})
+            assert ev[-1][0] == "error" and ev[-1][1]["message"]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_openai_compatible_endpoint_with_the_openai_client(cli_env, scene_images, streaming) -> None:
+    script = ChatScript([tool_call("multimodal_search", {"query": "a street", "k": 5, "top": 3}), _echo_top])
+    with fake_openai(Switches(chat_script=script)) as fake:
+        env = service_env(cli_env, fake)
+        ingest(env, scene_images)
+        with running(env, api_token=TOKEN) as (url, _):
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key=TOKEN)
+            assert [m.id for m in client.models.list()] == ["retllm"]
+            msgs = [
+                {"role": "system", "content": "You are helpful."},
+                {"role": "user", "content": [{"type": "text", "text": "street scenes please"}]},
+            ]
+            if streaming:
+                parts = client.chat.completions.create(model="retllm", messages=msgs, stream=True)
+                text = "".join(c.choices[0].delta.content or "" for c in parts if c.choices)
+            else:
+                res = client.chat.completions.create(model="retllm", messages=msgs)
+                text = res.choices[0].message.content
+                assert res.choices[0].finish_reason == "stop"
+            top = re.search(r"Best match: (\S+)", text).group(1)
+            thumbs = re.findall(r"!\[([^\]]+)\]\(([^)]+)\)", text)
+            assert len(thumbs) == 3 and thumbs[0][0] == top
+            # Markdown images load without the token: the links are signed
+            assert httpx.get(thumbs[0][1]).status_code == 200
+            tampered = thumbs[0][1].replace("size=", "size=1")
+            assert httpx.get(tampered).status_code in (401, 422)
+            with pytest.raises(openai.AuthenticationError):
+                openai.OpenAI(base_url=f"{url}/v1", api_key="wrong-token-000000000").models.list()
+            with pytest.raises(openai.UnprocessableEntityError):
+                client.chat.completions.create(model="retllm", messages=[{"role": "assistant", "content": "hi"}])

@@ -1,0 +1,183 @@
+"""Every guard of the service, each with the attack it stops: a 4xx with a clear message, and nothing written."""
+
+from __future__ import annotations
+
+import io
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.e2e.cli import run
+from tests.fakes.openai_server import Switches, fake_openai
+from tests.service.conftest import TOKEN, blobs, running, service_env
+from tests.agent.conftest import ingest
+
+
+def _count(url: str, headers: dict[str, str] | None = None) -> dict[str, int]:
+    return {c["name"]: c["items"] for c in httpx.get(f"{url}/collections", headers=headers).json()["collections"]}
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` pixels (decoding it would take gigabytes)."""
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = 8 + 8  # signature, then the IHDR chunk's length and type
+    data[ihdr : ihdr + 8] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[12 : ihdr + 13]))
+    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+def test_refuses_a_public_address_without_a_token(cli_env) -> None:
+    r = run(["serve", "--host", "0.0.0.0", "--port", "1"], cli_env, timeout=60)
+    assert r.returncode == 1 and "RETLLM_API_TOKEN" in r.stderr and "--insecure" in r.stderr
+    r = run(["serve", "--host", "::", "--port", "1"], {**cli_env, "RETLLM_API_TOKEN": "short"}, timeout=60)
+    assert r.returncode == 1 and "at least 16 characters" in r.stderr
+    from retllm.agent.service.security import check_bind
+
+    check_bind("0.0.0.0", token=True, insecure=False)
+    check_bind("0.0.0.0", token=False, insecure=True)
+    check_bind("::1", token=False, insecure=False)
+
+
+def test_bearer_token_on_every_route_and_signed_image_links(scenes_env) -> None:
+    with running(scenes_env, api_token=TOKEN) as (url, _):
+        good = {"Authorization": f"Bearer {TOKEN}"}
+        routes = [
+            ("POST", "/search", {"json": {"query": "a street"}}),
+            ("POST", "/items", {"json": {"items": [{"text": "x"}]}}),
+            ("DELETE", "/items", {"json": {"ids": ["x"]}}),
+            ("DELETE", "/items/x", {}),
+            ("GET", "/collections", {}),
+            ("GET", "/collections/default", {}),
+            ("POST", "/chat", {"json": {"message": "hi"}}),
+            ("GET", "/chat/threads", {}),
+            ("GET", "/chat/threads/x", {}),
+            ("GET", "/v1/models", {}),
+            ("POST", "/v1/chat/completions", {"json": {"messages": [{"role": "user", "content": "hi"}]}}),
+            ("GET", "/items/x/image", {}),
+        ]
+        wrong = [{}, {"Authorization": "Bearer nope"}, {"Authorization": f"Basic {TOKEN}"}, {"Authorization": TOKEN}]
+        for method, path, kw in routes:
+            for headers in wrong:
+                r = httpx.request(method, f"{url}{path}", headers=headers, **kw)
+                assert r.status_code == 401, (method, path, headers, r.status_code)
+                assert "token" in r.json()["detail"]
+        assert _count(url, good) == {"default": 5}  # nothing was added or deleted by the refused calls
+        for path in ("/healthz", "/readyz", "/"):
+            assert httpx.get(f"{url}{path}").status_code == 200
+        hits = httpx.post(f"{url}/search", json={"query": "a street", "top": 2}, headers=good, timeout=60).json()["hits"]
+        link = hits[0]["thumbnail"]
+        assert "sig=" in link and httpx.get(link).status_code == 200
+        for bad in (
+            link.replace("sig=", "sig=0"),  # forged
+            link.replace(hits[0]["id"], hits[1]["id"]),  # another item's link
+            link.replace("size=256", "size=2048"),  # another size
+            link.split("&sig=")[0],  # unsigned
+        ):
+            assert httpx.get(bad).status_code == 401, bad
+        exp = int(link.split("exp=")[1].split("&")[0])
+        assert httpx.get(link.replace(f"exp={exp}", f"exp={exp + 10}")).status_code == 401
+
+
+def test_body_upload_and_pixel_limits_write_nothing(scenes_env, scene_images) -> None:
+    with running(scenes_env, max_body_mb=1, max_upload_files=2) as (url, _):
+        before_blobs, before = blobs(scenes_env), _count(url)
+        big = b"x" * (2 * 2**20)
+        r = httpx.post(f"{url}/items", content=big, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "1 MiB" in r.json()["detail"]
+
+        def chunks():  # no Content-Length: the limit applies to what arrives
+            for _ in range(40):
+                yield b"y" * 65536
+
+        r = httpx.post(f"{url}/search", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413
+        files = [("image", (f"{i}.png", scene_images[i].read_bytes())) for i in range(3)]
+        r = httpx.post(f"{url}/items", files=files)
+        assert r.status_code == 400 and "files" in r.text.lower()
+        bomb = png_bomb(40_000, 40_000)
+        r = httpx.post(f"{url}/search", files={"image": ("bomb.png", bomb)})
+        assert r.status_code == 400 and "image too large" in r.json()["detail"]
+        r = httpx.post(f"{url}/items", files={"image": ("bomb.png", bomb)}).json()
+        assert r["added"] == 0 and "image too large" in r["skipped"][0]["reason"]
+        assert blobs(scenes_env) == before_blobs and _count(url) == before
+
+
+def test_queue_depth_past_the_limit_gets_503_with_retry_after(cli_env, scene_images) -> None:
+    with fake_openai(Switches(delay=0.4)) as fake:
+        env = service_env(cli_env, fake)
+        ingest(env, scene_images[:3])
+        with running(env, serve_workers=1, max_queue=1, retry_after=3) as (url, _):
+            results: list[httpx.Response] = []
+            lock = threading.Lock()
+
+            def one() -> None:
+                r = httpx.post(f"{url}/search", json={"query": "a street", "k": 3}, timeout=120)
+                with lock:
+                    results.append(r)
+
+            threads = [threading.Thread(target=one) for _ in range(5)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    codes = sorted(r.status_code for r in results)
+    assert codes.count(200) >= 2 and codes.count(503) >= 1 and set(codes) <= {200, 503}, codes
+    busy = next(r for r in results if r.status_code == 503)
+    assert busy.headers["Retry-After"] == "3" and "busy" in busy.json()["detail"]
+
+
+@pytest.mark.parametrize("where", ["search", "items"])
+def test_image_urls_to_private_addresses_are_refused(scenes_env, tmp_path, where) -> None:
+    from tests.fakes.http_files import serve_folder
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    seen: list[str] = []
+    with serve_folder(tmp_path, seen) as files_url, running(scenes_env) as (url, _):
+        before_blobs, before = blobs(scenes_env), _count(url)
+        for target in (f"{files_url}/x.png", "http://169.254.169.254/latest/meta-data/", "http://[::1]:1/x.png"):
+            if where == "search":
+                r = httpx.post(f"{url}/search", json={"image": target})
+                assert r.status_code == 400 and "refused" in r.json()["detail"], r.text
+            else:
+                r = httpx.post(f"{url}/items", json={"items": [{"image": target}]}).json()
+                assert r["added"] == 0 and "refused" in r["skipped"][0]["reason"], r
+        assert seen == []  # the guard refused before connecting
+        assert blobs(scenes_env) == before_blobs and _count(url) == before
+
+
+def test_no_server_file_is_readable_without_roots(scenes_env, scene_images) -> None:
+    with running(scenes_env) as (url, _):
+        before = _count(url)
+        r = httpx.post(f"{url}/search", json={"image": str(scene_images[0])})
+        assert r.status_code == 400 and "outside the allowed folders" in r.json()["detail"], r.text
+        r = httpx.post(f"{url}/items", json={"items": [{"image": str(scene_images[0])}]}).json()
+        assert r["added"] == 0 and "outside the allowed folders" in r["skipped"][0]["reason"], r
+        assert _count(url) == before
+
+
+def test_local_paths_are_confined_to_the_roots(scenes_env, scene_images, tmp_path) -> None:
+    root = tmp_path / "shared"
+    root.mkdir()
+    inside = root / "ok.png"
+    inside.write_bytes(scene_images[0].read_bytes())
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(scene_images[1].read_bytes())
+    (root / "link.png").symlink_to(secret)
+    env = {**scenes_env, "RETLLM_FILE_ROOTS": str(root)}
+    with running(env) as (url, _):
+        before = _count(url)
+        assert httpx.post(f"{url}/search", json={"image": str(inside), "k": 3}, timeout=60).status_code == 200
+        for path in (str(secret), f"{root}/../secret.png", str(root / "link.png"), "/etc/passwd", "file:///etc/passwd"):
+            r = httpx.post(f"{url}/search", json={"image": path})
+            assert r.status_code == 400, (path, r.text)
+            r = httpx.post(f"{url}/items", json={"items": [{"image": path}]}).json()
+            assert r["added"] == 0 and r["skipped"], (path, r)
+        assert _count(url) == before
