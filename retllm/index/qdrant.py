@@ -1,5 +1,8 @@
 """qdrant-client backend: a Qdrant server or cluster by URL, or the client's local mode (':memory:' / path).
 
+On a server whose cluster mode is on, new collections are sharded across the peers and replicated
+(see :meth:`QdrantIndex.sharding`); a single node and local mode create them plain.
+
 The server client is thread-safe. Local mode is not (concurrent writes and reads corrupt its arrays), so
 every call on a local store takes that store's lock; and since a local folder can be opened by one
 client per process, instances over the same folder share one client, with a reference count.
@@ -52,23 +55,39 @@ class QdrantIndex(Index):
         location: ``http(s)://...`` for a server or cluster, ``:memory:`` or a folder path for local mode.
         api_key: Server API key.
         fusion: How ``auto`` search fuses the per-vector searches.
+        shards: ``shard_number`` of new collections on a server (default: the cluster's peer count).
+        replication: ``replication_factor`` of new collections on a server (default: min(2, peers)).
     """
 
     name = "qdrant"
 
     def __init__(
-        self, location: str, api_key: str | None = None, *, timeout: int = 30, fusion: Fusion = "rank"
+        self,
+        location: str,
+        api_key: str | None = None,
+        *,
+        timeout: int = 30,
+        fusion: Fusion = "rank",
+        shards: int | None = None,
+        replication: int | None = None,
     ) -> None:
         from qdrant_client import QdrantClient
 
         self.location = location
         self.fusion = fusion
+        self._remote = location.startswith(("http://", "https://"))
+        for what, value in (("shards", shards), ("replication", replication)):
+            if value is not None and (not self._remote or value < 1):
+                raise ConfigError(f"{what}={value}: needs a Qdrant server URL and a value of at least 1")
+        self._shards, self._replication = shards, replication
+        self._sharding: dict[str, int] | None = None  # found on the first create, then kept
         self._key: Path | None = None
         self._closed = False
         self._lock: Any = contextlib.nullcontext()
         try:
-            if location.startswith(("http://", "https://")):
-                self.client = QdrantClient(url=location, api_key=api_key, timeout=timeout)
+            if self._remote:
+                # a blank key is no key (Compose passes an unset QDRANT_API_KEY as "")
+                self.client = QdrantClient(url=location, api_key=api_key or None, timeout=timeout)
             elif location == ":memory:":
                 self.client = QdrantClient(location=":memory:")
                 self._lock = threading.RLock()
@@ -101,15 +120,58 @@ class QdrantIndex(Index):
             existing = ", ".join(self.list_collections()) or "none"
             raise CollectionNotFoundError(f"no collection {collection!r} at {self.location}; existing: {existing}")
 
+    def _cluster_peers(self) -> int:
+        """Peers of the server's cluster: 1 when cluster mode is off or the status cannot be read."""
+        from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+        try:
+            status = self.client.http.distributed_api.cluster_status().result
+        except UnexpectedResponse as e:  # 401/403 (a key without cluster rights), 404 (a proxy or a cloud API)
+            log.debug("no cluster status from %s (%s); creating collections unsharded", self.location, e.status_code)
+            return 1
+        except ResponseHandlingException as e:
+            if not isinstance(e.source, ValueError):  # unreachable: the create would fail the same way
+                raise
+            log.warning("unreadable cluster status from %s; creating collections unsharded: %s", self.location, e)
+            return 1
+        if status is None or status.status != "enabled":
+            return 1
+        return len(getattr(status, "peers", None) or {}) or 1
+
+    def sharding(self) -> dict[str, int]:
+        """The ``create_collection`` arguments that spread new collections over a cluster.
+
+        A cluster of n >= 2 peers gets n shards, each on min(2, n) peers (a replica survives one node), and
+        writes acknowledged by one replica; explicit ``shards`` / ``replication`` win. Local mode, a single
+        node and a server with cluster mode off get no arguments (Qdrant's defaults). Asked of the server
+        once per index object, on the first create.
+        """
+        if self._sharding is None:
+            peers = self._cluster_peers() if self._remote else 1
+            args: dict[str, int] = {}
+            if peers >= 2 or self._shards or self._replication:
+                args = {
+                    "shard_number": self._shards or peers,
+                    "replication_factor": self._replication or min(2, peers),
+                    "write_consistency_factor": 1,
+                }
+            log.debug("Qdrant at %s: %d peer(s); new collections get %s", self.location, peers, args or "defaults")
+            self._sharding = args
+        return self._sharding
+
     def _create(self, collection: str, dim: int) -> None:
         from qdrant_client import models as m
         from qdrant_client.http.exceptions import UnexpectedResponse
 
+        sharding = self.sharding()
         with self._lock:
             try:
                 self.client.create_collection(
                     collection,
                     vectors_config={n: m.VectorParams(size=dim, distance=m.Distance.COSINE) for n in VECTOR_NAMES},
+                    shard_number=sharding.get("shard_number"),  # None: Qdrant's default, left out of the request
+                    replication_factor=sharding.get("replication_factor"),
+                    write_consistency_factor=sharding.get("write_consistency_factor"),
                 )
             except (UnexpectedResponse, ValueError) as e:
                 if not self.client.collection_exists(collection):
