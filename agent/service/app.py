@@ -17,9 +17,10 @@ from importlib import resources
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+import anyio
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import ValidationError
 from retllm.agent.service.config import ServeSettings
 from retllm.agent.service.security import Auth, BodyLimit, Gate
@@ -45,6 +46,7 @@ class Service:
     gate: Gate = field(init=False)
     saver: Any = None
     load_error: str | None = None
+    busy_threads: set[str] = field(default_factory=set)  # conversations answering a turn (event loop only)
     loaded: threading.Event = field(default_factory=threading.Event)
     _graphs: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -202,9 +204,9 @@ def create_app(
         models = {"embedder": deps.embedder is not None, "scorer": deps.coarse_only or deps.scorer is not None}
         body: dict[str, Any] = {"models": models, "index": False}
         if svc.loaded.is_set() and svc.load_error is None:
-            try:
-                with anyio_fail_after(5):
-                    await svc.gate.run(deps.get_index().list_collections)
+            try:  # not through the gate: a busy service is still ready
+                with anyio.fail_after(5):
+                    await anyio.to_thread.run_sync(deps.get_index().list_collections)
                 body["index"] = True
             except Exception as e:
                 body["error"] = f"index unreachable: {type(e).__name__}: {e}"
@@ -222,12 +224,6 @@ def create_app(
     app.include_router(chat_api.router(svc), dependencies=guard)
     app.include_router(chat_api.openai_router(svc), dependencies=guard)
     return app
-
-
-def anyio_fail_after(seconds: float) -> Any:
-    import anyio
-
-    return anyio.fail_after(seconds)
 
 
 CSP = (
@@ -250,10 +246,3 @@ def thumbnail_bytes(data: bytes, size: int, max_pixels: int) -> tuple[bytes, str
             best = (buf.getvalue(), mime)
     assert best is not None
     return best
-
-
-def not_found(what: str) -> HTTPException:
-    return HTTPException(404, what)
-
-
-__all__ = ["Service", "create_app", "error_response", "thumbnail_bytes", "Response"]

@@ -40,12 +40,23 @@ def _message(e: Exception) -> str:
     return f"internal error ({type(e).__name__})"
 
 
-def stream(svc: Service, work: Callable[[Emit], None], fmt: Callable[[str, Any], bytes | None]) -> StreamingResponse:
+def stream(
+    svc: Service,
+    work: Callable[[Emit], None],
+    fmt: Callable[[str, Any], bytes | None],
+    finish: Callable[[], None] | None = None,
+) -> StreamingResponse:
     """Run ``work(emit)`` on a gated worker thread and stream what it emits, formatted by ``fmt``, as it comes.
 
     Admission happens before the response starts, so a full queue is a plain 503; an error inside becomes an
-    ``error`` event; comments keep idle connections (proxies) open while the models work."""
-    svc.gate.admit()
+    ``error`` event; comments keep idle connections (proxies) open while the models work. ``finish`` runs when
+    the work is over (also when the client went away first)."""
+    try:
+        svc.gate.admit()
+    except Exception:
+        if finish is not None:
+            finish()
+        raise
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str | None, Any]] = asyncio.Queue()
 
@@ -66,6 +77,8 @@ def stream(svc: Service, work: Callable[[Emit], None], fmt: Callable[[str, Any],
             await anyio.to_thread.run_sync(guarded, limiter=svc.gate.limiter)
         finally:
             svc.gate.release()
+            if finish is not None:
+                finish()
             queue.put_nowait((None, None))
 
     task = asyncio.ensure_future(run())
@@ -168,6 +181,9 @@ def router(svc: Service) -> APIRouter:
         _check_images(body.images)
         thread = body.thread_id or uuid.uuid4().hex[:12]
         message = human(body.message, body.images)
+        if thread in svc.busy_threads:  # two turns at once would both continue the same checkpoint
+            raise HTTPException(409, f"conversation {thread!r} is still answering the previous message; retry after it")
+        svc.busy_threads.add(thread)
 
         def work(emit: Emit) -> None:
             from retllm.agent.chat import turn_events
@@ -177,7 +193,7 @@ def router(svc: Service) -> APIRouter:
                 emit(kind, svc.public(request, data) if kind == "search" else data)
             emit("done", {"thread_id": thread})
 
-        return stream(svc, work, sse)
+        return stream(svc, work, sse, finish=lambda: svc.busy_threads.discard(thread))
 
     @r.get("/chat/threads", response_model=list[ThreadInfo])
     async def threads() -> list[ThreadInfo]:

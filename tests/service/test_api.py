@@ -104,7 +104,9 @@ def test_items_add_upload_manifest_delete_and_collections(scenes_env, scene_imag
         out = r.json()
         assert out["added"] == 3 and out["skipped"][0]["item"] == "m.jsonl:4", out
         assert httpx.get(f"{url}/collections/new").json() == {"name": "new", "items": 6, "dim": 32}
-        hits = httpx.post(f"{url}/search", json={"query": "x", "collection": "new", "k": 6, "top": 6, "coarse_only": True})
+        hits = httpx.post(
+            f"{url}/search", json={"query": "x", "collection": "new", "k": 6, "top": 6, "coarse_only": True}
+        )
         up = next(h for h in hits.json()["hits"] if h["payload"].get("src") == "up")
         assert up["payload"]["filename"] == "a.png"
         assert httpx.get(up["image"]).content == scene_images[0].read_bytes()

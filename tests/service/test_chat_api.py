@@ -84,7 +84,14 @@ def test_chat_streams_stages_results_and_answer_refines_and_survives_a_restart(c
             assert [h["id"] for h in turns[4]["search"]["hits"]] == [h["id"] for h in second["hits"]]
             assert httpx.get(f"{url}/chat/threads/nope").status_code == 404
     # the follow-up's request to the chat model carried the first turn (read back from SQLite)
-    assert [m["role"] for m in script.bodies[2]["messages"]] == ["system", "user", "assistant", "tool", "assistant", "user"]
+    assert [m["role"] for m in script.bodies[2]["messages"]] == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "user",
+    ]
 
 
 def test_chat_bad_requests_and_errors_as_events(cli_env, scene_images) -> None:
@@ -154,3 +161,28 @@ def test_openai_compatible_endpoint_with_the_openai_client(cli_env, scene_images
                 openai.OpenAI(base_url=f"{url}/v1", api_key="wrong-token-000000000").models.list()
             with pytest.raises(openai.UnprocessableEntityError):
                 client.chat.completions.create(model="retllm", messages=[{"role": "assistant", "content": "hi"}])
+
+
+def test_a_second_turn_on_a_busy_thread_is_refused(cli_env, scene_images) -> None:
+    import threading
+    import time
+
+    def slow(body: dict[str, Any]) -> dict[str, Any]:
+        time.sleep(1.5)
+        return {"content": "done"}
+
+    script = ChatScript([slow, {"content": "second"}])
+    with fake_openai(Switches(chat_script=script)) as fake:
+        env = service_env(cli_env, fake)
+        ingest(env, scene_images[:2])
+        with running(env) as (url, _):
+            first: list[Any] = []
+            t = threading.Thread(target=lambda: first.extend(chat(url, {"thread_id": "t1", "message": "one"})))
+            t.start()
+            time.sleep(0.5)
+            r = httpx.post(f"{url}/chat", json={"thread_id": "t1", "message": "two"})
+            assert r.status_code == 409 and "still answering" in r.json()["detail"]
+            t.join()
+            assert ("answer", "done") in first
+            # once the first turn is over, the thread takes the next one
+            assert ("answer", "second") in chat(url, {"thread_id": "t1", "message": "two"})

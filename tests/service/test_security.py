@@ -6,16 +6,15 @@ import io
 import struct
 import threading
 import zlib
-from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
 
+from tests.agent.conftest import ingest
 from tests.e2e.cli import run
 from tests.fakes.openai_server import Switches, fake_openai
 from tests.service.conftest import TOKEN, blobs, running, service_env
-from tests.agent.conftest import ingest
 
 
 def _count(url: str, headers: dict[str, str] | None = None) -> dict[str, int]:
@@ -72,7 +71,9 @@ def test_bearer_token_on_every_route_and_signed_image_links(scenes_env) -> None:
         assert _count(url, good) == {"default": 5}  # nothing was added or deleted by the refused calls
         for path in ("/healthz", "/readyz", "/"):
             assert httpx.get(f"{url}{path}").status_code == 200
-        hits = httpx.post(f"{url}/search", json={"query": "a street", "top": 2}, headers=good, timeout=60).json()["hits"]
+        hits = httpx.post(f"{url}/search", json={"query": "a street", "top": 2}, headers=good, timeout=60).json()[
+            "hits"
+        ]
         link = hits[0]["thumbnail"]
         assert "sig=" in link and httpx.get(link).status_code == 200
         for bad in (
