@@ -225,6 +225,14 @@ class QdrantIndex(Index):
             recs = self.client.retrieve(collection, ids=[point_id(i) for i in ids], with_payload=True)
         return {r.payload["retllm_id"] for r in recs if r.payload}
 
+    def payloads(self, collection: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        if not ids:
+            return {}
+        self._require(collection)
+        with self._lock:
+            recs = self.client.retrieve(collection, ids=[point_id(i) for i in ids], with_payload=True)
+        return {r.payload["retllm_id"]: dict(r.payload) for r in recs if r.payload}
+
     def _results(self, points: Any, vector: str) -> list[SearchResult]:
         return [
             SearchResult(p.payload["retllm_id"], float(p.score), dict(p.payload), vector) for p in points if p.payload
