@@ -9,17 +9,18 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import re
 import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeGuard
 
-import httpx
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from retllm.errors import BadItemError
 from retllm.types import ImageSource
+from retllm.urlguard import MAX_URL_BYTES, IPNetwork, fetch_url
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,13 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", 
 Image.MAX_IMAGE_PIXELS = None
 
 
+SCHEME_URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+"""A string that names a scheme (``file://``, ``ftp://``, ...): a URL, never a path (``C:\\`` has no ``//``)."""
+
+
 def is_url(src: object) -> TypeGuard[str]:
     """True for http(s) URLs given as strings."""
-    return isinstance(src, str) and src.startswith(("http://", "https://"))
+    return isinstance(src, str) and src[:8].lower().startswith(("http://", "https://"))
 
 
 def shown(src: object, n: int = 120) -> str:
@@ -41,29 +46,8 @@ def shown(src: object, n: int = 120) -> str:
 
 
 def read_image_bytes(src: ImageSource, *, timeout: float = 10.0) -> bytes:
-    """The encoded bytes of an image source (path, URL or bytes)."""
-    if isinstance(src, bytes):
-        data = src
-    elif is_url(src):
-        try:
-            resp = httpx.get(str(src), timeout=timeout, follow_redirects=True)
-            resp.raise_for_status()
-        except httpx.HTTPStatusError as e:
-            raise BadItemError(f"URL returned HTTP {e.response.status_code}: {shown(src)}") from e
-        except httpx.HTTPError as e:
-            raise BadItemError(f"URL unreachable ({type(e).__name__}): {shown(src)}") from e
-        data = resp.content
-    else:
-        path = Path(src)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError as e:
-            raise BadItemError(f"file not found: {shown(path)}") from e
-        except OSError as e:
-            raise BadItemError(f"cannot read {shown(path)}: {e.strerror or e}") from e
-    if not data:
-        raise BadItemError("empty file (0 bytes)")
-    return data
+    """The encoded bytes of an image source (path, URL or bytes), read as a default :class:`ImageLimits` reads."""
+    return ImageLimits(url_timeout=timeout).read(src)
 
 
 def keep_bytes(folder: Path, data: bytes) -> str:
@@ -126,8 +110,8 @@ def decode_image(data: bytes, *, max_pixels: int = 64_000_000) -> Image.Image:
 
 
 def load_image(src: ImageSource, *, max_pixels: int = 64_000_000, timeout: float = 10.0) -> Image.Image:
-    """Read and decode an image source into RGB."""
-    return decode_image(read_image_bytes(src, timeout=timeout), max_pixels=max_pixels)
+    """Read and decode an image source into RGB, as a default :class:`ImageLimits` reads."""
+    return ImageLimits(max_pixels=max_pixels, url_timeout=timeout).load(src)
 
 
 def decode_text(data: bytes) -> str:
@@ -145,18 +129,67 @@ def decode_text(data: bytes) -> str:
 class ImageLimits:
     """How images are read everywhere (ingest, query, fine stage): one object, built from the settings.
 
+    The defaults are the safe ones: public http(s) addresses only (see :mod:`retllm.urlguard`), any path.
+
     Attributes:
         max_pixels: Larger images are refused before decoding.
-        url_timeout: Seconds to fetch one image URL.
+        url_timeout: Seconds to fetch one image URL, in total (DNS, connects, redirects, the whole body).
+        max_bytes: Larger URL bodies are refused (by Content-Length, or once the bytes read pass it).
+        allow_private: Fetch URLs on loopback, private, link-local and CGNAT addresses too (never the cloud
+            metadata addresses: those only when listed one by one in ``allowed_networks``).
+        allowed_networks: Networks fetched even though not public (``urlguard.parse_networks``).
+        file_roots: When set, a path is read only if its real path (symlinks and ``..`` resolved) lies in
+            one of these folders; None reads any path (stored, trusted references).
     """
 
     max_pixels: int = 64_000_000
     url_timeout: float = 10.0
+    max_bytes: int = MAX_URL_BYTES
+    allow_private: bool = False
+    allowed_networks: tuple[IPNetwork, ...] = ()
+    file_roots: tuple[Path, ...] | None = None
 
     def read(self, src: ImageSource) -> bytes:
-        """The encoded bytes of ``src`` (path, URL or bytes)."""
-        return read_image_bytes(src, timeout=self.url_timeout)
+        """The encoded bytes of ``src`` (path, URL or bytes), or :class:`BadItemError` with the reason."""
+        if isinstance(src, bytes):
+            data = src
+        elif isinstance(src, str) and (m := SCHEME_URL.match(src)):
+            if m[1].lower() not in ("http", "https"):
+                raise BadItemError(f"only http(s) URLs are fetched: {shown(src)}")
+            data = fetch_url(
+                src,
+                timeout=self.url_timeout,
+                max_bytes=self.max_bytes,
+                allow_private=self.allow_private,
+                allowed_networks=self.allowed_networks,
+                where=shown(src),
+            )
+        else:
+            path = self.confined(Path(src))
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError as e:
+                raise BadItemError(f"file not found: {shown(src)}") from e
+            except OSError as e:
+                raise BadItemError(f"cannot read {shown(src)}: {e.strerror or e}") from e
+            except ValueError as e:  # a NUL byte in the path
+                raise BadItemError(f"invalid path ({e}): {shown(src)}") from e
+        if not data:
+            raise BadItemError("empty file (0 bytes)")
+        return data
 
     def load(self, src: ImageSource) -> Image.Image:
         """``src`` decoded to RGB, or :class:`BadItemError` with the reason."""
-        return load_image(src, max_pixels=self.max_pixels, timeout=self.url_timeout)
+        return decode_image(self.read(src), max_pixels=self.max_pixels)
+
+    def confined(self, path: Path) -> Path:
+        """``path`` as read: its real path when ``file_roots`` confines reading (outside them: BadItemError)."""
+        if self.file_roots is None:
+            return path
+        try:
+            real = path.resolve()  # symlinks followed and ".." resolved, so neither can lead out of a root
+        except (OSError, RuntimeError, ValueError) as e:  # a symlink loop, a NUL byte, ...
+            raise BadItemError(f"cannot resolve {shown(path)}: {e}") from e
+        if any(real.is_relative_to(root.resolve()) for root in self.file_roots):
+            return real
+        raise BadItemError(f"path is outside the allowed folders (RETLLM_FILE_ROOTS): {shown(path)}")

@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from retllm.images import ImageLimits
 from retllm.scorers.config import RetraceConfig
+from retllm.urlguard import MAX_URL_BYTES, parse_networks
 
 DEFAULT_EMBEDDER = "open_clip:ViT-B-32@laion2b_s34b_b79k"
 DEFAULT_SCORER = "hf:HuggingFaceTB/SmolVLM-256M-Instruct"
+
+
+def _list_from_env(v: object, separators: str) -> object:
+    """A JSON list, or items split on ``separators``, from an environment string (other values unchanged)."""
+    if not isinstance(v, str):
+        return v
+    text = v.strip()
+    if text.startswith("["):
+        return json.loads(text)
+    return [p.strip() for p in re.split(f"[{re.escape(separators)}]", text) if p.strip()]
 
 
 class Settings(BaseSettings):
@@ -42,7 +57,30 @@ class Settings(BaseSettings):
         description="Image weight w in the fused vector normalise(w*img + (1-w)*txt).",
     )
     max_image_pixels: int = Field(default=64_000_000, ge=1, description="Larger images are skipped.")
-    url_timeout: float = Field(default=10.0, gt=0, description="Seconds to fetch one image URL.")
+    url_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds to fetch one image URL, in total: DNS, connects, redirects and the whole body.",
+    )
+    max_url_bytes: int = Field(
+        default=MAX_URL_BYTES, ge=1, description="Image URL bodies larger than this many bytes are refused."
+    )
+    allow_private_urls: bool = Field(
+        default=False,
+        description="Fetch image URLs on loopback, private, link-local and CGNAT addresses too. The cloud metadata "
+        "addresses (169.254.169.254, fd00:ec2::254, 100.100.100.200) stay refused even then.",
+    )
+    allowed_url_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Networks (CIDR) or single addresses whose image URLs are fetched although not public, "
+        "e.g. 10.1.2.0/24,127.0.0.1 (a JSON list or comma-separated). A metadata address only as itself.",
+    )
+    file_roots: Annotated[list[Path] | None, NoDecode] = Field(
+        default=None,
+        description="Folders that image paths given in requests (tools, MCP, service) must lie in, symlinks and "
+        "'..' resolved; uploads (the blob folder) are always allowed. A JSON list, or paths separated by "
+        "os.pathsep or commas. Unset: any path.",
+    )
     decode_workers: int = Field(default=2, ge=1, le=64, description="Threads decoding images at ingest.")
     vector_fusion: Literal["rank", "rrf", "dbsf"] = Field(
         default="rank",
@@ -128,6 +166,34 @@ class Settings(BaseSettings):
     def _blank_means_unset(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
 
+    @field_validator("allowed_url_networks", mode="before")
+    @classmethod
+    def _networks_from_env(cls, v: object) -> object:
+        return _list_from_env(v, ",")
+
+    @field_validator("allowed_url_networks")
+    @classmethod
+    def _networks_are_valid(cls, v: list[str]) -> list[str]:
+        try:
+            return [str(n) for n in parse_networks(v)]
+        except ValueError as e:
+            raise ValueError(f"RETLLM_ALLOWED_URL_NETWORKS: {e}") from e
+
+    @field_validator("file_roots", mode="before")
+    @classmethod
+    def _roots_from_env(cls, v: object) -> object:
+        if isinstance(v, str) and not v.strip():
+            return None
+        return _list_from_env(v, os.pathsep + ",")
+
+    @field_validator("file_roots")
+    @classmethod
+    def _roots_are_folders(cls, v: list[Path] | None) -> list[Path] | None:
+        for root in v or []:
+            if not root.is_dir():
+                raise ValueError(f"RETLLM_FILE_ROOTS: {root} is not an existing folder")
+        return v
+
     @model_validator(mode="after")
     def _key_needs_url(self) -> Settings:
         if self.qdrant_api_key is not None and self.qdrant_url is None:
@@ -139,8 +205,22 @@ class Settings(BaseSettings):
 
     @property
     def image_limits(self) -> ImageLimits:
-        """How every component reads images (ingest, query, fine stage)."""
-        return ImageLimits(max_pixels=self.max_image_pixels, url_timeout=self.url_timeout)
+        """How every component reads stored, trusted images (ingest, query, fine stage): URLs guarded, any path."""
+        return ImageLimits(
+            max_pixels=self.max_image_pixels,
+            url_timeout=self.url_timeout,
+            max_bytes=self.max_url_bytes,
+            allow_private=self.allow_private_urls,
+            allowed_networks=parse_networks(self.allowed_url_networks),
+        )
+
+    @property
+    def request_limits(self) -> ImageLimits:
+        """How images named in requests are read: :attr:`image_limits`, with paths confined to
+        ``file_roots`` and the blob folder (uploads) when ``file_roots`` is set."""
+        if self.file_roots is None:
+            return self.image_limits
+        return dataclasses.replace(self.image_limits, file_roots=(*self.file_roots, self.blob_dir))
 
     @property
     def edge_dir(self) -> Path:

@@ -92,7 +92,7 @@ def query_image_ref(deps: Deps, image: str | None, *, fine: bool) -> str | None:
     (unless the scorer fetches URLs itself), so the coarse and fine stages see the same bytes."""
     if image is None:
         return None
-    limits = deps.settings.image_limits
+    limits = deps.settings.request_limits
     if image[:5].lower() == "data:":  # an inline image (a data URL): kept by content, referenced by path
         return keep_checked(deps, data_url_bytes(image))
     scorer = deps.get_scorer() if fine else None
@@ -199,7 +199,7 @@ def add_items(deps: Deps, args: AddItemsArgs) -> AddOut:
         name,
         blob_dir=s.blob_dir,
         fusion_weight=s.fusion_weight,
-        limits=s.image_limits,
+        limits=s.request_limits,
         workers=s.decode_workers,
     )
     sources = []

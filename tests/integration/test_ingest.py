@@ -89,7 +89,8 @@ def test_manifests_jsonl_and_csv(embedder, index, tmp_path: Path) -> None:
         )
         csvp = d / "items.csv"
         csvp.write_text('id,text,image,tag\nb,"second,\nwith a line break",imgs/img_001.png,x\nc,,imgs/img_002.png,y\n')
-        report = make(embedder, index, tmp_path).run(iter_sources([jl, csvp]))
+        local = ImageLimits(allow_private=True)  # the file server is on loopback
+        report = make(embedder, index, tmp_path, limits=local).run(iter_sources([jl, csvp]))
     assert report.added == 5
     reasons = dict(report.skipped)
     assert "invalid JSON" in reasons[f"{jl}:3"]

@@ -208,13 +208,15 @@ def test_the_pixel_limit_reaches_the_endpoint_scorer(candidate_images: list[Path
 def test_concurrent_pairs_learn_that_the_endpoint_cannot_fetch_urls(candidate_images: list[Path]) -> None:
     """8 threads x 10 queries sending image URLs to a server that cannot fetch them: every pair that was in
     flight when the first refusal came switches to data URLs too, and all scores equal the sequential run."""
+    from retllm.images import ImageLimits
     from tests.fakes.http_files import serve_folder
 
+    local = ImageLimits(allow_private=True)  # the file server is on loopback
     with serve_folder(candidate_images[0].parent) as base, fake_openai(Switches(reject_urls=True)) as fake:
         urls = [Candidate(f"u{i}", image=f"{base}/{p.name}") for i, p in enumerate(candidate_images)]
         queries = [(Query(text=f"q{j}"), urls[j % 3 : j % 3 + 4]) for j in range(80)]
-        sequential = [make(fake.url, concurrency=8, send_image_urls=True).score(*qc) for qc in queries]
-        sc = make(fake.url, concurrency=8, send_image_urls=True)
+        sequential = [make(fake.url, concurrency=8, send_image_urls=True, limits=local).score(*qc) for qc in queries]
+        sc = make(fake.url, concurrency=8, send_image_urls=True, limits=local)
         results: dict[int, list] = {}
 
         def worker(t: int) -> None:
@@ -229,13 +231,15 @@ def test_concurrent_pairs_learn_that_the_endpoint_cannot_fetch_urls(candidate_im
 
 def test_a_query_image_url_survives_the_switch_to_data_urls(candidate_images: list[Path]) -> None:
     """The query image was read as a URL (no bytes) before the first refusal: later pairs fetch its bytes."""
+    from retllm.images import ImageLimits
     from tests.fakes.http_files import serve_folder
 
     with serve_folder(candidate_images[0].parent) as base, fake_openai(Switches(reject_urls=True)) as fake:
         q = Query(image=f"{base}/{candidate_images[0].name}")
         cands = [Candidate(f"u{i}", image=f"{base}/{p.name}") for i, p in enumerate(candidate_images[1:])]
         for conc in (1, 4):
-            out = make(fake.url, concurrency=conc, send_image_urls=True).score(q, cands)
+            sc = make(fake.url, concurrency=conc, send_image_urls=True, limits=ImageLimits(allow_private=True))
+            out = sc.score(q, cands)
             assert [s.method for s in out] == ["logprobs"] * len(cands), [s.error for s in out]
 
 

@@ -246,13 +246,15 @@ def test_listwise_verbalised_and_bounds() -> None:
 
 @pytest.mark.parametrize("reject", [False, True])
 def test_http_images_as_urls_or_inlined_when_the_endpoint_cannot_fetch(candidate_images, reject: bool) -> None:
+    from retllm.images import ImageLimits
     from tests.fakes.http_files import serve_folder
 
     folder = candidate_images[0].parent
     with serve_folder(folder) as base, fake_openai(Switches(reject_urls=reject)) as fake:
         urls = [f"{base}/{p.name}" for p in candidate_images[:2]]
         cs = [Candidate(f"u{i}", image=u) for i, u in enumerate(urls)]
-        sc = make(fake.url, revisit="off", concurrency=1, send_image_urls=True)
+        local = ImageLimits(allow_private=True)  # the file server is on loopback
+        sc = make(fake.url, revisit="off", concurrency=1, send_image_urls=True, limits=local)
         out = sc.score(Query(text="x"), cs)
         sent = [b["messages"][0]["content"][0]["image_url"]["url"] for b in fake.pair_requests]
     assert all(s.method == "logprobs" for s in out)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from retllm.errors import BadItemError
+from retllm.images import ImageLimits
 from retllm.index.edge import EdgeIndex
 from retllm.ingest import Ingestor
 from retllm.pipeline import Retriever
@@ -48,7 +49,7 @@ def test_a_url_query_image_is_downloaded_once_for_both_stages(
     gets: list[str] = []
     with serve_folder(candidate_images[0].parent, gets) as base:
         url = f"{base}/{candidate_images[0].name}"
-        r = Retriever(embedder, filled, "pics", scorer=scorer)
+        r = Retriever(embedder, filled, "pics", scorer=scorer, limits=ImageLimits(allow_private=True))  # loopback
         hits = r.search(Query(text="a picture", image=url), k=3)
         assert len(hits) == 3 and all(h.method == "logits" for h in hits)
         assert gets == [f"/{candidate_images[0].name}"]  # not once per stage
@@ -63,6 +64,7 @@ def test_a_scorer_that_prefers_urls_gets_the_url(filled, embedder, candidate_ima
     sc = _Recording(urls)
     with serve_folder(candidate_images[0].parent) as base:
         url = f"{base}/{candidate_images[0].name}"
-        Retriever(embedder, filled, "pics", scorer=sc).search(Query(image=url), k=2)
+        r = Retriever(embedder, filled, "pics", scorer=sc, limits=ImageLimits(allow_private=True))  # loopback
+        r.search(Query(image=url), k=2)
     got = sc.seen[0].image
     assert got == url if urls else (isinstance(got, bytes) and got == candidate_images[0].read_bytes())

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from retllm.errors import BadItemError
-from retllm.images import decode_image, decode_text, load_image, read_image_bytes
+from retllm.images import ImageLimits, decode_image, decode_text, load_image, read_image_bytes
 from tests.data_gen import png_bytes, solid, write_bad_files, write_odd_modes
 from tests.fakes.http_files import serve_folder
 
@@ -75,10 +75,11 @@ def test_bytes_and_url_sources(tmp_path: Path) -> None:
     im = solid((0, 0, 255))
     assert decode_image(png_bytes(im)).getpixel((0, 0)) == (0, 0, 255)
     im.save(tmp_path / "blue.png")
+    local = ImageLimits(allow_private=True)  # the file server is on loopback
     with serve_folder(tmp_path) as base:
-        assert load_image(f"{base}/blue.png").getpixel((1, 1)) == (0, 0, 255)
+        assert local.load(f"{base}/blue.png").getpixel((1, 1)) == (0, 0, 255)
         with pytest.raises(BadItemError, match="HTTP 404"):
-            load_image(f"{base}/missing.png")
+            local.load(f"{base}/missing.png")
 
 
 def test_unreachable_url_is_a_bad_item() -> None:
@@ -89,7 +90,7 @@ def test_unreachable_url_is_a_bad_item() -> None:
     port = s.getsockname()[1]
     s.close()  # nothing listens there now
     with pytest.raises(BadItemError, match="unreachable"):
-        read_image_bytes(f"http://127.0.0.1:{port}/x.png", timeout=2)
+        ImageLimits(url_timeout=2, allow_private=True).read(f"http://127.0.0.1:{port}/x.png")
 
 
 def test_text_must_be_utf8() -> None:
