@@ -208,8 +208,12 @@ class Ingestor:
         return Prepared(src.origin, item_id, item.text, image_input, image_ref, dict(item.payload))
 
     def _image_ref(self, src: Any, data: bytes) -> str:
-        if not isinstance(src, bytes):
-            return str(Path(src).resolve()) if not is_url(src) else str(src)
+        if is_url(src):
+            return str(src)
+        if not isinstance(src, bytes) and (self.limits.file_roots is None or self.blob_dir is None):
+            return str(Path(src).resolve())
+        # bytes, or a path confined to roots (a request's): keep the bytes read, so no later swap of the file
+        # (a symlink to outside the roots) changes what the item's reference reads
         if self.blob_dir is None:
             raise BadItemError("image given as bytes but no blob folder is configured to keep it")
         return keep_bytes(self.blob_dir, data)

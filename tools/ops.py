@@ -100,6 +100,8 @@ def query_image_ref(deps: Deps, image: str | None, *, fine: bool) -> str | None:
         if scorer is not None and scorer.prefers_urls:
             return image
         return deps.keep_image(limits.read(image))
+    if limits.file_roots is not None:  # a confined path: keep the bytes checked, so no later swap escapes
+        return keep_checked(deps, limits.read(image))
     limits.load(image)  # a path that cannot be read is the model's to fix: BadItemError, reported
     return image
 
@@ -191,7 +193,30 @@ def list_collections(deps: Deps) -> CollectionsOut:
 
 def add_items(deps: Deps, args: AddItemsArgs) -> AddOut:
     """Ingest items; bad ones are skipped and reported, the rest are added."""
-    name = collection_name(deps, args.collection, must_exist=False)
+    return ingest(deps, args.collection, item_sources(deps, args))
+
+
+def item_sources(deps: Deps, args: AddItemsArgs) -> list[Source]:
+    """The items as ingest sources, in order (``items[i]``); an inline image (a data URL) is checked and kept first,
+    and an item that cannot be used carries its reason instead."""
+    out = []
+    for i, it in enumerate(args.items):
+        origin, image = f"items[{i}]", it.image
+        try:
+            if image is not None and image[:5].lower() == "data:":
+                image = keep_checked(deps, data_url_bytes(image))
+            out.append(Source(origin, Item(id=it.id, text=it.text, image=image, payload=it.payload)))
+        except (ToolInputError, BadItemError) as e:
+            out.append(Source(origin, error=str(e)))
+        except ValidationError as e:  # an item with neither text nor image
+            out.append(Source(origin, error=e.errors()[0]["msg"].removeprefix("Value error, ")))
+    return out
+
+
+def ingest(deps: Deps, collection: str | None, sources: Sequence[Source]) -> AddOut:
+    """Ingest ``sources`` into ``collection`` (created when missing), reading caller paths through the request
+    limits (confined to the roots when set); ``ids`` follow ``sources``' order (null where one was skipped)."""
+    name = collection_name(deps, collection, must_exist=False)
     s = deps.settings
     ingestor = Ingestor(
         deps.get_embedder(),
@@ -202,18 +227,12 @@ def add_items(deps: Deps, args: AddItemsArgs) -> AddOut:
         limits=s.request_limits,
         workers=s.decode_workers,
     )
-    sources = []
-    for i, it in enumerate(args.items):
-        try:
-            sources.append(Source(f"items[{i}]", Item(id=it.id, text=it.text, image=it.image, payload=it.payload)))
-        except ValueError as e:  # an item with neither text nor image
-            sources.append(Source(f"items[{i}]", error=str(e.errors()[0]["msg"]) if hasattr(e, "errors") else str(e)))
     report = ingestor.run(sources)
     return AddOut(
         collection=name,
         added=report.added,
         already_present=report.already_present,
-        ids=[report.ids.get(f"items[{i}]") for i in range(len(args.items))],
+        ids=[report.ids.get(src.origin) for src in sources],
         skipped=[{"item": origin, "reason": reason} for origin, reason in report.skipped],
     )
 

@@ -16,7 +16,7 @@ from retllm.tools.schemas import AddItemsArgs, AddOut, CoarseSearchArgs, Collect
 
 from retllm.errors import BadItemError, RetllmError
 from retllm.images import decode_image
-from retllm.ingest import MANIFEST_EXTENSIONS, Ingestor, Source, iter_sources
+from retllm.ingest import MANIFEST_EXTENSIONS, Source, iter_sources
 from retllm.types import Item
 
 if TYPE_CHECKING:
@@ -89,31 +89,6 @@ def _search(svc: Service, args: SearchRequest, upload: bytes | None) -> Any:
     out = ops.coarse_search(deps, coarse, image_ref)
     out.hits = out.hits[: args.top]
     return out
-
-
-def _ingestor(svc: Service, name: str) -> Ingestor:
-    deps, s = svc.deps, svc.settings
-    return Ingestor(
-        deps.get_embedder(),
-        deps.get_index(),
-        name,
-        blob_dir=s.blob_dir,
-        fusion_weight=s.fusion_weight,
-        limits=s.request_limits,
-        workers=s.decode_workers,
-    )
-
-
-def _add_sources(svc: Service, collection: str | None, sources: list[Source]) -> AddOut:
-    name = ops.collection_name(svc.deps, collection, must_exist=False)
-    report = _ingestor(svc, name).run(sources)
-    return AddOut(
-        collection=name,
-        added=report.added,
-        already_present=report.already_present,
-        ids=[report.ids.get(s.origin) for s in sources],
-        skipped=[{"item": origin, "reason": reason} for origin, reason in report.skipped],
-    )
 
 
 def _upload_sources(svc: Service, uploads: list[tuple[str, bytes]], payload: dict[str, Any]) -> list[Source]:
@@ -189,7 +164,7 @@ def router(svc: Service) -> APIRouter:
                 args = AddItemsArgs.model_validate(fields)
             except ValidationError as e:
                 raise HTTPException(422, ops.validation_message(e)) from e
-            return await svc.gate.run(lambda: _add_sources(svc, args.collection, _item_sources(svc, args)))
+            return await svc.gate.run(ops.add_items, svc.deps, args)
         _json_field(fields, "payload")
         payload = fields.get("payload") or {}
         if not isinstance(payload, dict) or any(k in payload for k in ("id", "text", "image")):
@@ -204,7 +179,7 @@ def router(svc: Service) -> APIRouter:
             sources = _upload_sources(svc, uploads, payload)
             for filename, data in manifests:
                 sources += _manifest(svc, filename, data)
-            return _add_sources(svc, fields.get("collection"), sources)
+            return ops.ingest(svc.deps, fields.get("collection"), sources)
 
         return await svc.gate.run(work)
 
@@ -238,22 +213,6 @@ def router(svc: Service) -> APIRouter:
         return found.model_dump()
 
     return r
-
-
-def _item_sources(svc: Service, args: AddItemsArgs) -> list[Source]:
-    """The items of a JSON request as ingest sources; an inline image (a data URL) is checked and kept first."""
-    out = []
-    for i, it in enumerate(args.items):
-        origin, image = f"items[{i}]", it.image
-        try:
-            if image is not None and image[:5].lower() == "data:":
-                image = ops.keep_checked(svc.deps, ops.data_url_bytes(image))
-            out.append(Source(origin, Item(id=it.id, text=it.text, image=image, payload=it.payload)))
-        except (ops.ToolInputError, BadItemError) as e:
-            out.append(Source(origin, error=str(e)))
-        except ValueError as e:  # neither text nor image
-            out.append(Source(origin, error=str(e)))
-    return out
 
 
 def image_router(svc: Service) -> APIRouter:
