@@ -240,7 +240,7 @@ def multimodal_search_tool(deps: Deps | None = None) -> BaseTool:
         image, liked_text = _resolve_image(d, args.image, args.like, runtime)
         if liked_text is not None:  # a text-only hit: search with its text
             args = args.model_copy(update={"query": " ".join(x for x in (args.query, liked_text) if x)})
-        ref = ops.query_image_ref(d, image, fine=True)
+        ref = ops.query_image_ref(d, image, fine=True, stored=args.like is not None)
         writer = getattr(runtime, "stream_writer", None)
         out = ops.search(d, args, ref, on_event=writer if callable(writer) else None)
         return ops.summary(out), out.model_dump(mode="json")

@@ -87,12 +87,15 @@ def collection_name(deps: Deps, name: str | None, *, must_exist: bool = True, no
     return name
 
 
-def query_image_ref(deps: Deps, image: str | None, *, fine: bool) -> str | None:
+def query_image_ref(deps: Deps, image: str | None, *, fine: bool, stored: bool = False) -> str | None:
     """A query image as a reference both stages read: local paths as given (checked), URLs fetched once and kept
-    (unless the scorer fetches URLs itself), so the coarse and fine stages see the same bytes."""
+    (unless the scorer fetches URLs itself), so the coarse and fine stages see the same bytes.
+
+    ``stored``: the reference of an item in the index (an earlier result), read as stored data is (its path is
+    not a caller's, so the request roots do not apply; URLs are still guarded)."""
     if image is None:
         return None
-    limits = deps.settings.request_limits
+    limits = deps.settings.image_limits if stored else deps.settings.request_limits
     if image[:5].lower() == "data:":  # an inline image (a data URL): kept by content, referenced by path
         return keep_checked(deps, data_url_bytes(image))
     scorer = deps.get_scorer() if fine else None

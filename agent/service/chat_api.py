@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -124,11 +125,15 @@ def _check_images(images: list[str]) -> None:
 # --- threads ---------------------------------------------------------------------------------------------------
 
 
+_NOTES = re.compile(r"^\[attached image \d+\]$|^\(\d+ image\(s\) attached: ")
+
+
 def _text(content: Any) -> str:
+    """The user's words of a message: its text parts without the notes :func:`slim_attachments` adds."""
     if isinstance(content, str):
         return content
     parts = [b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text"]
-    return "\n".join(p for p in parts if not (p.startswith("[attached image") or p.startswith("(")))
+    return "\n".join(p for p in parts if not _NOTES.match(p))
 
 
 def thread_messages(svc: Service, thread_id: str) -> list[Any] | None:

@@ -186,3 +186,18 @@ def test_a_second_turn_on_a_busy_thread_is_refused(cli_env, scene_images) -> Non
             assert ("answer", "done") in first
             # once the first turn is over, the thread takes the next one
             assert ("answer", "second") in chat(url, {"thread_id": "t1", "message": "two"})
+
+
+def test_history_keeps_the_users_words_and_drops_only_the_attachment_notes(scene_images, tmp_path) -> None:
+    from langchain_core.messages import HumanMessage
+    from retllm.agent.chat import slim_attachments
+    from retllm.agent.service.chat_api import _text
+    from retllm.tools.deps import Deps
+
+    from retllm.settings import Settings
+
+    url = "data:image/png;base64," + base64.b64encode(scene_images[0].read_bytes()).decode()
+    words = {"type": "text", "text": "(night) a street"}
+    msg = HumanMessage([words, {"type": "image_url", "image_url": {"url": url}}], id="m1")
+    (slim,) = slim_attachments([msg], Deps(Settings(data_dir=tmp_path)))
+    assert len(slim.content) > 2 and _text(slim.content) == "(night) a street"
