@@ -149,16 +149,20 @@ def hit_out(h: Hit) -> HitOut:
     return HitOut(**h.model_dump(include=set(HitOut.model_fields)))
 
 
-def coarse_search(deps: Deps, args: CoarseSearchArgs, image_ref: str | None) -> SearchOut:
-    """The coarse top-k (embedding similarity) for ``args``; ``image_ref`` is the resolved query image."""
+def coarse_search(deps: Deps, args: CoarseSearchArgs, image_ref: str | bytes | None) -> SearchOut:
+    """The coarse top-k (embedding similarity) for ``args``; ``image_ref`` is the resolved query image (a
+    reference, or checked bytes that are not kept)."""
     name = collection_name(deps, args.collection, non_empty=True)
     query = Query(text=args.query, image=image_ref)
     using = None if args.vector == "auto" else args.vector
     hits = deps.retriever(name, fine=False).coarse(query, k=args.k, flt=_flt(args), using=using)
-    return SearchOut(collection=name, query=args.query, image=image_ref, k=args.k, hits=[hit_out(h) for h in hits])
+    shown = image_ref if isinstance(image_ref, str) else None
+    return SearchOut(collection=name, query=args.query, image=shown, k=args.k, hits=[hit_out(h) for h in hits])
 
 
-def search(deps: Deps, args: SearchArgs, image_ref: str | None, *, on_event: EventSink | None = None) -> SearchOut:
+def search(
+    deps: Deps, args: SearchArgs, image_ref: str | bytes | None, *, on_event: EventSink | None = None
+) -> SearchOut:
     """The whole pipeline: coarse top-k, fine scores from the MLLM, re-ranked (what ``retllm search`` does)."""
     name = collection_name(deps, args.collection, non_empty=True)
     scorer = deps.get_scorer()
@@ -174,7 +178,7 @@ def search(deps: Deps, args: SearchArgs, image_ref: str | None, *, on_event: Eve
     return SearchOut(
         collection=name,
         query=args.query,
-        image=image_ref,
+        image=image_ref if isinstance(image_ref, str) else None,
         scorer=scorer.id if scorer is not None else None,
         k=args.k,
         min_score=min_score,
@@ -196,7 +200,8 @@ def list_collections(deps: Deps) -> CollectionsOut:
 
 def add_items(deps: Deps, args: AddItemsArgs) -> AddOut:
     """Ingest items; bad ones are skipped and reported, the rest are added."""
-    return ingest(deps, args.collection, item_sources(deps, args))
+    name = collection_name(deps, args.collection, must_exist=False)  # before any inline image is kept
+    return ingest(deps, name, item_sources(deps, args))
 
 
 def item_sources(deps: Deps, args: AddItemsArgs) -> list[Source]:

@@ -91,7 +91,7 @@ class SearchArgs(CoarseSearchArgs):
         description="Search with the image of result number N (its rank) of the previous search in this "
         "conversation, e.g. 2 for 'more like the second one'. Combine with query to add words.",
     )
-    top: int = Field(default=5, ge=1, le=100, description="How many ranked results to return.")
+    top: int = Field(default=5, ge=1, le=1000, description="How many ranked results to return.")
     min_score: float | None = Field(
         default=None,
         ge=0.0,

@@ -20,10 +20,11 @@ from urllib.parse import quote, urlencode
 import anyio
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import ValidationError
+from retllm.agent.service.bodies import redact
 from retllm.agent.service.config import ServeSettings
-from retllm.agent.service.security import Auth, BodyLimit, Gate
+from retllm.agent.service.security import Auth, BodyLimit, ClientGone, Gate
 from retllm.tools import ops
 from retllm.tools.deps import Deps
 from retllm.tools.schemas import SearchOut
@@ -93,6 +94,8 @@ class Service:
         if size is not None:
             params["size"] = str(size)
         params.update(self.auth.sign(collection, item_id, size))
+        if "/" in item_id or item_id.strip(".") == "":  # a path segment would not carry it intact
+            return f"{self.base_url(request)}/items/image?{urlencode({'id': item_id, **params})}"
         return f"{self.base_url(request)}/items/{quote(item_id, safe='')}/image?{urlencode(params)}"
 
     def public(self, request: Request, out: SearchOut) -> dict[str, Any]:
@@ -102,6 +105,8 @@ class Service:
         hits = []
         for h in out.hits:
             data = h.model_dump()
+            if h.error:
+                data["error"] = redact(h.error)
             if h.image:
                 data["image"] = self.image_url(request, out.collection, h.id)
                 data["thumbnail"] = self.image_url(request, out.collection, h.id, self.settings.thumbnail_size)
@@ -118,16 +123,24 @@ class Service:
             self.deps.close()
 
 
+def upstream(e: Exception) -> bool:
+    """Whether ``e`` comes from a model server behind us (the chat model's provider, its HTTP client)."""
+    return type(e).__module__.split(".")[0] in ("openai", "httpx", "httpcore", "langchain_openai", "anthropic")
+
+
 def error_response(e: Exception) -> JSONResponse:
     """The HTTP answer to an error from the library or the tools (4xx: the caller can fix it)."""
     if isinstance(e, CollectionNotFoundError):
-        return JSONResponse({"detail": str(e)}, status_code=404)
+        return JSONResponse({"detail": redact(str(e))}, status_code=404)
     if isinstance(e, ValidationError):
         return JSONResponse({"detail": ops.validation_message(e)}, status_code=422)
     if isinstance(e, ops.RECOVERABLE):
-        return JSONResponse({"detail": str(e)}, status_code=400)
+        return JSONResponse({"detail": redact(str(e))}, status_code=400)
     if isinstance(e, RetllmError):  # the models or the endpoint behind us: a wrong key, every pair failing
-        return JSONResponse({"detail": str(e)}, status_code=502)
+        return JSONResponse({"detail": redact(str(e))}, status_code=502)
+    if upstream(e):
+        log.warning("a model server failed: %s: %s", type(e).__name__, e)
+        return JSONResponse({"detail": f"the chat model's server failed: {type(e).__name__}"}, status_code=502)
     log.exception("unexpected error", exc_info=e)
     return JSONResponse({"detail": f"internal error ({type(e).__name__})"}, status_code=500)
 
@@ -174,6 +187,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = svc
+    probe_threads = anyio.CapacityLimiter(2)  # readiness checks never take more than this
     app.add_middleware(BodyLimit, limit=svc.conf.max_body_bytes)
 
     @app.exception_handler(RetllmError)
@@ -184,17 +198,25 @@ def create_app(
     async def _validation_error(request: Request, e: ValidationError) -> JSONResponse:
         return error_response(e)
 
+    @app.exception_handler(ClientGone)
+    async def _gone(request: Request, e: ClientGone) -> Response:
+        return Response(status_code=499)  # nobody reads it: the client hung up while its request waited
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, e: Exception) -> JSONResponse:
+        return error_response(e)
+
     @app.exception_handler(RequestValidationError)
     async def _request_error(request: Request, e: RequestValidationError) -> JSONResponse:
         lines = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
         return JSONResponse({"detail": "invalid request:\n" + "\n".join(lines)}, status_code=422)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def page() -> HTMLResponse:
+    async def page() -> HTMLResponse:
         return HTMLResponse(page_html(), headers={"Content-Security-Policy": CSP, "X-Frame-Options": "DENY"})
 
     @app.get("/healthz", tags=["health"])
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         """The process answers (liveness)."""
         return {"status": "ok"}
 
@@ -204,12 +226,16 @@ def create_app(
         models = {"embedder": deps.embedder is not None, "scorer": deps.coarse_only or deps.scorer is not None}
         body: dict[str, Any] = {"models": models, "index": False}
         if svc.loaded.is_set() and svc.load_error is None:
-            try:  # not through the gate: a busy service is still ready
+            try:  # not through the gate (a busy service is still ready); a stalled index is not ready
                 with anyio.fail_after(5):
-                    await anyio.to_thread.run_sync(deps.get_index().list_collections)
+                    await anyio.to_thread.run_sync(
+                        deps.get_index().list_collections, limiter=probe_threads, abandon_on_cancel=True
+                    )
                 body["index"] = True
+            except TimeoutError:
+                body["error"] = "index unreachable: no answer within 5 s"
             except Exception as e:
-                body["error"] = f"index unreachable: {type(e).__name__}: {e}"
+                body["error"] = f"index unreachable: {type(e).__name__}: {redact(str(e))}"
         ready = body["index"] and all(models.values()) and svc.load_error is None
         body["status"] = "ready" if ready else ("error" if svc.load_error or "error" in body else "loading")
         if svc.load_error:

@@ -5,23 +5,26 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 import logging
 import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import anyio
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from retllm.agent.service.bodies import openapi_body, parse, redact
 from retllm.agent.service.models import ChatRequest, ThreadInfo, ThreadTurn
-from retllm.tools import ops
 from retllm.tools.schemas import SearchOut
 
-from retllm.errors import RetllmError
+from retllm.errors import BadItemError, RetllmError
+from retllm.images import decode_image
 
 if TYPE_CHECKING:
     from retllm.agent.service.app import Service
@@ -33,10 +36,15 @@ KEEPALIVE_S = 10.0
 
 
 def _message(e: Exception) -> str:
+    from retllm.agent.service.app import upstream
+
     if isinstance(e, HTTPException):
         return str(e.detail)
     if isinstance(e, RetllmError | ValidationError):
-        return str(e)
+        return redact(str(e))
+    if upstream(e):
+        log.warning("a model server failed: %s: %s", type(e).__name__, e)
+        return f"the chat model's server failed: {type(e).__name__}"
     log.exception("chat turn failed", exc_info=e)
     return f"internal error ({type(e).__name__})"
 
@@ -116,10 +124,31 @@ def human(text: str, images: list[str]) -> Any:
     return HumanMessage(content=blocks)
 
 
-def _check_images(images: list[str]) -> None:
-    for i, u in enumerate(images):
-        if not (u[:11].lower() == "data:image/" or u.lower().startswith(("http://", "https://"))):
-            raise HTTPException(422, f"images[{i}]: give a data:image/...;base64 URL or an http(s) URL")
+def inline(svc: Service, url: str, where: str) -> str:
+    """An attached image as a data URL: an http(s) URL is fetched here, through the guard, so neither the chat
+    model's server nor anyone else behind us ever fetches a caller's URL."""
+    if url[:11].lower() == "data:image/":
+        return url
+    if not url.lower().startswith(("http://", "https://")):
+        raise HTTPException(422, f"{where}: give a data:image/...;base64 URL or an http(s) URL")
+    try:
+        data = svc.settings.request_limits.read(url)
+        decode_image(data, max_pixels=svc.settings.max_image_pixels)
+    except BadItemError as e:
+        raise HTTPException(400, f"{where}: {redact(str(e))}") from e
+    return f"data:{image_mime(data)};base64," + base64.b64encode(data).decode()
+
+
+def image_mime(data: bytes) -> str:
+    from PIL import Image
+
+    fmt = Image.open(io.BytesIO(data)).format or "PNG"
+    return Image.MIME.get(fmt, "image/png")
+
+
+def _check_scheme(url: str, where: str) -> None:
+    if not (url[:11].lower() == "data:image/" or url.lower().startswith(("http://", "https://"))):
+        raise HTTPException(422, f"{where}: give a data:image/...;base64 URL or an http(s) URL")
 
 
 # --- threads ---------------------------------------------------------------------------------------------------
@@ -178,16 +207,19 @@ def history(svc: Service, request: Request, msgs: list[Any]) -> list[ThreadTurn]
 def router(svc: Service) -> APIRouter:
     r = APIRouter(tags=["chat"])
 
-    @r.post("/chat")
-    async def chat(body: ChatRequest, request: Request) -> StreamingResponse:
+    @r.post("/chat", openapi_extra=openapi_body(ChatRequest))
+    async def chat(request: Request) -> StreamingResponse:
         """One user turn; server-sent events: ``thread`` (its id), ``progress`` (stage events), ``search`` (ranked
         results), ``search_error``, ``answer`` (the reply), ``error``, and ``done`` last. History is kept per
         thread (SQLite) and survives restarts."""
-        _check_images(body.images)
+        body = await parse(request, ChatRequest)
+        for i, u in enumerate(body.images):
+            _check_scheme(u, f"images[{i}]")
         thread = body.thread_id or uuid.uuid4().hex[:12]
-        message = human(body.message, body.images)
         if thread in svc.busy_threads:  # two turns at once would both continue the same checkpoint
             raise HTTPException(409, f"conversation {thread!r} is still answering the previous message; retry after it")
+        images = await svc.gate.run(lambda: [inline(svc, u, f"images[{i}]") for i, u in enumerate(body.images)])
+        message = human(body.message, images)
         svc.busy_threads.add(thread)
 
         def work(emit: Emit) -> None:
@@ -195,20 +227,24 @@ def router(svc: Service) -> APIRouter:
 
             emit("thread", {"thread_id": thread})
             for kind, data in turn_events(svc.chat_graph(), svc.deps, thread, [message]):
-                emit(kind, svc.public(request, data) if kind == "search" else data)
+                if kind == "search":
+                    data = svc.public(request, data)
+                elif kind == "search_error":
+                    data = redact(data)
+                emit(kind, data)
             emit("done", {"thread_id": thread})
 
         return stream(svc, work, sse, finish=lambda: svc.busy_threads.discard(thread))
 
     @r.get("/chat/threads", response_model=list[ThreadInfo])
-    async def threads() -> list[ThreadInfo]:
+    async def threads(request: Request) -> list[ThreadInfo]:
         """Conversations, newest first (title: the first message)."""
-        return await svc.gate.run(list_threads, svc)
+        return await svc.gate.run(list_threads, svc, request=request)
 
     @r.get("/chat/threads/{thread_id}")
     async def thread(thread_id: str, request: Request) -> dict[str, Any]:
         """One conversation's turns (user, search, assistant), to resume it."""
-        msgs = await svc.gate.run(thread_messages, svc, thread_id)
+        msgs = await svc.gate.run(thread_messages, svc, thread_id, request=request)
         if msgs is None:
             raise HTTPException(404, f"no conversation {thread_id!r}")
         return {"thread_id": thread_id, "turns": [t.model_dump() for t in history(svc, request, msgs)]}
@@ -219,11 +255,32 @@ def router(svc: Service) -> APIRouter:
 # --- OpenAI-compatible -----------------------------------------------------------------------------------------
 
 
-class OpenAIMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class ImageURL(BaseModel):
+    url: str
 
-    role: str
-    content: str | list[dict[str, Any]] | None = None
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ImagePart(BaseModel):
+    type: Literal["image_url"]
+    image_url: ImageURL | str  # the object form, or the bare URL some clients send
+
+    @property
+    def url(self) -> str:
+        return self.image_url if isinstance(self.image_url, str) else self.image_url.url
+
+
+Part = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class OpenAIMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")  # name, tool_calls, ...: ignored
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[Part] | None = None
 
 
 class CompletionRequest(BaseModel):
@@ -237,37 +294,29 @@ class CompletionRequest(BaseModel):
 MODEL_ID = "retllm"
 
 
-def to_langchain(messages: list[OpenAIMessage]) -> list[Any]:
-    """OpenAI chat messages as LangChain ones (system messages dropped: the graph has its own prompt)."""
+def to_langchain(svc: Service, messages: list[OpenAIMessage]) -> list[Any]:
+    """OpenAI chat messages as LangChain ones (runs on a worker: URL images are fetched through the guard).
+    System messages are dropped (the graph has its own prompt); tool messages too (its tools are its own)."""
     from langchain_core.messages import AIMessage, HumanMessage
 
     out: list[Any] = []
     for i, m in enumerate(messages):
         if m.role == "user":
-            content = m.content or ""
+            content: Any = m.content or ""
             if isinstance(content, list):
-                for j, block in enumerate(content):
-                    kind = block.get("type")
-                    if kind == "image_url":
-                        url = (block.get("image_url") or {}).get("url", "")
-                        _check_images_at(url, f"messages[{i}].content[{j}]")
-                    elif kind != "text":
-                        raise HTTPException(422, f"messages[{i}].content[{j}]: only text and image_url parts")
+                content = [
+                    {"type": "text", "text": p.text}
+                    if isinstance(p, TextPart)
+                    else {"type": "image_url", "image_url": {"url": inline(svc, p.url, f"messages[{i}].content[{j}]")}}
+                    for j, p in enumerate(content)
+                ]
             out.append(HumanMessage(content=content))
-        elif m.role == "assistant":
-            out.append(AIMessage(content=_text(m.content or "")))
-        elif m.role not in ("system", "developer"):
-            raise HTTPException(422, f"messages[{i}].role: {m.role!r} is not supported (user, assistant, system)")
+        elif m.role == "assistant" and m.content:
+            said = m.content if isinstance(m.content, str) else _text([p.model_dump() for p in m.content])
+            out.append(AIMessage(content=said))
     if not out or out[-1].type != "human":
         raise HTTPException(422, "messages: the last message must be the user's")
     return out
-
-
-def _check_images_at(url: str, where: str) -> None:
-    try:
-        _check_images([url])
-    except HTTPException as e:
-        raise HTTPException(422, f"{where}: {e.detail.split(': ', 1)[1]}") from e
 
 
 def markdown(search: dict[str, Any]) -> str:
@@ -298,16 +347,17 @@ def openai_router(svc: Service) -> APIRouter:
     r = APIRouter(prefix="/v1", tags=["openai"])
 
     @r.get("/models")
-    def models() -> dict[str, Any]:
+    async def models() -> dict[str, Any]:
         """The one model this endpoint serves: ``retllm`` (the chat graph over the configured collection)."""
         return {"object": "list", "data": [{"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "retllm"}]}
 
-    @r.post("/chat/completions")
-    async def completions(body: CompletionRequest, request: Request) -> Any:
+    @r.post("/chat/completions", openapi_extra=openapi_body(CompletionRequest))
+    async def completions(request: Request) -> Any:
         """Runs the chat graph over the conversation sent (stateless: clients send the history each time); the
         reply is the answer followed by the ranked results as Markdown thumbnails. ``stream: true`` gives SSE
         chunks as OpenAI sends them."""
-        messages = to_langchain(body.messages)
+        body = await parse(request, CompletionRequest)
+        messages = await svc.gate.run(to_langchain, svc, body.messages, request=request)
         created, cid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}"
 
         def reply(emit: Emit | None = None) -> str:
@@ -321,7 +371,7 @@ def openai_router(svc: Service) -> APIRouter:
                 elif kind == "answer":
                     answer = data
                 elif kind == "search_error":
-                    results.append(f"_search refused: {data}_")
+                    results.append(f"_search refused: {redact(data)}_")
             text = "\n\n".join(x for x in (answer, *results[-1:]) if x)
             if emit is not None:
                 emit("content", text)
@@ -348,10 +398,7 @@ def openai_router(svc: Service) -> APIRouter:
                 return None
 
             return stream(svc, lambda emit: reply(emit) and None, fmt)
-        try:
-            text = await svc.gate.run(reply)
-        except (RetllmError, ops.ToolInputError) as e:
-            raise HTTPException(502, str(e)) from e
+        text = await svc.gate.run(reply, request=request)  # errors: the app's handlers (4xx caller, 502 upstream)
         return {
             "id": cid,
             "object": "chat.completion",

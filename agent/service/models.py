@@ -12,7 +12,9 @@ class SearchRequest(CoarseSearchArgs):
     """A search: the options of ``retllm search``. ``image``: an http(s) URL, a ``data:image/...;base64`` URL, or a
     path under the configured roots (``RETLLM_FILE_ROOTS``); or upload the file (multipart field ``image``)."""
 
-    top: int = Field(default=5, ge=1, le=1000, description="How many ranked results to return.")
+    top: int | None = Field(
+        default=None, ge=1, le=1000, description="How many ranked results to return (default: all k, as the CLI)."
+    )
     min_score: float | None = Field(
         default=None, ge=0.0, le=1.0, description="Drop results the judge scores below this (0-1)."
     )

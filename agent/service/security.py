@@ -106,27 +106,32 @@ class BodyLimit:
             await self._refuse(send)
             return
         seen = 0
-        started = False
+        started = refused = False
 
         async def counted() -> Message:
-            nonlocal seen
+            nonlocal seen, refused
             msg = await receive()
-            if msg["type"] == "http.request":
+            if msg["type"] == "http.request" and not refused:
                 seen += len(msg.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
+                if seen > self.limit:  # answer 413 now; the app sees the client leave and stops reading
+                    refused = True
+                    if not started:
+                        await self._refuse(send)
+                    return {"type": "http.disconnect"}
             return msg
 
         async def tracked(msg: Message) -> None:
             nonlocal started
+            if refused:
+                return  # the app's own answer to a body it never got whole
             started = started or msg["type"] == "http.response.start"
             await send(msg)
 
         try:
             await self.app(scope, counted, tracked)
-        except _TooLarge:
-            if not started:
-                await self._refuse(send)
+        except Exception:
+            if not refused:
+                raise
 
     async def _refuse(self, send: Send) -> None:
         mib = self.limit / 2**20
@@ -141,15 +146,19 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-class _TooLarge(Exception):
-    pass
+class ClientGone(Exception):
+    """The client hung up while its request waited for a worker: the work is skipped."""
 
 
 class Gate:
-    """Model work on at most ``workers`` threads; at most ``queue`` more requests wait, the rest get 503."""
+    """Model work on at most ``workers`` threads; at most ``queue`` more requests wait, the rest get 503.
+
+    A request whose client hung up while it waited is dropped when its turn comes, so timed-out clients that
+    retry do not pile work onto the queue."""
 
     def __init__(self, workers: int, queue: int, retry_after: int) -> None:
         self.limiter = anyio.CapacityLimiter(workers)
+        self._threads = anyio.CapacityLimiter(workers)  # one thread per held slot (anyio's default pool is 40)
         self.capacity = workers + queue
         self.retry_after = retry_after
         self.depth = 0  # admitted and not finished (the event loop is one thread: no lock needed)
@@ -166,10 +175,14 @@ class Gate:
     def release(self) -> None:
         self.depth -= 1
 
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``fn(*args, **kwargs)`` on a worker thread (the event loop never waits on a model)."""
+    async def run(self, fn: Callable[..., T], *args: Any, request: Request | None = None) -> T:
+        """``fn(*args)`` on a worker thread (the event loop never waits on a model); ``request``: skip the work
+        if its client has gone by the time a worker is free."""
         self.admit()
         try:
-            return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self.limiter)
+            async with self.limiter:
+                if request is not None and await request.is_disconnected():
+                    raise ClientGone
+                return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._threads)
         finally:
             self.release()

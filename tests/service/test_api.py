@@ -24,7 +24,10 @@ def _same_ranking(api_hits: list[dict], cli_hits: list[dict]) -> None:
 def test_search_json_and_multipart_equal_the_cli_and_images_come_as_urls(scenes_env, scene_images) -> None:
     cli_text = cli_search(scenes_env, "a street", "-k", "5", "--top", "3")
     cli_image = cli_search(scenes_env, "--image", str(scene_images[2]), "-k", "5", "--top", "5")
+    cli_k4 = cli_search(scenes_env, "a street", "-k", "4")
     with running(scenes_env) as (url, _):
+        default = httpx.post(f"{url}/search", json={"query": "a street", "k": 4}, timeout=60).json()
+        _same_ranking(default["hits"], cli_k4)  # all k, as the CLI
         r = httpx.post(f"{url}/search", json={"query": "a street", "k": 5, "top": 3}, timeout=60)
         assert r.status_code == 200, r.text
         body = r.json()

@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests.agent.conftest import ingest
-from tests.fakes.openai_server import ChatScript, Switches, fake_openai, tool_call
+from tests.fakes.openai_server import ChatScript, Switches, _images, fake_openai, tool_call
 from tests.service.conftest import TOKEN, running, service_env
 
 
@@ -66,10 +66,9 @@ def test_chat_streams_stages_results_and_answer_refines_and_survives_a_restart(c
             assert len(first["hits"]) == 5 and first["hits"][0]["image"].startswith(url)
             answer = next(d for k, d in ev if k == "answer")
             assert answer == f"Best match: {first['hits'][0]['id']}"
-            # the attachment reached the search as the query image: scene 3 itself is found
-            assert "scene_3" in [h["id"] for h in first["hits"]] or any(
-                httpx.get(h["image"]).content == scene_images[3].read_bytes() for h in first["hits"]
-            )
+            # the attachment reached the judge as the query image (the first image of every pair request)
+            pairs = fake.pair_requests
+            assert len(pairs) == 5 and all(_images(b["messages"])[0] == scene_images[3].read_bytes() for b in pairs)
         # a new process on the same data dir: the thread goes on where it stopped
         with running(env) as (url, _):
             threads = httpx.get(f"{url}/chat/threads").json()
@@ -99,8 +98,6 @@ def test_chat_bad_requests_and_errors_as_events(cli_env, scene_images) -> None:
         [
             tool_call("multimodal_search", {"query": "x", "collection": "nope"}),
             {"content": "sorry"},
-            tool_call("multimodal_search", {"image": "attached", "k": 2}),
-            {"content": "cannot"},
         ]
     )
     with fake_openai(Switches(chat_script=script)) as fake:
@@ -118,9 +115,13 @@ def test_chat_bad_requests_and_errors_as_events(cli_env, scene_images) -> None:
             ev = chat(url, {"message": "search please"})
             assert [d for k, d in ev if k == "search_error"][0].startswith("no collection 'nope'")
             assert [d for k, d in ev if k == "answer"] == ["sorry"]
-            # an attached URL to the metadata address: the search tool refuses to fetch it
-            ev = chat(url, {"message": "like this", "images": ["http://169.254.169.254/latest/meta-data/x.png"]})
-            assert "refused" in [d for k, d in ev if k == "search_error"][0]
+            # attached URLs are fetched by us, through the guard, before anything runs: a private address is
+            # refused, and neither the chat model's server nor the judge ever sees a caller's URL
+            seen = len(fake.requests)
+            for target in ("http://169.254.169.254/latest/meta-data/x.png", "http://127.0.0.1:9/x.png"):
+                r = httpx.post(f"{url}/chat", json={"message": "like this", "images": [target]})
+                assert r.status_code == 400 and "images[0]: URL refused" in r.json()["detail"], r.text
+            assert len(fake.requests) == seen
     # the chat model's server gone: an error event, not a hung stream
     env["RETLLM_CHAT_BASE_URL"] = "http://127.0.0.1:9/v1"
     with fake_openai(Switches()) as fake2:
@@ -201,3 +202,38 @@ def test_history_keeps_the_users_words_and_drops_only_the_attachment_notes(scene
     msg = HumanMessage([words, {"type": "image_url", "image_url": {"url": url}}], id="m1")
     (slim,) = slim_attachments([msg], Deps(Settings(data_dir=tmp_path)))
     assert len(slim.content) > 2 and _text(slim.content) == "(night) a street"
+
+
+def test_openai_endpoint_odd_content_upstream_failures_and_url_images(cli_env, scene_images, tmp_path) -> None:
+    from PIL import Image
+
+    from tests.fakes.http_files import serve_folder
+
+    Image.open(scene_images[4]).save(tmp_path / "q.png")
+    script = ChatScript([tool_call("multimodal_search", {"image": "attached", "k": 3, "top": 2}), _echo_top])
+    with fake_openai(Switches(chat_script=script)) as fake, serve_folder(tmp_path) as files:
+        env = service_env(cli_env, fake, RETLLM_ALLOWED_URL_NETWORKS="127.0.0.1")
+        ingest(env, scene_images)
+        with running(env) as (url, _):
+            post = lambda body: httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)  # noqa: E731
+            for content, status in [
+                ([{"type": "image_url", "image_url": {"url": 5}}], 422),
+                ([{"type": "text", "text": 5}], 422),
+                ([{"type": "audio", "data": "x"}], 422),
+                ([{"type": "image_url", "image_url": "file:///etc/passwd"}], 422),
+                ([{"type": "image_url", "image_url": "http://10.0.0.7:6333/collections"}], 400),
+            ]:
+                r = post({"messages": [{"role": "user", "content": content}]})
+                assert r.status_code == status and r.json()["detail"], (content, r.status_code, r.text)
+            assert not fake.chat_requests  # none of those reached the chat model
+            # the bare-string image_url form; an allowed URL is fetched by us and sent on as data, never as a URL
+            part = {"type": "image_url", "image_url": f"{files}/q.png"}
+            r = post({"messages": [{"role": "user", "content": [{"type": "text", "text": "like this"}, part]}]})
+            assert r.status_code == 200, r.text
+            assert "Best match:" in r.json()["choices"][0]["message"]["content"]
+            assert files not in json.dumps(fake.requests)
+            assert all(_images(b["messages"])[0] == (tmp_path / "q.png").read_bytes() for b in fake.pair_requests)
+        env["RETLLM_CHAT_BASE_URL"] = "http://127.0.0.1:9/v1"  # the chat model's server is down
+        with running(env) as (url, _):
+            r = httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+            assert r.status_code == 502 and "chat model's server failed" in r.json()["detail"], r.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
 import threading
 import zlib
@@ -98,8 +99,15 @@ def test_body_upload_and_pixel_limits_write_nothing(scenes_env, scene_images) ->
             for _ in range(40):
                 yield b"y" * 65536
 
-        r = httpx.post(f"{url}/search", content=chunks(), headers={"content-type": "application/json"})
-        assert r.status_code == 413
+        for method, path in [
+            ("POST", "/search"),
+            ("POST", "/items"),
+            ("POST", "/chat"),
+            ("DELETE", "/items"),
+            ("POST", "/v1/chat/completions"),
+        ]:
+            r = httpx.request(method, f"{url}{path}", content=chunks(), headers={"content-type": "application/json"})
+            assert r.status_code == 413 and "MiB limit" in r.json()["detail"], (path, r.status_code, r.text)
         files = [("image", (f"{i}.png", scene_images[i].read_bytes())) for i in range(3)]
         r = httpx.post(f"{url}/items", files=files)
         assert r.status_code == 400 and "files" in r.text.lower()
@@ -182,3 +190,47 @@ def test_local_paths_are_confined_to_the_roots(scenes_env, scene_images, tmp_pat
             r = httpx.post(f"{url}/items", json={"items": [{"image": path}]}).json()
             assert r["added"] == 0 and r["skipped"], (path, r)
         assert _count(url) == before
+
+
+def test_refused_requests_and_searches_write_no_file(scenes_env, scene_images) -> None:
+    import base64
+
+    png = scene_images[2].read_bytes()
+    data_url = "data:image/png;base64," + base64.b64encode(png).decode()
+    with running(scenes_env) as (url, _):
+        before_blobs, before = blobs(scenes_env), _count(url)
+        # a good image with a bad or missing collection: refused before the image is kept
+        r = httpx.post(f"{url}/items", json={"collection": "../x", "items": [{"image": data_url}]})
+        assert r.status_code == 400 and "collection" in r.json()["detail"]
+        r = httpx.post(f"{url}/items", data={"collection": "a b"}, files={"image": ("a.png", png)})
+        assert r.status_code == 400
+        r = httpx.post(f"{url}/search", data={"collection": "nope"}, files={"image": ("a.png", png)})
+        assert r.status_code == 404
+        # searches by upload and by data URL are answered from memory
+        assert httpx.post(f"{url}/search", files={"image": ("q.png", png)}, timeout=60).status_code == 200
+        assert httpx.post(f"{url}/search", json={"image": data_url}, timeout=60).status_code == 200
+        assert blobs(scenes_env) == before_blobs and _count(url) == before
+
+
+def test_errors_never_show_server_paths_and_odd_ids_keep_working_links(scenes_env, scene_images, tmp_path) -> None:
+    import base64
+
+    gone = scene_images[0]
+    with running(scenes_env) as (url, _):
+        png = base64.b64encode(scene_images[1].read_bytes()).decode()
+        items = [{"id": i, "image": f"data:image/png;base64,{png}"} for i in ("a/b", "..", "x y?#")]
+        assert httpx.post(f"{url}/items", json={"collection": "odd", "items": items}).json()["added"] == 3
+        hits = httpx.post(f"{url}/search", json={"query": "x", "collection": "odd", "coarse_only": True}).json()["hits"]
+        assert sorted(h["id"] for h in hits) == ["..", "a/b", "x y?#"]
+        for h in hits:
+            assert httpx.get(h["image"]).content == scene_images[1].read_bytes(), h["image"]
+        gone.unlink()  # an item's file moved away after ingest
+        r = httpx.post(f"{url}/search", json={"query": "a street", "k": 5}, timeout=60)
+        assert str(tmp_path) not in r.text and "scene_0.png" in r.text  # the judge's error names the file only
+        broken = next(h for h in r.json()["hits"] if h["error"])
+        r = httpx.get(broken["image"])
+        assert r.status_code == 502 and str(tmp_path) not in r.text
+        manifest = '{"image": "../../etc/hostname.png"}\n{"image": "/etc/x.png"}\n'
+        r = httpx.post(f"{url}/items", files={"manifest": ("m.jsonl", manifest)}).json()
+        assert r["added"] == 0 and "relative image paths" in r["skipped"][0]["reason"]
+        assert "/tmp" not in json.dumps(r) and "/etc" not in json.dumps(r), r
