@@ -193,3 +193,26 @@ class ImageLimits:
         if any(real.is_relative_to(root.resolve()) for root in self.file_roots):
             return real
         raise BadItemError(f"path is outside the allowed folders (RETLLM_FILE_ROOTS): {shown(path)}")
+
+
+def encode_thumbnail(im: Image.Image, size: int) -> tuple[bytes, str]:
+    """``im`` shrunk to fit ``size`` px (never enlarged), as JPEG or PNG, whichever is smaller; (bytes, MIME)."""
+    im = im.copy()
+    im.thumbnail((size, size))
+    best: tuple[bytes, str] | None = None
+    for fmt, mime, opts in (("JPEG", "image/jpeg", {"quality": 85}), ("PNG", "image/png", {})):
+        buf = io.BytesIO()
+        im.save(buf, fmt, **opts)
+        if best is None or len(buf.getvalue()) < len(best[0]):
+            best = (buf.getvalue(), mime)
+    assert best is not None
+    return best
+
+
+def image_mime(data: bytes) -> str:
+    """The MIME type of encoded image bytes, from their content (``application/octet-stream`` if unknown)."""
+    try:
+        fmt = Image.open(io.BytesIO(data)).format
+    except (UnidentifiedImageError, OSError, ValueError):
+        return "application/octet-stream"
+    return Image.MIME.get(fmt or "", "application/octet-stream")

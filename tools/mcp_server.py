@@ -47,6 +47,7 @@ from retllm.tools.schemas import (
 )
 
 from retllm.errors import ConfigError
+from retllm.images import encode_thumbnail, image_mime
 from retllm.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -122,31 +123,13 @@ def thumbnail(deps: Deps, hit: HitOut) -> ImageContent | None:
     except ops.RECOVERABLE as e:  # a moved file or a dead URL costs the thumbnail, not the search
         log.warning("no thumbnail for %s: %s", hit.id, e)
         return None
-    size = deps.settings.thumbnail_size
-    im.thumbnail((size, size))
-    encoded = []
-    for fmt, mime, opts in (("JPEG", "image/jpeg", {"quality": 85}), ("PNG", "image/png", {})):
-        buf = io.BytesIO()
-        im.save(buf, fmt, **opts)
-        encoded.append((buf.getvalue(), mime))
-    data, mime = min(encoded, key=lambda x: len(x[0]))
+    data, mime = encode_thumbnail(im, deps.settings.thumbnail_size)
     return ImageContent(
         type="image",
         data=base64.b64encode(data).decode(),
         mimeType=mime,
         _meta={"retllm/id": hit.id, "retllm/rank": hit.rank},
     )
-
-
-def image_mime(data: bytes) -> str:
-    """The MIME type of encoded image bytes, from their content."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        fmt = Image.open(io.BytesIO(data)).format
-    except (UnidentifiedImageError, OSError, ValueError):
-        return "application/octet-stream"
-    return Image.MIME.get(fmt or "", "application/octet-stream")
 
 
 # --- argument schemas ------------------------------------------------------------------------------------------

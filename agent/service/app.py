@@ -7,7 +7,6 @@ concurrent searches meet in the local scorer's cross-query batches.
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -239,7 +238,7 @@ def create_app(
         ready = body["index"] and all(models.values()) and svc.load_error is None
         body["status"] = "ready" if ready else ("error" if svc.load_error or "error" in body else "loading")
         if svc.load_error:
-            body["error"] = svc.load_error
+            body["error"] = redact(svc.load_error)
         return JSONResponse(body, status_code=200 if ready else 503)
 
     from retllm.agent.service import chat_api, items_api
@@ -256,19 +255,3 @@ CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
     "script-src 'self' 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'"
 )
-
-
-def thumbnail_bytes(data: bytes, size: int, max_pixels: int) -> tuple[bytes, str]:
-    """``data`` shrunk to fit ``size`` px, as JPEG or PNG (whichever is smaller)."""
-    from retllm.images import decode_image
-
-    im = decode_image(data, max_pixels=max_pixels)
-    im.thumbnail((size, size))
-    best: tuple[bytes, str] | None = None
-    for fmt, mime, opts in (("JPEG", "image/jpeg", {"quality": 85}), ("PNG", "image/png", {})):
-        buf = io.BytesIO()
-        im.save(buf, fmt, **opts)
-        if best is None or len(buf.getvalue()) < len(best[0]):
-            best = (buf.getvalue(), mime)
-    assert best is not None
-    return best

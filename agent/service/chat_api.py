@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
 import logging
 import re
@@ -24,7 +23,7 @@ from retllm.agent.service.models import ChatRequest, ThreadInfo, ThreadTurn
 from retllm.tools.schemas import SearchOut
 
 from retllm.errors import BadItemError, RetllmError
-from retllm.images import decode_image
+from retllm.images import decode_image, image_mime
 
 if TYPE_CHECKING:
     from retllm.agent.service.app import Service
@@ -137,13 +136,6 @@ def inline(svc: Service, url: str, where: str) -> str:
     except BadItemError as e:
         raise HTTPException(400, f"{where}: {redact(str(e))}") from e
     return f"data:{image_mime(data)};base64," + base64.b64encode(data).decode()
-
-
-def image_mime(data: bytes) -> str:
-    from PIL import Image
-
-    fmt = Image.open(io.BytesIO(data)).format or "PNG"
-    return Image.MIME.get(fmt, "image/png")
 
 
 def _check_scheme(url: str, where: str) -> None:

@@ -20,7 +20,7 @@ from retllm.tools import ops
 from retllm.tools.schemas import AddItemsArgs, AddOut, CoarseSearchArgs, CollectionsOut, DeleteItemsArgs, SearchArgs
 
 from retllm.errors import BadItemError, RetllmError
-from retllm.images import decode_image, is_url
+from retllm.images import decode_image, encode_thumbnail, is_url
 from retllm.ingest import MANIFEST_EXTENSIONS, Source, iter_sources
 from retllm.types import Item
 
@@ -233,8 +233,6 @@ SAFE_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "W
 
 
 def _image(svc: Service, collection: str, item_id: str, size: int | None) -> tuple[bytes, str]:
-    from retllm.agent.service.app import thumbnail_bytes
-
     name = ops.collection_name(svc.deps, collection)
     payload = svc.deps.get_index().payloads(name, [item_id]).get(item_id)
     if payload is None:
@@ -245,11 +243,12 @@ def _image(svc: Service, collection: str, item_id: str, size: int | None) -> tup
     try:
         data = svc.settings.image_limits.read(ref)
         if size is not None:
-            return thumbnail_bytes(data, size, svc.settings.max_image_pixels)
+            return encode_thumbnail(decode_image(data, max_pixels=svc.settings.max_image_pixels), size)
         fmt = Image.open(io.BytesIO(data)).format or ""
         if fmt in SAFE_FORMATS:
             return data, SAFE_FORMATS[fmt]
-        return thumbnail_bytes(data, 1 << 14, svc.settings.max_image_pixels)  # TIFF, BMP...: re-encoded
+        im = decode_image(data, max_pixels=svc.settings.max_image_pixels)  # TIFF, BMP...: re-encoded for browsers
+        return encode_thumbnail(im, max(im.size))
     except (RetllmError, OSError) as e:
         log.warning("the image of %r in %r cannot be read: %s", item_id, name, e)
         raise HTTPException(502, f"the image of item {item_id!r} cannot be read now") from e
