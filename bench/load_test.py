@@ -32,14 +32,11 @@ import os
 import re
 import resource
 import shutil
-import socket
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +49,7 @@ sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 from retllm.agent.service.app import create_app  # noqa: E402
 from retllm.agent.service.config import ServeSettings  # noqa: E402
+from retllm.agent.service.run import in_background  # noqa: E402
 from retllm.tools.deps import Deps  # noqa: E402
 
 from bench._common import random_image  # noqa: E402
@@ -104,30 +102,6 @@ def tiny_clip_dir(folder: Path, seed: int = 0) -> Path:
     (folder / "open_clip_config.json").write_text(json.dumps(config))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
     return folder
-
-
-@contextmanager
-def served(app: Any) -> Iterator[str]:
-    """``app`` on uvicorn in a thread on a free loopback port until the block ends; yields its base URL."""
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    t.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not t.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the service did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        t.join(timeout=60)
-        sock.close()
 
 
 def wait_ready(url: str, timeout: float = 300) -> dict[str, Any]:
@@ -392,7 +366,7 @@ def main() -> None:
     done: list[tuple[int, Level, Stats]] = []  # (round, level, stats)
     base_c = min(levels)
     try:
-        with served(app) as url:
+        with in_background(app) as url:
             wait_ready(url)
             t0 = time.perf_counter()
             for _ in range(args.warmup):

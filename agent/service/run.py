@@ -1,8 +1,15 @@
-"""``retllm serve``: check the address against the token, build the app, run uvicorn."""
+"""``retllm serve``: check the address against the token, build the app, run uvicorn (or run it in the background
+of another program: :func:`in_background`)."""
 
 from __future__ import annotations
 
 import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from retllm.agent.service.config import ServeSettings
 from retllm.agent.service.security import check_bind
@@ -31,3 +38,30 @@ def run(settings: Settings, *, host: str, port: int, insecure: bool = False) -> 
         access_log=level <= logging.INFO,
         timeout_graceful_shutdown=10,
     )
+
+
+@contextmanager
+def in_background(app: Any, host: str = "127.0.0.1", *, start_timeout: float = 60) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a thread, on a free port of ``host``, until the block ends; yields its base
+    URL (for notebooks, tests and benchmarks that want the real HTTP service inside their own process)."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.bind((host, 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="retllm-serve", daemon=True)
+    t.start()
+    deadline = time.monotonic() + start_timeout
+    while not server.started:
+        if not t.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            sock.close()
+            raise RuntimeError("the service did not start (see the log above)")
+        time.sleep(0.02)
+    try:
+        yield f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    finally:
+        server.should_exit = True
+        t.join(timeout=start_timeout)
+        sock.close()

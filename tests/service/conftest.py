@@ -3,8 +3,6 @@ OpenAI-compatible fake (scorer and chat model), with the scene images ingested b
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,28 +18,11 @@ from tests.fakes.openai_server import FakeOpenAI, Switches, fake_openai
 TOKEN = "test-token-0123456789abcdef"
 
 
-@contextmanager
-def served(app: Any) -> Iterator[str]:
-    """Run ``app`` on uvicorn in a thread on a free loopback port until the block ends; yields its base URL."""
-    import uvicorn
+def served(app: Any) -> Any:
+    """``app`` on uvicorn in a thread on a free loopback port until the block ends; yields its base URL."""
+    from retllm.agent.service.run import in_background
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    t.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not t.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the service did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        t.join(timeout=30)
-        sock.close()
+    return in_background(app, start_timeout=30)
 
 
 def wait_ready(url: str, headers: dict[str, str] | None = None, timeout: float = 120) -> dict[str, Any]:
