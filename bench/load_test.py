@@ -207,8 +207,10 @@ def run_level(
                 try:
                     r = http.post("/search", json=body)
                     t1 = time.perf_counter()
-                    if r.status_code == 200:
+                    if r.status_code == 200 and len(r.json()["hits"]) == min(args.top, args.k):
                         res = Result(c, t0, t1, 200, hits=len(r.json()["hits"]))
+                    elif r.status_code == 200:  # an answer with the wrong number of hits is an error too
+                        res = Result(c, t0, t1, -200, f"200 with {len(r.json()['hits'])} hits")
                     else:
                         res = Result(c, t0, t1, r.status_code, r.text[:200])
                 except httpx.HTTPError as e:

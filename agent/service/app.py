@@ -8,6 +8,7 @@ concurrent searches meet in the local scorer's cross-query batches.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,7 +22,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import ValidationError
-from retllm.agent.service.bodies import redact
+from retllm.agent.service.bodies import protect, redact
 from retllm.agent.service.config import ServeSettings
 from retllm.agent.service.security import Auth, BodyLimit, ClientGone, Gate
 from retllm.tools import ops
@@ -165,6 +166,8 @@ def create_app(
     deps = deps if deps is not None else Deps(settings or Settings())
     if deps.settings.file_roots is None:  # a remote caller reads no server file unless roots are configured
         deps.settings = deps.settings.model_copy(update={"file_roots": []})
+    s = deps.settings
+    protect(s.data_dir, s.blob_dir, *(s.file_roots or []), os.getcwd())
     svc = Service(deps, conf or ServeSettings(), chat_model=chat_model, owns_deps=owns)
 
     @asynccontextmanager
@@ -186,7 +189,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = svc
-    probe_threads = anyio.CapacityLimiter(2)  # readiness checks never take more than this
+    probes = threading.BoundedSemaphore(2)  # threads checking the index for /readyz, stalled ones included
     app.add_middleware(BodyLimit, limit=svc.conf.max_body_bytes)
 
     @app.exception_handler(RetllmError)
@@ -225,16 +228,24 @@ def create_app(
         models = {"embedder": deps.embedder is not None, "scorer": deps.coarse_only or deps.scorer is not None}
         body: dict[str, Any] = {"models": models, "index": False}
         if svc.loaded.is_set() and svc.load_error is None:
-            try:  # not through the gate (a busy service is still ready); a stalled index is not ready
-                with anyio.fail_after(5):
-                    await anyio.to_thread.run_sync(
-                        deps.get_index().list_collections, limiter=probe_threads, abandon_on_cancel=True
-                    )
-                body["index"] = True
-            except TimeoutError:
-                body["error"] = "index unreachable: no answer within 5 s"
-            except Exception as e:
-                body["error"] = f"index unreachable: {type(e).__name__}: {redact(str(e))}"
+            if not probes.acquire(blocking=False):  # the earlier checks still wait on the index
+                body["error"] = "index unreachable: earlier checks are still waiting for it"
+            else:
+
+                def check() -> None:
+                    try:
+                        deps.get_index().list_collections()
+                    finally:
+                        probes.release()  # when the thread ends, even if nobody waits for it any more
+
+                try:  # not through the gate (a busy service is still ready); a stalled index is not ready
+                    with anyio.fail_after(5):
+                        await anyio.to_thread.run_sync(check, abandon_on_cancel=True)
+                    body["index"] = True
+                except TimeoutError:
+                    body["error"] = "index unreachable: no answer within 5 s"
+                except Exception as e:
+                    body["error"] = f"index unreachable: {type(e).__name__}: {redact(str(e))}"
         ready = body["index"] and all(models.values()) and svc.load_error is None
         body["status"] = "ready" if ready else ("error" if svc.load_error or "error" in body else "loading")
         if svc.load_error:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -87,9 +88,21 @@ def openapi_body(model: type[BaseModel], multipart: str | None = None) -> dict[s
     return {"requestBody": {"required": True, "content": content}}
 
 
-_PATH = re.compile(r"(?<![\w.:/])(?:/[^/\s'\"(),\[\]]+)+/([^/\s'\"(),\[\]]+)")
+_PATH = re.compile(r"(?<![\w.:/…])(?:/[^/\s'\"(),\[\]]+)+/([^/\s'\"(),\[\]]+)")
+_ROOTS: set[str] = set()
+
+
+def protect(*folders: object) -> None:
+    """Folders whose names never reach a caller, however they are written (relative, with spaces): the data
+    dir, the file roots, the working directory. Process-wide: every app in the process adds its own."""
+    for f in folders:
+        for form in {str(f), str(Path(str(f)).resolve())}:
+            if form not in ("", ".", "/"):
+                _ROOTS.add(form.rstrip("/"))
 
 
 def redact(text: str) -> str:
     """``text`` with server file paths cut to their file name (error messages reach remote callers)."""
+    for root in sorted(_ROOTS, key=len, reverse=True):  # a whole folder name only: /app, not /apple.png
+        text = re.sub(re.escape(root) + r"(?=/|$|[\s'\"),\]:])", "…", text)
     return _PATH.sub(r"…/\1", text)

@@ -187,12 +187,12 @@ def history(svc: Service, request: Request, msgs: list[Any]) -> list[ThreadTurn]
     for m in msgs:
         if m.type == "human":
             refs = (m.additional_kwargs or {}).get("retllm_attachments") or []
-            turns.append(ThreadTurn(role="user", text=_text(m.content), images=len(refs)))
+            turns.append(ThreadTurn(role="user", text=redact(_text(m.content)), images=len(refs)))
         elif m.type == "tool" and m.name == "multimodal_search" and m.status != "error" and m.artifact:
             search = svc.public(request, SearchOut.model_validate(m.artifact))
             turns.append(ThreadTurn(role="search", search=search))
         elif m.type == "ai" and not m.tool_calls and m.content:
-            turns.append(ThreadTurn(role="assistant", text=_text(m.content)))
+            turns.append(ThreadTurn(role="assistant", text=redact(_text(m.content))))
     return turns
 
 
@@ -210,9 +210,19 @@ def router(svc: Service) -> APIRouter:
         thread = body.thread_id or uuid.uuid4().hex[:12]
         if thread in svc.busy_threads:  # two turns at once would both continue the same checkpoint
             raise HTTPException(409, f"conversation {thread!r} is still answering the previous message; retry after it")
-        images = await svc.gate.run(lambda: [inline(svc, u, f"images[{i}]") for i, u in enumerate(body.images)])
+        svc.busy_threads.add(thread)  # taken with the check, no await between them
+        try:
+            images = (
+                await svc.gate.run(
+                    lambda: [inline(svc, u, f"images[{i}]") for i, u in enumerate(body.images)], request=request
+                )
+                if body.images
+                else []
+            )
+        except BaseException:
+            svc.busy_threads.discard(thread)
+            raise
         message = human(body.message, images)
-        svc.busy_threads.add(thread)
 
         def work(emit: Emit) -> None:
             from retllm.agent.chat import turn_events
@@ -221,7 +231,7 @@ def router(svc: Service) -> APIRouter:
             for kind, data in turn_events(svc.chat_graph(), svc.deps, thread, [message]):
                 if kind == "search":
                     data = svc.public(request, data)
-                elif kind == "search_error":
+                elif kind in ("search_error", "answer"):
                     data = redact(data)
                 emit(kind, data)
             emit("done", {"thread_id": thread})
@@ -284,6 +294,7 @@ class CompletionRequest(BaseModel):
 
 
 MODEL_ID = "retllm"
+MAX_IMAGES = 8  # as /chat takes per turn: every one is fetched and checked before the graph runs
 
 
 def to_langchain(svc: Service, messages: list[OpenAIMessage]) -> list[Any]:
@@ -291,6 +302,9 @@ def to_langchain(svc: Service, messages: list[OpenAIMessage]) -> list[Any]:
     System messages are dropped (the graph has its own prompt); tool messages too (its tools are its own)."""
     from langchain_core.messages import AIMessage, HumanMessage
 
+    parts = [p for m in messages if isinstance(m.content, list) for p in m.content if isinstance(p, ImagePart)]
+    if len(parts) > MAX_IMAGES:
+        raise HTTPException(422, f"messages: at most {MAX_IMAGES} images in a conversation (got {len(parts)})")
     out: list[Any] = []
     for i, m in enumerate(messages):
         if m.role == "user":
@@ -329,10 +343,18 @@ def markdown(search: dict[str, Any]) -> str:
             )
             if x
         )
-        pic = f"![{h['id']}]({h['thumbnail']}) " if h.get("thumbnail") else ""
-        text = f" — {h['text'][:80]}" if h.get("text") else ""
-        lines.append(f"{h['rank']}. {pic}`{h['id']}` **{score}** ({badge}){text}")
+        pic = f"![result {h['rank']}](<{h['thumbnail']}>) " if h.get("thumbnail") else ""
+        text = f" — {md_escape(h['text'][:80])}" if h.get("text") else ""
+        lines.append(f"{h['rank']}. {pic}{md_escape(h['id'])} **{score}** ({badge}){text}")
     return "\n".join(lines)
+
+
+_MD = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
+
+
+def md_escape(text: str) -> str:
+    """``text`` shown literally in Markdown (item ids and texts are data, not markup: no links, no images)."""
+    return _MD.sub(r"\\\1", " ".join(text.split()))
 
 
 def openai_router(svc: Service) -> APIRouter:
@@ -361,7 +383,7 @@ def openai_router(svc: Service) -> APIRouter:
                 if kind == "search":
                     results.append(markdown(svc.public(request, data)))
                 elif kind == "answer":
-                    answer = data
+                    answer = redact(data)
                 elif kind == "search_error":
                     results.append(f"_search refused: {redact(data)}_")
             text = "\n\n".join(x for x in (answer, *results[-1:]) if x)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from retllm.tools.schemas import CoarseSearchArgs, HitOut
 
 
@@ -61,6 +61,13 @@ class ChatRequest(BaseModel):
         max_length=8,
         description="Attached images: data:image/...;base64 URLs or http(s) URLs.",
     )
+
+    @field_validator("thread_id")
+    @classmethod
+    def _not_dots(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip("."):
+            raise ValueError("a thread id cannot be only dots")
+        return v
 
 
 class ThreadInfo(BaseModel):

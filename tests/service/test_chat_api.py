@@ -107,6 +107,7 @@ def test_chat_bad_requests_and_errors_as_events(cli_env, scene_images) -> None:
             for body, msg in [
                 ({"message": ""}, "message"),
                 ({"message": "x", "thread_id": "../../etc"}, "thread_id"),
+                ({"message": "x", "thread_id": ".."}, "only dots"),
                 ({"message": "x", "images": ["file:///etc/passwd"]}, "images[0]"),
                 ({"message": "x", "images": ["/etc/passwd"]}, "images[0]"),
             ]:
@@ -152,12 +153,12 @@ def test_openai_compatible_endpoint_with_the_openai_client(cli_env, scene_images
                 text = res.choices[0].message.content
                 assert res.choices[0].finish_reason == "stop"
             top = re.search(r"Best match: (\S+)", text).group(1)
-            thumbs = re.findall(r"!\[([^\]]+)\]\(([^)]+)\)", text)
-            assert len(thumbs) == 3 and thumbs[0][0] == top
+            thumbs = re.findall(r"!\[result (\d)\]\(<([^>]+)>\)", text)
+            assert [n for n, _ in thumbs] == ["1", "2", "3"] and top in text.split("![result 1]")[1].split("\n")[0]
             # Markdown images load without the token: the links are signed
             assert httpx.get(thumbs[0][1]).status_code == 200
-            tampered = thumbs[0][1].replace("size=", "size=1")
-            assert httpx.get(tampered).status_code in (401, 422)
+            tampered = thumbs[0][1].replace("size=256", "size=255")  # a valid size, but not the one signed
+            assert httpx.get(tampered).status_code == 401
             with pytest.raises(openai.AuthenticationError):
                 openai.OpenAI(base_url=f"{url}/v1", api_key="wrong-token-000000000").models.list()
             with pytest.raises(openai.UnprocessableEntityError):
@@ -237,3 +238,49 @@ def test_openai_endpoint_odd_content_upstream_failures_and_url_images(cli_env, s
         with running(env) as (url, _):
             r = httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
             assert r.status_code == 502 and "chat model's server failed" in r.json()["detail"], r.text
+
+
+def test_two_turns_sent_together_on_one_thread_one_is_refused(cli_env, scene_images) -> None:
+    import threading
+    import time
+
+    def slow(body: dict[str, Any]) -> dict[str, Any]:
+        time.sleep(1.0)
+        return {"content": "ok"}
+
+    script = ChatScript([slow, slow, slow])
+    with fake_openai(Switches(chat_script=script)) as fake:
+        env = service_env(cli_env, fake)
+        ingest(env, scene_images[:2])
+        with running(env, serve_workers=1) as (url, _):
+            other = threading.Thread(target=lambda: chat(url, {"thread_id": "other", "message": "busy"}))
+            other.start()  # holds the only worker, so both turns below wait in the queue at once
+            time.sleep(0.3)
+            codes: list[int] = []
+
+            def send() -> None:
+                r = httpx.post(f"{url}/chat", json={"thread_id": "t1", "message": "hi"}, timeout=60)
+                codes.append(r.status_code)
+
+            pair = [threading.Thread(target=send) for _ in range(2)]
+            for t in pair:
+                t.start()
+            for t in pair + [other]:
+                t.join()
+    assert sorted(codes) == [200, 409]
+
+
+def test_openai_replies_escape_item_text_and_cap_images(cli_env, scene_images) -> None:
+    script = ChatScript([tool_call("multimodal_search", {"query": "x", "k": 2, "top": 2}), {"content": "here"}])
+    with fake_openai(Switches(chat_script=script)) as fake:
+        env = service_env(cli_env, fake)
+        with running(env) as (url, _):
+            evil = "![](http://attacker.example/pixel) [click](javascript:alert(1)) `x`"
+            items = [{"id": "e[v](il)", "text": evil}, {"id": "plain", "text": "a street"}]
+            assert httpx.post(f"{url}/items", json={"items": items}).json()["added"] == 2
+            r = httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
+            text = r.json()["choices"][0]["message"]["content"]
+            assert "](http://attacker" not in text and "](javascript" not in text and "e\\[v\\]\\(il\\)" in text
+            part = {"type": "image_url", "image_url": "data:image/png;base64,AAAA"}
+            r = httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": [part] * 9}]})
+            assert r.status_code == 422 and "at most 8 images" in r.json()["detail"]

@@ -234,3 +234,17 @@ def test_errors_never_show_server_paths_and_odd_ids_keep_working_links(scenes_en
         r = httpx.post(f"{url}/items", files={"manifest": ("m.jsonl", manifest)}).json()
         assert r["added"] == 0 and "relative image paths" in r["skipped"][0]["reason"]
         assert "/tmp" not in json.dumps(r) and "/etc" not in json.dumps(r), r
+
+
+def test_redact_cuts_known_folders_however_written(tmp_path, monkeypatch) -> None:
+    from retllm.agent.service.bodies import protect, redact
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my data").mkdir()
+    protect("my data", tmp_path / "my data")
+    assert redact(f"cannot read {tmp_path}/my data/blobs/ab.png") == "cannot read …/blobs/ab.png"
+    assert redact("cannot read my data/blobs/ab.png") == "cannot read …/blobs/ab.png"
+    assert redact("file not found: /srv/elsewhere/x.png") == "file not found: …/x.png"
+    assert redact("URL refused: http://10.0.0.1/a/b.png") == "URL refused: http://10.0.0.1/a/b.png"  # the caller's own
+    protect("/srv/app")
+    assert redact("/srv/apple.png and /srv/app/x/y.png") == "…/apple.png and …/x/y.png"
