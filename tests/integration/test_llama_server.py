@@ -19,6 +19,7 @@ from tests.fakes.tiny_lm import build_tiny_qwen2_lm
 
 pytestmark = [
     pytest.mark.compat,
+    pytest.mark.slow,  # GGUF conversion and a llama.cpp server: CI's slow pass
     pytest.mark.skipif(llama_cpp_version() is None, reason="llama-cpp-python[server] is not installed"),
 ]
 

@@ -16,6 +16,7 @@ from tests.fakes.llama_server import llama_cpp_version
 
 pytestmark = [
     pytest.mark.compat,
+    pytest.mark.slow,  # GGUF conversion and a llama.cpp server: CI's slow pass
     pytest.mark.skipif(llama_cpp_version() is None, reason="llama-cpp-python[server] is not installed"),
 ]
 

@@ -25,6 +25,8 @@ from tests.agent.conftest import ingest
 from tests.fakes.openai_server import ChatScript, FakeOpenAI, Switches, fake_openai, tool_call
 from tests.service.conftest import TOKEN, running, service_env
 
+pytestmark = pytest.mark.slow  # a browser: CI's slow pass (RETLLM_REQUIRE_BROWSER=1 there)
+
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 TIMEOUT_MS = 30_000
 
