@@ -144,6 +144,7 @@ def test_chat_tool_errors_go_back_to_the_model(cli_env, scene_images, tmp_path) 
     assert out["messages"][-1].content == "I could not search."
 
 
+@pytest.mark.slow  # three CLI processes: CI's slow pass
 def test_retllm_chat_cli_resumes_a_thread(cli_env, scene_images, tmp_path) -> None:
     script = ChatScript(
         [

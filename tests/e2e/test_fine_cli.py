@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.cli import run
 from tests.fakes.openai_server import Switches, fake_openai
 
@@ -76,6 +78,7 @@ def test_every_pair_failing_fails_the_search(cli_env, candidate_images) -> None:
     assert "the fine stage failed for all 3 pair(s)" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # CLI subprocesses with a local MLLM: CI's slow pass
 def test_configuration_errors_are_loud(cli_env, candidate_images) -> None:
     """A wrong key or an unknown model: exit 1 with one actionable line, never a silent coarse ranking."""
     with fake_openai(Switches(api_key="sk-right", models=["served-vlm"])) as fake:
@@ -92,6 +95,7 @@ def test_configuration_errors_are_loud(cli_env, candidate_images) -> None:
         assert r.returncode == 0 and all(h["method"] == "logprobs" for h in json.loads(r.stdout))
 
 
+@pytest.mark.slow  # CLI subprocesses with a local MLLM: CI's slow pass
 def test_min_score_can_return_nothing(cli_env, candidate_images) -> None:
     with fake_openai() as fake:
         env = {**cli_env, "RETLLM_SCORER": "openai:fake-vlm", "RETLLM_OPENAI_BASE_URL": fake.url}
@@ -110,6 +114,7 @@ def test_min_score_can_return_nothing(cli_env, candidate_images) -> None:
         assert r.returncode == 1 and "cannot be used with --coarse-only" in r.stderr
 
 
+@pytest.mark.slow  # CLI subprocesses with a local MLLM: CI's slow pass
 def test_demo_shows_coarse_and_reranked_side_by_side(cli_env, tiny_vlm_dirs) -> None:
     env = {**cli_env, "RETLLM_SCORER": f"hf:{tiny_vlm_dirs['idefics3']}"}
     r = run(["demo", "-k", "3"], env)
@@ -120,6 +125,7 @@ def test_demo_shows_coarse_and_reranked_side_by_side(cli_env, tiny_vlm_dirs) -> 
     assert r.returncode == 0 and "sees the scenes" not in r.stderr, r.stderr
 
 
+@pytest.mark.slow  # CLI subprocesses with a local MLLM: CI's slow pass
 def test_unknown_scorer_and_offline_scorer_fail_fast(cli_env, candidate_images, tmp_path) -> None:
     _ingest(cli_env, candidate_images[:1])
     r = run(["search", "x"], {**cli_env, "RETLLM_SCORER": "nope:model"})
@@ -129,6 +135,7 @@ def test_unknown_scorer_and_offline_scorer_fail_fast(cli_env, candidate_images, 
     assert "hf:HuggingFaceTB/SmolVLM-256M-Instruct is not cached and offline mode is on" in r.stderr
 
 
+@pytest.mark.slow  # CLI subprocesses with a local MLLM: CI's slow pass
 def test_html_gallery_of_search_and_demo(cli_env, tiny_vlm_dirs, candidate_images, tmp_path) -> None:
     import re
 
