@@ -1,0 +1,219 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from retllm.errors import ConfigError
+from retllm.eval.datasets import DATASETS, iter_json_records, load
+
+
+def png(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 4), (200, 30, 30)).save(path)
+    return path
+
+
+def karpathy_entry(i: int, split: str = "test", n: int = 5, filepath: str | None = None) -> dict:
+    e = {
+        "filename": f"{1000 + i}.jpg",
+        "imgid": i,
+        "split": split,
+        "sentences": [{"raw": f"caption {j} of image {i}.", "sentid": 5 * i + j} for j in range(n)],
+    }
+    if filepath:
+        e["filepath"] = filepath
+    return e
+
+
+def write_karpathy(data: Path, name: str, entries: list) -> Path:
+    data.mkdir(parents=True, exist_ok=True)
+    for e in entries:
+        if isinstance(e, dict) and "filename" in e:
+            png(data / "images" / e["filename"])
+    (data / f"dataset_{name}.json").write_text(json.dumps({"images": entries, "dataset": name}))
+    return data
+
+
+def test_karpathy_test_split_ids_and_positives(tmp_path: Path) -> None:
+    entries = [karpathy_entry(0, "train"), karpathy_entry(1), karpathy_entry(2, "val"), karpathy_entry(3)]
+    ds = load("flickr30k", write_karpathy(tmp_path, "flickr30k", entries))
+    assert list(ds.images) == ["1001", "1003"] and ds.problems == []
+    assert len(ds.texts) == 10 and ds.texts["1001#2"] == "caption 2 of image 1."
+    assert ds.image_to_texts["1003"] == {f"1003#{j}" for j in range(5)}
+    assert ds.text_to_images["1003#4"] == {"1003"}
+    assert all(p.is_file() for p in ds.images.values())
+    assert (ds.name, ds.split) == ("flickr30k", "test")
+    assert list(load("flickr30k", tmp_path, split="val").images) == ["1002"]
+
+
+def test_coco_looks_in_images_then_filepath_then_data(tmp_path: Path) -> None:
+    entries = [karpathy_entry(i, filepath="val2014") for i in range(3)]
+    (tmp_path / "dataset_coco.json").write_text(json.dumps({"images": entries}))
+    png(tmp_path / "images" / "1000.jpg")
+    png(tmp_path / "val2014" / "1000.jpg")
+    png(tmp_path / "val2014" / "1001.jpg")
+    png(tmp_path / "1002.jpg")
+    ds = load("coco", tmp_path)
+    assert ds.images == {
+        "1000": tmp_path / "images" / "1000.jpg",
+        "1001": tmp_path / "val2014" / "1001.jpg",
+        "1002": tmp_path / "1002.jpg",
+    }
+
+
+def test_karpathy_bad_entries_are_problems_and_the_rest_load(tmp_path: Path) -> None:
+    no_image = karpathy_entry(1)
+    no_caps = karpathy_entry(2, n=0)
+    dup = karpathy_entry(3)
+    dup["sentences"][1]["raw"] = dup["sentences"][0]["raw"] = "a dog."
+    other = karpathy_entry(4)
+    other["sentences"][0]["raw"] = "a dog."  # same text as another image's caption
+    other["sentences"][2] = {"sentid": 1}  # no raw
+    entries = [karpathy_entry(0), no_image, no_caps, "garbage", {"split": "test"}, dup, other]
+    write_karpathy(tmp_path, "flickr30k", entries)
+    (tmp_path / "images" / "1001.jpg").unlink()
+    ds = load("flickr30k", tmp_path)
+    assert list(ds.images) == ["1000", "1003", "1004"]
+    assert ds.problems == [
+        "dataset_flickr30k.json: images[1]: image 1001.jpg not found in images, .",
+        "dataset_flickr30k.json: images[2]: no captions",
+        "dataset_flickr30k.json: images[3]: not an object",
+        "dataset_flickr30k.json: images[4]: no filename",
+        "dataset_flickr30k.json: images[6].sentences[2]: no caption text",
+    ]
+    # duplicate captions keep separate ids, each positive only for its own image
+    assert ds.texts["1003#0"] == ds.texts["1003#1"] == ds.texts["1004#0"] == "a dog."
+    assert ds.text_to_images["1003#0"] == {"1003"} and ds.text_to_images["1004#0"] == {"1004"}
+    assert ds.image_to_texts["1004"] == {"1004#0", "1004#1", "1004#3", "1004#4"}
+
+
+def test_karpathy_non_utf8_caption_is_a_problem(tmp_path: Path) -> None:
+    write_karpathy(tmp_path, "coco", [karpathy_entry(0), karpathy_entry(1)])
+    f = tmp_path / "dataset_coco.json"
+    f.write_bytes(f.read_bytes().replace(b"caption 3 of image 1", b"caption \xff of image 1"))
+    ds = load("coco", tmp_path)
+    assert ds.problems == ["dataset_coco.json: images[1].sentences[3]: caption is not UTF-8"]
+    assert len(ds.texts) == 9
+
+
+def test_limit_keeps_the_first_images_in_file_order(tmp_path: Path) -> None:
+    entries = [karpathy_entry(i, "train" if i % 2 else "test") for i in range(10)]
+    ds = load("flickr30k", write_karpathy(tmp_path, "flickr30k", entries), limit=3)
+    assert list(ds.images) == ["1000", "1002", "1004"] and len(ds.texts) == 15
+    assert load("flickr30k", tmp_path, limit=0).images == {}
+
+
+def test_any_single_dataset_file_is_used(tmp_path: Path) -> None:
+    write_karpathy(tmp_path, "f30k_renamed", [karpathy_entry(0)])
+    assert list(load("flickr30k", tmp_path).images) == ["1000"]
+    write_karpathy(tmp_path, "other", [karpathy_entry(0)])
+    with pytest.raises(ConfigError, match="several dataset files"):
+        load("flickr30k", tmp_path)
+
+
+def test_missing_folder_or_file_and_unknown_names_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load("coco", tmp_path / "nope")
+    with pytest.raises(ConfigError, match=r"dataset_coco\.json.*dataset_\*\.json"):
+        load("coco", tmp_path)
+    with pytest.raises(ConfigError, match="coco, flickr30k, sharegpt4v, urban1k"):
+        load("mscoco", tmp_path)
+    with pytest.raises(ConfigError, match="image/ and caption/"):
+        load("urban1k", tmp_path)
+    with pytest.raises(ConfigError, match="share-captioner"):
+        load("sharegpt4v", tmp_path)
+    with pytest.raises(ConfigError, match="only the 'test' split"):
+        load("urban1k", tmp_path, split="train")
+    with pytest.raises(ConfigError, match="limit"):
+        load("coco", tmp_path, limit=-1)
+    (tmp_path / "dataset_coco.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not a Karpathy split file"):
+        load("coco", tmp_path)
+    assert set(DATASETS) == {"flickr30k", "coco", "urban1k", "sharegpt4v"}
+
+
+def test_urban1k_pairs_by_stem_not_listing_order(tmp_path: Path) -> None:
+    for stem in ["10", "2", "1", "3", "orphan"]:
+        png(tmp_path / "image" / f"{stem}.jpg")
+    (tmp_path / "caption").mkdir()
+    for stem in ["1", "2", "10", "3", "4"]:
+        (tmp_path / "caption" / f"{stem}.txt").write_text(f"  long caption of {stem}\n")
+    (tmp_path / "caption" / "3.txt").write_bytes(b"line one\nbad \xc3\x28 byte\n")
+    ds = load("urban1k", tmp_path)
+    assert list(ds.images) == ["1", "2", "10"]  # numeric order
+    assert ds.texts == {"1#0": "long caption of 1", "2#0": "long caption of 2", "10#0": "long caption of 10"}
+    assert ds.image_to_texts["10"] == {"10#0"} and ds.text_to_images["2#0"] == {"2"}
+    assert ds.problems == [
+        "caption/3.txt:2: not UTF-8 (byte 13)",
+        "caption/4.txt: no image file image/4.*",
+        "image/orphan.jpg: no caption file caption/orphan.txt",
+    ]
+    assert list(load("urban1k", tmp_path, limit=2).images) == ["1", "2"]
+
+
+def sharegpt_record(i: int, caption: str | None = None, image: str | None = None) -> dict:
+    return {
+        "id": f"sa_{i}",
+        "image": image or f"sam/images/sa_{i}.jpg",
+        "conversations": [
+            {"from": "human", "value": "<image>\nDescribe this image in detail."},
+            {"from": "gpt", "value": caption or f"A detailed caption of picture {i}."},
+            {"from": "gpt", "value": "not this one"},
+        ],
+    }
+
+
+def test_sharegpt4v_first_1k_entries_and_bad_records(tmp_path: Path) -> None:
+    records = [sharegpt_record(i) for i in range(1003)]
+    records[1] = {"id": "x", "image": "../escape.jpg", "conversations": []}
+    records[2] = sharegpt_record(2) | {"conversations": [{"from": "human", "value": "hi"}]}
+    records[3] = sharegpt_record(3, image="sam/images/missing.jpg")
+    records[4] = ["not", "an", "object"]
+    for i in [0, 2, 5, 996, 997, 998, 999, 1000]:  # only a few images exist (fast)
+        png(tmp_path / f"sam/images/sa_{i}.jpg")
+    text = json.dumps(records, indent=1)
+    (tmp_path / "share-captioner_coco_lcs_sam_1246k_1107.json").write_text(text)
+    starts = [n for n, line in enumerate(text.splitlines(), start=1) if line in (" {", " [")]  # where records begin
+    ds = load("sharegpt4v", tmp_path)
+    assert list(ds.images) == ["sa_0", "sa_5", "sa_996", "sa_997", "sa_998", "sa_999"]
+    assert ds.texts["sa_0#0"] == "A detailed caption of picture 0."
+    assert ds.text_to_images["sa_999#0"] == {"sa_999"} and ds.image_to_texts["sa_5"] == {"sa_5#0"}
+    f = "share-captioner_coco_lcs_sam_1246k_1107.json"
+    assert starts[:2] == [2, 20]
+    assert ds.problems[:4] == [
+        f"{f}:{starts[1]}: no relative image path",
+        f"{f}:{starts[2]}: no gpt caption",
+        f"{f}:{starts[3]}: image sam/images/missing.jpg not found",
+        f"{f}:{starts[4]}: not an object",
+    ]
+    assert len(ds.problems) == 4 + 990  # 6..995 not found; sa_1000 exists but is past the first 1,000
+    assert list(load("sharegpt4v", tmp_path, limit=2).images) == ["sa_0", "sa_5"]
+
+
+def test_sharegpt4v_json_lines_malformed_line_and_non_utf8(tmp_path: Path) -> None:
+    for i in range(4):
+        png(tmp_path / f"sam/images/sa_{i}.jpg")
+    lines = [json.dumps(sharegpt_record(i)).encode() for i in range(4)]
+    lines[1] = b'{"id": "sa_1", "image": '
+    lines[2] = lines[2].replace(b"picture 2", b"picture \xff")
+    (tmp_path / "share-captioner.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    ds = load("sharegpt4v", tmp_path)
+    assert list(ds.images) == ["sa_0", "sa_3"]
+    assert ds.problems[0].startswith("share-captioner.jsonl:2: malformed JSON")
+    assert ds.problems[1] == "share-captioner.jsonl:3: caption is not UTF-8"
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 7, 4096])
+def test_json_list_reader_across_chunk_boundaries(tmp_path: Path, chunk_size: int) -> None:
+    records = [{"k": i, "s": "é" * i + "\n"} for i in range(6)]
+    f = tmp_path / "a.json"
+    f.write_text("\n  [\n" + ",\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n]\n")
+    assert list(iter_json_records(f, chunk_size=chunk_size)) == [(i + 3, r) for i, r in enumerate(records)]
+    f.write_text('[{"k": 0},\n {"k": 1,,},\n {"k": 2}]')
+    got = list(iter_json_records(f, chunk_size=chunk_size))
+    assert got[0] == (1, {"k": 0}) and got[1][0] == 2 and isinstance(got[1][1], ValueError) and len(got) == 2
+    f.write_text("[]")
+    assert list(iter_json_records(f, chunk_size=chunk_size)) == []
