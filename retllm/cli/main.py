@@ -400,6 +400,60 @@ def _print_side_by_side(coarse: list[Hit], fine: list[Hit], title: str) -> None:
     out.print(t)
 
 
+@app.command("eval")
+def evaluate(
+    dataset: Annotated[str, typer.Argument(help="Benchmark name, e.g. flickr30k or coco.")],
+    data: Annotated[Path, typer.Option("--data", help="Folder holding the benchmark's files.")],
+    split: Annotated[str, typer.Option("--split", help="Split to evaluate.")] = "test",
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N images.")] = None,
+    k: Annotated[int, typer.Option("--k", "-k", min=1, help="Coarse pool size the MLLM re-ranks.")] = 10,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Results folder (default DATA_DIR/eval/<dataset>-<split>-k<K>).")
+    ] = None,
+    coarse_only: Annotated[bool, typer.Option("--coarse-only", help="Skip the MLLM fine stage.")] = False,
+) -> None:
+    """Recall@1/5/10 of coarse and re-ranked retrieval, both directions; writes results.json and report.md.
+
+    Scores are cached in DATA_DIR/eval/scores.sqlite: a rerun only sends pairs the model has not judged yet.
+    """
+    from retllm.eval.cache import default_cache_path, settings_fingerprint
+    from retllm.eval.datasets import load
+    from retllm.eval.runner import run_eval
+    from retllm.registry import make_embedder, make_index, make_scorer
+
+    if not data.is_dir():
+        raise ConfigError(f"--data {data}: no such folder")
+    s = settings()
+    evalset = load(dataset, data, split=split, limit=limit)
+    target = out_dir or s.data_dir / "eval" / f"{dataset}-{split}-k{k}"
+    with make_index(s) as index:
+        embedder = make_embedder(s)
+        scorer = None if coarse_only else make_scorer(s)
+        try:
+            results = run_eval(
+                evalset,
+                embedder=embedder,
+                index=index,
+                scorer=scorer,
+                k=k,
+                out_dir=target,
+                cache_path=default_cache_path(s.data_dir),
+                fingerprint=settings_fingerprint(s),
+                limit=limit,
+                fusion_weight=s.fusion_weight,
+                limits=s.image_limits,
+            )
+        finally:
+            if scorer is not None:
+                scorer.close()
+    from retllm.eval.report import report_markdown
+
+    sys.stdout.write(report_markdown(results) + "\n")
+    for p in results["problems"]["items"][:10]:
+        err.print(f"  skipped {p}", highlight=False, markup=False)
+    err.print(f"results: {target / 'results.json'}, {target / 'report.md'}", highlight=False, markup=False)
+
+
 @app.command("config")
 def show_config() -> None:
     """Print the effective settings (secrets masked)."""

@@ -1,0 +1,217 @@
+"""An on-disk score cache for evaluation: a pair the model judged once under the same settings is not sent again.
+
+:class:`CachedScorer` wraps any :class:`~retllm.scorers.base.Scorer`. Each pair's key is a sha256 of the inner
+scorer's id, a fingerprint of every setting that changes scores (:func:`settings_fingerprint`), the query (text,
+image content) and the candidate (id, text, image content). Hits come from SQLite; the misses go to the inner
+scorer in one call, so batching stays the inner scorer's. Fallbacks are never stored: a rerun retries them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from retllm.images import is_url
+from retllm.scorers.base import Candidate, Score, Scorer
+from retllm.types import ImageSource, Query
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from retllm.events import EventSink
+    from retllm.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS scores (
+    key TEXT PRIMARY KEY,
+    scorer TEXT NOT NULL,
+    score TEXT NOT NULL,
+    created REAL NOT NULL
+)
+"""
+
+
+@lru_cache(maxsize=1)
+def prompts_hash() -> str:
+    """sha256 over the prompt files of ``retllm.prompts`` (name and content), so an edited prompt is a new key."""
+    h = hashlib.sha256()
+    files = sorted(
+        (p for p in resources.files("retllm.prompts").iterdir() if p.name.endswith(".yaml")), key=lambda p: p.name
+    )
+    for p in files:
+        h.update(p.name.encode())
+        h.update(b"\0")
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def settings_fingerprint(settings: Settings) -> str:
+    """The settings that change a pair's score, as canonical JSON (throughput settings left out)."""
+    return json.dumps(
+        {
+            "dtype": settings.dtype,
+            "retrace": settings.retrace.model_dump(mode="json"),
+            "min_image_tokens": settings.scorer_min_image_tokens,
+            "max_image_tokens": settings.scorer_max_image_tokens,
+            "image_side": settings.scorer_image_side,
+            "revisit": settings.revisit,
+            "max_revisits": settings.max_revisits,
+            "send_image_urls": settings.send_image_urls,
+            "prompts": prompts_hash(),
+        },
+        sort_keys=True,
+    )
+
+
+def score_to_json(score: Score) -> str:
+    """A :class:`Score` as JSON; :func:`score_from_json` gives back an equal one (floats round-trip exactly)."""
+    return json.dumps(dataclasses.asdict(score))
+
+
+def score_from_json(text: str) -> Score:
+    return Score(**json.loads(text))
+
+
+class CachedScorer(Scorer):
+    """Any scorer, with its scores kept in a SQLite file.
+
+    Attributes:
+        hits: Pairs answered from the cache.
+        misses: Pairs sent to the inner scorer (the model calls an evaluation pays for).
+    """
+
+    def __init__(self, inner: Scorer, path: Path, *, fingerprint: str = "") -> None:
+        """Open (or create) the cache at ``path``; ``fingerprint`` is part of every key.
+
+        ``fingerprint`` names the settings that change scores (see :func:`settings_fingerprint`).
+
+        The inner scorer stays the caller's: :meth:`close` closes the cache file only.
+        """
+        self.inner = inner
+        self.id = inner.id
+        self.limits = inner.limits
+        self.max_revisits = inner.max_revisits
+        self.fingerprint = fingerprint
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.hits = 0
+        self.misses = 0
+        self._lock = threading.Lock()
+        self._digests: dict[tuple[str, int, int], str] = {}
+        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(_SCHEMA)
+            self._db.commit()
+
+    # --- keys ------------------------------------------------------------------------------------
+
+    def _image_digest(self, src: ImageSource | None) -> str | None:
+        if src is None:
+            return None
+        if isinstance(src, bytes):
+            return "sha256:" + hashlib.sha256(src).hexdigest()
+        if is_url(src):
+            return "url:" + str(src)  # the reference: fetching every URL to hash it would cost what the cache saves
+        path = Path(src)
+        try:
+            st = path.stat()
+        except OSError:
+            return "path:" + str(path)  # unreadable: the inner scorer falls back, and fallbacks are not stored
+        memo = (str(path), st.st_mtime_ns, st.st_size)
+        with self._lock:
+            known = self._digests.get(memo)
+        if known is None:
+            known = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+            with self._lock:
+                self._digests[memo] = known
+        return known
+
+    def key(self, query: Query, candidate: Candidate) -> str:
+        """The cache key of one (query, candidate) pair."""
+        parts: list[Any] = [
+            self.inner.id,
+            self.fingerprint,
+            [query.text, self._image_digest(query.image)],
+            [candidate.id, candidate.text, self._image_digest(candidate.image)],
+        ]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+    # --- scoring ---------------------------------------------------------------------------------
+
+    def score(self, query: Query, candidates: Sequence[Candidate], *, on_event: EventSink | None = None) -> list[Score]:
+        """Scores in the candidates' order: cached ones looked up, the rest from one inner call, then stored."""
+        keys = [self.key(query, c) for c in candidates]
+        with self._lock:
+            found = self._lookup(keys)
+            self.hits += sum(k in found for k in keys)
+        todo = [i for i, k in enumerate(keys) if k not in found]
+        out: list[Score | None] = [found.get(k) for k in keys]
+        if todo:
+            with self._lock:
+                self.misses += len(todo)
+            batch = [candidates[i] for i in todo]
+            if on_event is not None and type(self.inner).score is Scorer.score:
+                fresh = self.inner.score(query, batch, on_event=on_event)
+            else:  # a scorer written against the older API takes no on_event
+                fresh = self.inner.score(query, batch)
+            for i, sc in zip(todo, fresh, strict=True):
+                out[i] = sc
+            self._store([(keys[i], sc) for i, sc in zip(todo, fresh, strict=True) if not sc.failed])
+        return [s for s in out if s is not None]
+
+    def _lookup(self, keys: Sequence[str]) -> dict[str, Score]:
+        found: dict[str, Score] = {}
+        for start in range(0, len(keys), 500):  # SQLite's bound on host parameters
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(f"SELECT key, score FROM scores WHERE key IN ({marks})", chunk).fetchall()
+            found.update((k, score_from_json(v)) for k, v in rows)
+        return found
+
+    def _store(self, rows: Sequence[tuple[str, Score]]) -> None:
+        if not rows:
+            return
+        now = time.time()
+        with self._lock:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO scores (key, scorer, score, created) VALUES (?, ?, ?, ?)",
+                [(k, self.inner.id, score_to_json(s), now) for k, s in rows],
+            )
+            self._db.commit()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM scores").fetchone()[0])
+
+    # --- delegated -------------------------------------------------------------------------------
+
+    @property
+    def prefers_urls(self) -> bool:
+        return self.inner.prefers_urls
+
+    def load(self, src: ImageSource) -> Image.Image:
+        return self.inner.load(src)
+
+    def close(self) -> None:
+        """Close the cache file (not the inner scorer)."""
+        with self._lock:
+            self._db.close()
+
+
+def default_cache_path(data_dir: Path) -> Path:
+    """Where ``retllm eval`` keeps its scores: ``DATA_DIR/eval/scores.sqlite``."""
+    return Path(os.fspath(data_dir)) / "eval" / "scores.sqlite"

@@ -1,0 +1,52 @@
+"""``retllm eval`` as a user runs it: the real console script, the tiny CLIP, the fake endpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.e2e.cli import run
+from tests.fakes.openai_server import fake_openai
+from tests.integration.test_eval_runner import write_flickr
+
+
+def test_bad_input_is_one_line_and_exit_1(cli_env: dict[str, str], tmp_path: Path) -> None:
+    data = write_flickr(tmp_path / "flickr", n=2)
+    for args, words in (
+        (["eval", "nope", "--data", str(data)], "unknown dataset 'nope'"),
+        (["eval", "flickr30k", "--data", str(tmp_path / "absent")], "no such folder"),
+    ):
+        r = run([*args, "--coarse-only"], cli_env)
+        assert r.returncode == 1, r.stderr
+        assert r.stderr.strip().count("\n") == 0 and words in r.stderr, r.stderr
+
+
+def test_eval_writes_results_and_report(cli_env: dict[str, str], tmp_path: Path) -> None:
+    data = write_flickr(tmp_path / "flickr")
+    with fake_openai() as fake:
+        env = {**cli_env, "RETLLM_SCORER": "openai:fake-vlm", "RETLLM_OPENAI_BASE_URL": fake.url}
+        r = run(["eval", "flickr30k", "--data", str(data), "--limit", "4", "--k", "3"], env)
+        assert r.returncode == 0, r.stderr
+        sent = len(fake.pair_requests)
+        assert sent == 3 * (8 + 4)
+        out = Path(cli_env["RETLLM_DATA_DIR"]) / "eval" / "flickr30k-test-k3"
+        res = json.loads((out / "results.json").read_text())
+        cfg = res["config"]
+        assert (cfg["dataset"], cfg["split"], cfg["limit"], cfg["k"]) == ("flickr30k", "test", 4, 3)
+        assert cfg["scorer"] == "openai:fake-vlm" and cfg["embedder"].startswith("open_clip:")
+        assert {"fingerprint", "retllm", "packages", "git_commit", "date"} <= set(cfg)
+        assert set(cfg["packages"]) == {"torch", "transformers", "open_clip_torch", "qdrant-client"}
+        assert res["problems"]["count"] == 1
+        for d in res["directions"].values():
+            assert set(d["coarse"]) == set(d["reranked"]) == {"R@1", "R@5", "R@10"}
+            assert d["mllm_calls_per_query"] == 3 and d["latency_s"]["p95"] > 0
+        assert "| re-ranked |" in (out / "report.md").read_text() and "| re-ranked |" in r.stdout
+        assert (Path(cli_env["RETLLM_DATA_DIR"]) / "eval" / "scores.sqlite").is_file()
+
+        again = run(["eval", "flickr30k", "--data", str(data), "--limit", "4", "--k", "3"], env)
+        assert again.returncode == 0, again.stderr
+        assert len(fake.pair_requests) == sent  # every pair came from the cache
+        res2 = json.loads((out / "results.json").read_text())
+        assert [d["reranked"] for d in res2["directions"].values()] == [
+            d["reranked"] for d in res["directions"].values()
+        ]

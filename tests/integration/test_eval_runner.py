@@ -1,0 +1,205 @@
+"""The evaluation runner and its score cache, with the tiny CLIP, the embedded store and the fake endpoint."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from retllm.eval.cache import CachedScorer, score_from_json, score_to_json, settings_fingerprint
+from retllm.eval.datasets import load
+from retllm.eval.runner import collection_names, run_eval
+from retllm.index.edge import EdgeIndex
+from retllm.pipeline import Retriever
+from retllm.scorers.base import Candidate, Score, Scorer
+from retllm.settings import Settings
+from retllm.types import Query
+from tests.fakes.openai_server import FakeOpenAI, fake_openai
+
+N_IMAGES = 6
+
+
+def write_flickr(root: Path, n: int = N_IMAGES, *, missing: bool = True) -> Path:
+    """A Karpathy-layout flickr30k folder: ``n`` tiny distinct PNGs x 2 captions, plus one entry without its file."""
+    (root / "images").mkdir(parents=True)
+    entries = []
+    for i in range(n):
+        arr = np.random.default_rng(i).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(root / "images" / f"{i}.png")
+        sents = [{"raw": f"picture number {i} with colour {c}"} for c in ("red", "blue")]
+        entries.append({"filename": f"{i}.png", "split": "test", "sentences": sents})
+        if i == 1 and missing:
+            entries.append({"filename": "gone.png", "split": "test", "sentences": [{"raw": "lost"}]})
+    (root / "dataset_flickr30k.json").write_text(json.dumps({"images": entries}))
+    return root
+
+
+def recall(rankings: dict[str, list[str]], positives: dict[str, set[str]], k: int) -> float:
+    """Naive reference recall@k."""
+    return sum(bool(set(r[:k]) & positives[q]) for q, r in rankings.items()) / len(rankings)
+
+
+class Interrupting(Scorer):
+    """The real scorer, until ``calls`` calls are spent: then the run is interrupted."""
+
+    def __init__(self, inner: Scorer, calls: int) -> None:
+        self.inner, self.calls, self.id = inner, calls, inner.id
+
+    def score(self, query, candidates, *, on_event=None):  # type: ignore[no-untyped-def]
+        if self.calls == 0:
+            raise KeyboardInterrupt
+        self.calls -= 1
+        return self.inner.score(query, candidates)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    with fake_openai() as f:
+        yield f
+
+
+@pytest.fixture
+def scorer(fake: FakeOpenAI) -> Iterator[Scorer]:
+    from retllm.scorers.openai import OpenAIScorer
+
+    s = OpenAIScorer.from_settings("fake-vlm", Settings(openai_base_url=fake.url, openai_api_key="k"))
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def flickr(tmp_path: Path):
+    return load("flickr30k", write_flickr(tmp_path / "flickr"))
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Iterator[EdgeIndex]:
+    with EdgeIndex(tmp_path / "edge") as ix:
+        yield ix
+
+
+def go(evalset, embedder, index, scorer, tmp_path: Path, *, k: int = 3, fingerprint: str = "fp", name: str = "run"):
+    return run_eval(
+        evalset,
+        embedder=embedder,
+        index=index,
+        scorer=scorer,
+        k=k,
+        out_dir=tmp_path / name,
+        cache_path=tmp_path / "scores.sqlite",
+        fingerprint=fingerprint,
+        progress=False,
+    )
+
+
+def test_a_missing_image_is_a_problem_and_the_run_goes_on(flickr, embedder, index, tmp_path: Path) -> None:
+    assert len(flickr.images) == N_IMAGES and len(flickr.problems) == 1
+    res = go(flickr, embedder, index, None, tmp_path)
+    assert res["problems"]["count"] == 1 and "gone.png" in res["problems"]["items"][0]
+    t2i = res["directions"]["text_to_image"]
+    assert t2i["queries"] == 2 * N_IMAGES and t2i["reranked"] is None and set(t2i["coarse"]) == {"R@1", "R@5", "R@10"}
+    assert res["directions"]["image_to_text"]["queries"] == N_IMAGES
+    assert res["corpus"]["embedded_now"] == {"images": N_IMAGES, "texts": 2 * N_IMAGES}
+
+
+def test_score_json_round_trip() -> None:
+    s = Score(0.1 + 0.2, p_true=1 / 3, entropy=0.6931471805599453, method="logprobs", retraced=7, revisits=1)
+    assert score_from_json(score_to_json(s)) == s
+
+
+def test_metrics_match_the_pipeline_and_a_rerun_calls_no_model(
+    flickr, embedder, index, scorer, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    res = go(flickr, embedder, index, scorer, tmp_path)
+    sent = len(fake.pair_requests)
+    assert sent == 3 * (2 * N_IMAGES + N_IMAGES)  # k pairs per query, both directions
+    names = collection_names(flickr)
+    for direction, coll, using, queries, positives in (
+        (
+            "text_to_image",
+            names["images"],
+            "image",
+            {t: Query(text=c) for t, c in flickr.texts.items()},
+            flickr.text_to_images,
+        ),
+        (
+            "image_to_text",
+            names["texts"],
+            "text",
+            {i: Query(image=str(p)) for i, p in flickr.images.items()},
+            flickr.image_to_texts,
+        ),
+    ):
+        r = Retriever(embedder, index, coll, scorer=scorer)
+        fine = {q: [h.id for h in r.search(x, k=3, top=3, using=using)] for q, x in queries.items()}
+        coarse = {q: [h.id for h in r.coarse(x, k=10, using=using)] for q, x in queries.items()}
+        got = res["directions"][direction]
+        assert got["reranked"]["R@1"] == pytest.approx(recall(fine, positives, 1))
+        for k in (1, 5, 10):
+            assert got["coarse"][f"R@{k}"] == pytest.approx(recall(coarse, positives, k))
+        assert got["mllm_calls_per_query"] == 3
+    before = len(fake.pair_requests)
+    again = go(flickr, embedder, index, scorer, tmp_path, name="again")
+    assert len(fake.pair_requests) == before  # zero model calls, and nothing embedded
+    assert again["corpus"]["embedded_now"] == {"images": 0, "texts": 0}
+    for direction in res["directions"]:
+        a, b = res["directions"][direction], again["directions"][direction]
+        assert (a["coarse"], a["reranked"]) == (b["coarse"], b["reranked"])
+        assert b["cache"]["misses"] == 0 and b["mllm_calls_per_query"] == 0
+    assert (tmp_path / "again" / "report.md").read_text().count("| re-ranked |") == 2
+
+
+def test_a_larger_k_scores_only_the_new_pairs(flickr, embedder, index, scorer, fake: FakeOpenAI, tmp_path) -> None:
+    go(flickr, embedder, index, scorer, tmp_path, k=2)
+    before = len(fake.pair_requests)
+    res = go(flickr, embedder, index, scorer, tmp_path, k=3, name="k3")
+    queries = 3 * N_IMAGES
+    assert len(fake.pair_requests) - before == queries
+    assert sum(d["cache"]["misses"] for d in res["directions"].values()) == queries
+
+
+def test_an_interrupted_run_resumes(flickr, embedder, index, scorer, fake: FakeOpenAI, tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        go(flickr, embedder, index, Interrupting(scorer, calls=4), tmp_path)
+    assert len(fake.pair_requests) == 4 * 3
+    res = go(flickr, embedder, index, scorer, tmp_path)
+    assert len(fake.pair_requests) == 3 * 3 * N_IMAGES  # each pair once, over both runs
+    assert sum(d["cache"]["hits"] for d in res["directions"].values()) == 4 * 3
+
+
+def test_the_key_follows_the_fingerprint(scorer, fake: FakeOpenAI, tmp_path: Path, candidate_images) -> None:
+    q = Query(text="a cat")
+    cands = [Candidate(f"c{i}", image=str(p)) for i, p in enumerate(candidate_images[:3])]
+    base = Settings()
+    fps = [
+        settings_fingerprint(base),
+        settings_fingerprint(base.model_copy(update={"retrace": base.retrace.model_copy(update={"enabled": False})})),
+        settings_fingerprint(base).replace('"prompts": "', '"prompts": "0'),  # an edited prompt file
+    ]
+    assert len(set(fps)) == 3
+    first = None
+    for fp in fps:
+        cached = CachedScorer(scorer, tmp_path / "s.sqlite", fingerprint=fp)
+        scores = cached.score(q, cands)
+        assert (cached.hits, cached.misses) == (0, 3)
+        again = CachedScorer(scorer, tmp_path / "s.sqlite", fingerprint=fp)
+        assert again.score(q, cands) == scores and (again.hits, again.misses) == (3, 0)
+        first = first or scores
+        assert [s.value for s in scores] == [s.value for s in first]  # the same model: new keys, same answers
+        cached.close()
+        again.close()
+    assert len(fake.pair_requests) == 9
+
+
+def test_fallbacks_are_not_cached(scorer, tmp_path: Path, candidate_images) -> None:
+    cands = [Candidate("ok", image=str(candidate_images[0])), Candidate("bad", image=str(tmp_path / "nope.png"))]
+    cached = CachedScorer(scorer, tmp_path / "s.sqlite", fingerprint="fp")
+    first = cached.score(Query(text="x"), cands)
+    assert not first[0].failed and first[1].failed
+    assert len(cached) == 1
+    cached.score(Query(text="x"), cands)
+    assert (cached.hits, cached.misses) == (1, 3)
