@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.cli import run
 from tests.fakes.openai_server import fake_openai
 from tests.integration.test_eval_runner import write_flickr
@@ -21,6 +23,7 @@ def test_bad_input_is_one_line_and_exit_1(cli_env: dict[str, str], tmp_path: Pat
         assert r.stderr.strip().count("\n") == 0 and words in r.stderr, r.stderr
 
 
+@pytest.mark.slow  # two eval runs as subprocesses: CI's slow pass
 def test_eval_writes_results_and_report(cli_env: dict[str, str], tmp_path: Path) -> None:
     data = write_flickr(tmp_path / "flickr")
     with fake_openai() as fake:
