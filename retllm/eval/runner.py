@@ -23,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from retllm.errors import ScoringError
+from retllm.errors import BadItemError, ScoringError
 from retllm.eval.cache import CachedScorer
 from retllm.ingest import Ingestor
 from retllm.pipeline import Retriever
@@ -71,19 +71,24 @@ def ensure_corpus(
     if index.exists(collection):
         stored: set[str] = set()
         other_embedder = False
+        changed: set[str] = set()  # same id, other content (another copy of the data, re-captioned, moved)
+        by_id = {str(it.id): it for it in items}
         for rec in index.scroll(collection):
             stored.add(rec.id)
             if (rec.payload.get("meta") or {}).get("embedder") != embedder.id:
                 other_embedder = True
                 break
+            it = by_id.get(rec.id)
+            if it is not None and not _same_content(it, rec.payload):
+                changed.add(rec.id)
         if other_embedder or index.dim(collection) != embedder.dim:
             log.info("%s was built by another embedder: rebuilding it", collection)
             index.drop_collection(collection)
         else:
-            extra = sorted(stored - want)
+            extra = sorted((stored - want) | changed)
             if extra:
                 index.delete(collection, extra)
-            missing = want - stored
+            missing = (want - stored) | changed
             if not missing:
                 return 0, []
             items = [it for it in items if it.id in missing]
@@ -94,12 +99,22 @@ def ensure_corpus(
     return report.added, [f"{origin}: {reason}" for origin, reason in report.skipped]
 
 
+def _same_content(item: Item, payload: Mapping[str, Any]) -> bool:
+    """Whether a stored point holds this item: the same text, and the same image file (by resolved path)."""
+    if (payload.get("text") or None) != (item.text or None):
+        return False
+    if item.image is None:
+        return payload.get("image") is None
+    return payload.get("image") == str(Path(str(item.image)).resolve())
+
+
 @dataclass
 class _Direction:
     coarse: dict[str, list[str]] = field(default_factory=dict)
     reranked: dict[str, list[str]] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "QUERY: reason": a query image that cannot be read
     hits: int = 0
     misses: int = 0
 
@@ -130,13 +145,20 @@ def _search_direction(
     for qid, q in tqdm(queries, desc=desc, unit="query", disable=not progress):
         t0 = time.perf_counter()
         if cached is None:
-            hits = retriever.search(q, k=depth, top=depth, using=using, coarse_only=True)
+            try:
+                hits = retriever.search(q, k=depth, top=depth, using=using, coarse_only=True)
+            except BadItemError as e:  # a query image that cannot be read: reported, the run goes on
+                d.skipped.append(f"{qid}: {e}")
+                continue
             d.latencies.append(time.perf_counter() - t0)
             d.coarse[qid] = [h.id for h in hits]
             continue
         try:
             hits = retriever.search(q, k=k, top=k, using=using)
             failed = False
+        except BadItemError as e:  # a query image ingest skipped too: reported, the run goes on
+            d.skipped.append(f"{qid}: {e}")
+            continue
         except ScoringError as e:  # every pair fell back (not cached): the rerun retries; meanwhile the coarse order
             log.warning("query %s: %s", qid, e)
             hits, failed = retriever.coarse(q, k=k, using=using), True
@@ -145,8 +167,11 @@ def _search_direction(
         coarse = [h.id for h in sorted(hits, key=lambda h: h.coarse_rank or h.rank)]
         fine = coarse if failed else [h.id for h in hits]
         tail: list[str] = []
-        if depth > k:  # the coarse list past k, for coarse R@K' with K' > k (re-ranking leaves it as it is)
-            tail = [h.id for h in retriever.coarse(q, k=depth, using=using)[len(hits) :]]
+        if depth > k:  # the coarse list past k, for coarse R@K' with K' > k (re-ranking leaves it as it is);
+            # by id, not by position: with tied cosines the deeper search may order the first k differently
+            seen = set(coarse)
+            deep = [h.id for h in retriever.coarse(q, k=depth, using=using) if h.id not in seen]
+            tail = deep[: depth - len(coarse)]
         d.coarse[qid] = coarse + tail
         d.reranked[qid] = fine + tail
     if cached is not None:
@@ -170,6 +195,7 @@ def _summary(d: _Direction, positives: Mapping[str, set[str]], k: int, fine: boo
         "mllm_calls_per_query": d.misses / n if fine and n else 0.0,
         "cache": {"hits": d.hits, "misses": d.misses} if fine else None,
         "failed_queries": d.failed,
+        "skipped_queries": d.skipped,
     }
     return out
 

@@ -203,3 +203,33 @@ def test_fallbacks_are_not_cached(scorer, tmp_path: Path, candidate_images) -> N
     assert len(cached) == 1
     cached.score(Query(text="x"), cands)
     assert (cached.hits, cached.misses) == (1, 3)
+
+
+def test_a_collection_of_other_data_under_the_same_ids_is_refreshed(embedder, index, tmp_path: Path) -> None:
+    a = load("flickr30k", write_flickr(tmp_path / "a", missing=False))
+    go(a, embedder, index, None, tmp_path, name="a")
+    b_root = write_flickr(tmp_path / "b", missing=False)
+    data = json.loads((b_root / "dataset_flickr30k.json").read_text())
+    for e in data["images"]:  # the same ids, other captions (another copy of the data, re-captioned)
+        e["sentences"] = [{"raw": s["raw"].replace("picture", "photo")} for s in e["sentences"]]
+    (b_root / "dataset_flickr30k.json").write_text(json.dumps(data))
+    b = load("flickr30k", b_root)
+    res = go(b, embedder, index, None, tmp_path, name="b")
+    assert res["corpus"]["embedded_now"] == {"images": N_IMAGES, "texts": 2 * N_IMAGES}  # B's files and captions
+    names = collection_names(b)
+    stored = index.payloads(names["texts"], list(b.texts))
+    assert all(p["text"] == b.texts[i] for i, p in stored.items()) and len(stored) == 2 * N_IMAGES
+    stored = index.payloads(names["images"], list(b.images))
+    assert all(p["image"] == str(b.images[i].resolve()) for i, p in stored.items())
+
+
+def test_a_corrupt_image_is_skipped_and_the_run_goes_on(embedder, index, tmp_path: Path) -> None:
+    root = write_flickr(tmp_path / "c", missing=False)
+    (root / "images" / "3.png").write_bytes(b"not an image")
+    res = go(load("flickr30k", root), embedder, index, None, tmp_path, k=3)
+    i2t = res["directions"]["image_to_text"]
+    assert i2t["queries"] == N_IMAGES - 1 and i2t["skipped_queries"][0].startswith("3: ")
+    for d in res["directions"].values():  # coarse lists hold every candidate once, also past k
+        assert d["queries"] > 0
+    ranks = [json.loads(x) for x in (tmp_path / "run" / "rankings.jsonl").read_text().splitlines()]
+    assert ranks and all(len(r["coarse"]) == len(set(r["coarse"])) for r in ranks)
