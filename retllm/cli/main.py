@@ -408,7 +408,7 @@ def evaluate(
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N images.")] = None,
     k: Annotated[int, typer.Option("--k", "-k", min=1, help="Coarse pool size the MLLM re-ranks.")] = 10,
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Results folder (default DATA_DIR/eval/<dataset>-<split>-k<K>).")
+        Path | None, typer.Option("--out", help="Results folder (default DATA_DIR/eval/DATASET-SPLIT-kK[-limitN]).")
     ] = None,
     coarse_only: Annotated[bool, typer.Option("--coarse-only", help="Skip the MLLM fine stage.")] = False,
 ) -> None:
@@ -425,7 +425,8 @@ def evaluate(
         raise ConfigError(f"--data {data}: no such folder")
     s = settings()
     evalset = load(dataset, data, split=split, limit=limit)
-    target = out_dir or s.data_dir / "eval" / f"{dataset}-{split}-k{k}"
+    mode = "coarse" if coarse_only else f"k{k}"
+    target = out_dir or s.data_dir / "eval" / (f"{dataset}-{split}-{mode}" + (f"-limit{limit}" if limit else ""))
     with make_index(s) as index:
         embedder = make_embedder(s)
         scorer = None if coarse_only else make_scorer(s)

@@ -60,9 +60,16 @@ def prompts_hash() -> str:
 
 def settings_fingerprint(settings: Settings) -> str:
     """The settings that change a pair's score, as canonical JSON (throughput settings left out)."""
+    from retllm.device import resolve_device, resolve_dtype
+
+    device = resolve_device(settings.device)
+    local = settings.scorer.startswith("hf:")
     return json.dumps(
         {
-            "dtype": settings.dtype,
+            # what a local model really runs in ("auto" is fp32 on CPU, bf16 on CUDA), and which server answers
+            "dtype": str(resolve_dtype(device, settings.dtype)) if local else None,
+            "device": device.type if local else None,
+            "endpoint": None if local else settings.openai_base_url,
             "retrace": settings.retrace.model_dump(mode="json"),
             "min_image_tokens": settings.scorer_min_image_tokens,
             "max_image_tokens": settings.scorer_max_image_tokens,

@@ -48,6 +48,10 @@ _CHUNK = 1 << 16
 _MAX_RECORD = 1 << 24  # a record this long without parsing is bad JSON, not a cut one
 
 
+CAPTIONS_PER_IMAGE = 5
+"""Captions per image in the Karpathy test splits (METHOD.md §4: 1K / 5K images x 5 captions)."""
+
+
 @dataclass
 class EvalSet:
     """One benchmark split: images, captions and the positives of each query in both directions."""
@@ -131,6 +135,10 @@ def load_karpathy(data: Path, *, name: str, split: str = "test", limit: int | No
         raise ConfigError(f'{name}: {path} is not a Karpathy split file ({{"images": [...]}}): {e}') from e
     if not isinstance(entries, list):
         raise ConfigError(f'{name}: {path} has no "images" list')
+    splits = {e.get("split") for e in entries if isinstance(e, dict)}
+    if split not in splits:
+        have = ", ".join(sorted(str(s) for s in splits if s)) or "none"
+        raise ConfigError(f"{name}: no entry of split {split!r} in {fname} (splits there: {have})")
     out = EvalSet(name, split)
     for i, entry in enumerate(entries):
         if _full(out, limit):
@@ -171,6 +179,9 @@ def load_karpathy(data: Path, *, name: str, split: str = "test", limit: int | No
         if not captions:
             out.problems.append(f"{where}: no captions")
             continue
+        if len(captions) > CAPTIONS_PER_IMAGE:  # the protocol's N x 5 (a few COCO images carry 6 or 7)
+            out.problems.append(f"{where}: {len(captions)} captions, the first {CAPTIONS_PER_IMAGE} kept")
+            captions = captions[:CAPTIONS_PER_IMAGE]
         out.add(image_id, image, captions)
     return out
 

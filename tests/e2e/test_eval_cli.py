@@ -32,7 +32,7 @@ def test_eval_writes_results_and_report(cli_env: dict[str, str], tmp_path: Path)
         assert r.returncode == 0, r.stderr
         sent = len(fake.pair_requests)
         assert sent == 3 * (8 + 4)
-        out = Path(cli_env["RETLLM_DATA_DIR"]) / "eval" / "flickr30k-test-k3"
+        out = Path(cli_env["RETLLM_DATA_DIR"]) / "eval" / "flickr30k-test-k3-limit4"
         res = json.loads((out / "results.json").read_text())
         cfg = res["config"]
         assert (cfg["dataset"], cfg["split"], cfg["limit"], cfg["k"]) == ("flickr30k", "test", 4, 3)

@@ -217,3 +217,22 @@ def test_json_list_reader_across_chunk_boundaries(tmp_path: Path, chunk_size: in
     assert got[0] == (1, {"k": 0}) and got[1][0] == 2 and isinstance(got[1][1], ValueError) and len(got) == 2
     f.write_text("[]")
     assert list(iter_json_records(f, chunk_size=chunk_size)) == []
+
+
+def test_karpathy_split_must_exist_and_captions_are_capped_at_five(tmp_path) -> None:
+    import json
+
+    from PIL import Image
+
+    from retllm.errors import ConfigError
+    from retllm.eval.datasets import load
+
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "images" / "a.png")
+    sents = [{"raw": f"caption {n}"} for n in range(7)]
+    entry = {"filename": "a.png", "split": "test", "sentences": sents}
+    (tmp_path / "dataset_coco.json").write_text(json.dumps({"images": [entry]}))
+    with pytest.raises(ConfigError, match="no entry of split 'tset'.*splits there: test"):
+        load("coco", tmp_path, split="tset")
+    es = load("coco", tmp_path)
+    assert sorted(es.texts) == [f"a#{n}" for n in range(5)] and "7 captions, the first 5 kept" in es.problems[0]
