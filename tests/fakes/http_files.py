@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
+
+from tests.fakes.local_http import running_server
 
 
 class _Quiet(SimpleHTTPRequestHandler):
@@ -25,14 +26,8 @@ def serve_folder(folder: Path, requests: list[str] | None = None) -> Iterator[st
                 requests.append(self.path)
             super().do_GET()
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(folder)))
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
+    with running_server(partial(Handler, directory=str(folder))) as server:
         yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @contextmanager

@@ -21,8 +21,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.fakes.local_http import running_server
 
 
 @dataclass
@@ -547,13 +549,6 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
 def fake_openai(switches: Switches | None = None) -> Iterator[FakeOpenAI]:
     """Run the fake on 127.0.0.1; ``fake.url`` is the ``base_url`` (ends in /v1)."""
     fake = FakeOpenAI(switches or Switches())
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
-    server.daemon_threads = True
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
+    with running_server(_handler(fake), daemon_threads=True) as server:
+        fake.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()

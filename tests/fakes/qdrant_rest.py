@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.fakes.local_http import running_server
 
 VERSION = "1.19.0"
 
@@ -168,13 +169,6 @@ def _handler(fake: FakeQdrant) -> type[BaseHTTPRequestHandler]:
 def fake_qdrant(**kwargs: Any) -> Iterator[FakeQdrant]:
     """Serve a :class:`FakeQdrant` on a free local port; ``url`` is its base URL."""
     fake = FakeQdrant(**kwargs)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with running_server(_handler(fake), join=True) as server:
+        fake.url = f"http://127.0.0.1:{server.server_address[1]}"
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()

@@ -4,12 +4,13 @@ what it was asked and whether each answer went out in full or the client hung up
 from __future__ import annotations
 
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.fakes.local_http import running_server
 
 Answer = Callable[[BaseHTTPRequestHandler], None]
 
@@ -63,15 +64,7 @@ def scripted_server(answer: Answer, host: str = "127.0.0.1", tls: ssl.SSLContext
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer((host, 0), Handler)
-    if tls is not None:
-        server.socket = tls.wrap_socket(server.socket, server_side=True)
-    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    t.start()
-    scheme = "https" if tls is not None else "http"
-    served.url = f"{scheme}://{host}:{server.server_address[1]}"
-    try:
+    with running_server(Handler, host, tls=tls, poll_interval=0.05) as server:
+        scheme = "https" if tls is not None else "http"
+        served.url = f"{scheme}://{host}:{server.server_address[1]}"
         yield served
-    finally:
-        server.shutdown()
-        server.server_close()
