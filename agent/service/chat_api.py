@@ -411,7 +411,10 @@ def openai_router(svc: Service) -> APIRouter:
                     return f"data: {json.dumps(err)}\n\ndata: [DONE]\n\n".encode()
                 return None
 
-            return stream(svc, lambda emit: reply(emit) and None, fmt)
+            def work(emit: Emit) -> None:
+                reply(emit)
+
+            return stream(svc, work, fmt)
         text = await svc.gate.run(reply, request=request)  # errors: the app's handlers (4xx caller, 502 upstream)
         return {
             "id": cid,

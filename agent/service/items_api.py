@@ -5,7 +5,6 @@ are searched from memory (only items added keep their image, by content)."""
 
 from __future__ import annotations
 
-import io
 import logging
 import tempfile
 from pathlib import Path
@@ -13,14 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
-from PIL import Image
 from retllm.agent.service.bodies import json_field, openapi_body, parse, read_body, redact, validate
 from retllm.agent.service.models import DeleteRequest, PublicSearch, SearchRequest
 from retllm.tools import ops
 from retllm.tools.schemas import AddItemsArgs, AddOut, CoarseSearchArgs, CollectionsOut, DeleteItemsArgs, SearchArgs
 
 from retllm.errors import BadItemError, RetllmError
-from retllm.images import decode_image, encode_thumbnail, is_url
+from retllm.images import decode_image, encode_thumbnail, image_mime, is_url
 from retllm.ingest import MANIFEST_EXTENSIONS, Source, iter_sources
 from retllm.types import Item
 
@@ -229,7 +227,7 @@ def image_router(svc: Service) -> APIRouter:
     return r
 
 
-SAFE_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp"}
+SAFE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})  # served as stored
 
 
 def _image(svc: Service, collection: str, item_id: str, size: int | None) -> tuple[bytes, str]:
@@ -244,9 +242,9 @@ def _image(svc: Service, collection: str, item_id: str, size: int | None) -> tup
         data = svc.settings.image_limits.read(ref)
         if size is not None:
             return encode_thumbnail(decode_image(data, max_pixels=svc.settings.max_image_pixels), size)
-        fmt = Image.open(io.BytesIO(data)).format or ""
-        if fmt in SAFE_FORMATS:
-            return data, SAFE_FORMATS[fmt]
+        mime = image_mime(data)
+        if mime in SAFE_TYPES:
+            return data, mime
         im = decode_image(data, max_pixels=svc.settings.max_image_pixels)  # TIFF, BMP...: re-encoded for browsers
         return encode_thumbnail(im, max(im.size))
     except (RetllmError, OSError) as e:
