@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from retllm.errors import ConfigError
+from retllm.types import Item, Query, VectorName
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,31 @@ CAPTIONS_PER_IMAGE = 5
 
 
 @dataclass
+class Section:
+    """One query set of a benchmark: its queries, their positives, and the corpus (by name) they search.
+
+    Attributes:
+        name: What the report calls it (``text_to_image``, an M-BEIR task).
+        corpus: Key of the searched corpus in :meth:`EvalSet.corpora`.
+        using: The stored vector kind matched (``None``: the query's own kind against every kind, fused).
+        queries: Query id -> query.
+        positives: Query id -> the corpus ids that match it (never empty).
+    """
+
+    name: str
+    corpus: str
+    using: VectorName | None
+    queries: dict[str, Query] = field(default_factory=dict)
+    positives: dict[str, set[str]] = field(default_factory=dict)
+
+
+@dataclass
 class EvalSet:
-    """One benchmark split: images, captions and the positives of each query in both directions."""
+    """One benchmark split: images, captions and the positives of each query in both directions.
+
+    Image-caption sets (Flickr30K, COCO, Urban1k, ShareGPT4V) fill ``images``/``texts`` and search both
+    ways between them. Pool sets (M-BEIR) fill ``pools`` (corpus name -> items) and ``tasks`` instead.
+    """
 
     name: str
     split: str
@@ -63,6 +87,8 @@ class EvalSet:
     text_to_images: dict[str, set[str]] = field(default_factory=dict)
     image_to_texts: dict[str, set[str]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    pools: dict[str, list[Item]] = field(default_factory=dict)
+    tasks: list[Section] = field(default_factory=list)
 
     def add(self, image_id: str, path: Path, captions: list[tuple[str, str]]) -> None:
         """Adds one image and its ``(text id, caption)`` pairs as mutual positives."""
@@ -71,6 +97,38 @@ class EvalSet:
         for text_id, caption in captions:
             self.texts[text_id] = caption
             self.text_to_images[text_id] = {image_id}
+
+    def corpora(self) -> dict[str, list[Item]]:
+        """Corpus name -> its items: ``images`` and ``texts`` of an image-caption set, then the pools."""
+        out: dict[str, list[Item]] = {}
+        if self.images:
+            out["images"] = [Item(id=i, image=str(p)) for i, p in self.images.items()]
+            out["texts"] = [Item(id=t, text=c) for t, c in self.texts.items()]
+        return {**out, **self.pools}
+
+    def sections(self) -> list[Section]:
+        """The query sets: text→image and image→text between ``images`` and ``texts``, then the pool tasks."""
+        out: list[Section] = []
+        if self.images:
+            out.append(
+                Section(
+                    "text_to_image",
+                    "images",
+                    "image",
+                    {t: Query(text=self.texts[t]) for t in self.texts if self.text_to_images.get(t)},
+                    self.text_to_images,
+                )
+            )
+            out.append(
+                Section(
+                    "image_to_text",
+                    "texts",
+                    "text",
+                    {i: Query(image=str(self.images[i])) for i in self.images if self.image_to_texts.get(i)},
+                    self.image_to_texts,
+                )
+            )
+        return out + self.tasks
 
 
 def load(name: str, data: Path, *, split: str = "test", limit: int | None = None) -> EvalSet:

@@ -11,12 +11,14 @@ the coarse one, and reported as such.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import math
 import re
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -43,10 +45,19 @@ DIRECTIONS = ("text_to_image", "image_to_text")
 PACKAGES = ("torch", "transformers", "open_clip_torch", "qdrant-client")
 
 
-def collection_names(evalset: EvalSet, prefix: str = "eval") -> dict[str, str]:
-    """``{"images": ..., "texts": ...}``: valid collection names for the set's two corpora."""
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{prefix}-{evalset.name}-{evalset.split}")[:56]
-    return {"images": f"{stem}-images", "texts": f"{stem}-texts"}
+def collection_names(evalset: EvalSet, prefix: str = "eval", *, limit: int | None = None) -> dict[str, str]:
+    """Corpus name -> a valid collection name (``eval-<set>-<split>[-nN]-<corpus>``) for each corpus of the set.
+
+    A ``limit`` run gets collections of its own, so it never deletes from (or searches past) the full run's.
+    """
+    stem = f"{prefix}-{evalset.name}-{evalset.split}" + (f"-n{limit}" if limit else "")
+    out = {}
+    for corpus in evalset.corpora():
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{stem}-{corpus}")
+        if len(name) > 64:  # Qdrant's and the store's limit: keep it readable, unique by a hash of the whole
+            name = name[:55] + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+        out[corpus] = name
+    return out
 
 
 def ensure_corpus(
@@ -112,11 +123,15 @@ def _same_content(item: Item, payload: Mapping[str, Any]) -> bool:
 class _Direction:
     coarse: dict[str, list[str]] = field(default_factory=dict)
     reranked: dict[str, list[str]] = field(default_factory=dict)
-    latencies: list[float] = field(default_factory=list)
+    latencies: dict[str, float] = field(default_factory=dict)
+    cached: set[str] = field(default_factory=set)  # queries answered from the score cache alone
     failed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # "QUERY: reason": a query image that cannot be read
+    methods: Counter[str] = field(default_factory=Counter)  # scoring method of each re-ranked pair
+    revisits: int = 0
     hits: int = 0
     misses: int = 0
+    tokens: dict[str, int] | None = None
 
 
 def _percentile(xs: Sequence[float], q: float) -> float:
@@ -127,11 +142,17 @@ def _percentile(xs: Sequence[float], q: float) -> float:
     return s[max(0, math.ceil(q / 100 * len(s)) - 1)]
 
 
+def _usage(scorer: Scorer | None) -> dict[str, int] | None:
+    """A hosted scorer's token counters (:attr:`OpenAIScorer.usage <retllm.scorers.openai.OpenAIScorer.usage>`)."""
+    usage = getattr(scorer, "usage", None)
+    return dict(usage) if isinstance(usage, dict) else None
+
+
 def _search_direction(
     retriever: Retriever,
     queries: Sequence[tuple[str, Query]],
     *,
-    using: VectorName,
+    using: VectorName | None,
     k: int,
     depth: int,
     cached: CachedScorer | None,
@@ -141,7 +162,8 @@ def _search_direction(
     from tqdm import tqdm
 
     d = _Direction()
-    h0, m0 = (cached.hits, cached.misses) if cached else (0, 0)
+    h0, m0 = (cached.hits, cached.misses) if cached is not None else (0, 0)
+    u0 = _usage(cached.inner) if cached is not None else None  # (an empty cache is falsy: it has a len)
     for qid, q in tqdm(queries, desc=desc, unit="query", disable=not progress):
         t0 = time.perf_counter()
         if cached is None:
@@ -150,9 +172,10 @@ def _search_direction(
             except BadItemError as e:  # a query image that cannot be read: reported, the run goes on
                 d.skipped.append(f"{qid}: {e}")
                 continue
-            d.latencies.append(time.perf_counter() - t0)
+            d.latencies[qid] = time.perf_counter() - t0
             d.coarse[qid] = [h.id for h in hits]
             continue
+        misses = cached.misses
         try:
             hits = retriever.search(q, k=k, top=k, using=using)
             failed = False
@@ -163,7 +186,12 @@ def _search_direction(
             log.warning("query %s: %s", qid, e)
             hits, failed = retriever.coarse(q, k=k, using=using), True
             d.failed.append(qid)
-        d.latencies.append(time.perf_counter() - t0)
+        d.latencies[qid] = time.perf_counter() - t0
+        if cached.misses == misses and not failed:
+            d.cached.add(qid)
+        if not failed:
+            d.methods.update(h.method or "coarse" for h in hits)
+            d.revisits += sum(h.revisits or 0 for h in hits)
         coarse = [h.id for h in sorted(hits, key=lambda h: h.coarse_rank or h.rank)]
         fine = coarse if failed else [h.id for h in hits]
         tail: list[str] = []
@@ -176,6 +204,9 @@ def _search_direction(
         d.reranked[qid] = fine + tail
     if cached is not None:
         d.hits, d.misses = cached.hits - h0, cached.misses - m0
+        u1 = _usage(cached.inner)
+        if u0 is not None and u1 is not None:
+            d.tokens = {key: u1[key] - u0.get(key, 0) for key in ("prompt", "completion") if key in u1}
     return d
 
 
@@ -183,17 +214,28 @@ def _summary(d: _Direction, positives: Mapping[str, set[str]], k: int, fine: boo
     from retllm.eval.metrics import mean_recall
 
     n = len(d.latencies)
-    total = sum(d.latencies)
+    lat = list(d.latencies.values())
+    total = sum(lat)
+    fresh = [t for q, t in d.latencies.items() if q not in d.cached]  # what the model cost, not cache reads
     positives = {q: positives[q] for q in d.coarse}  # the queries run (mean_recall takes its query set from it)
+    pairs = sum(d.methods.values())
     out: dict[str, Any] = {
         "queries": n,
+        "metric": "R@1",
         "coarse": mean_recall(d.coarse, positives, ks=KS) if n else {},
         "reranked": (mean_recall(d.reranked, positives, ks=KS) if n else {}) if fine else None,
         "reranked_ks_beyond_k_are_coarse": [x for x in KS if x > k] if fine else [],
         "queries_per_s": n / total if total > 0 else None,
-        "latency_s": {"mean": total / n if n else 0.0, "p95": _percentile(d.latencies, 95)},
+        "latency_s": {"mean": total / n if n else 0.0, "p50": _percentile(lat, 50), "p95": _percentile(lat, 95)},
+        "latency_uncached_s": (
+            {"queries": len(fresh), "mean": sum(fresh) / len(fresh), "p95": _percentile(fresh, 95)} if fresh else None
+        ),
+        "cached_queries": len(d.cached),
         "mllm_calls_per_query": d.misses / n if fine and n else 0.0,
         "cache": {"hits": d.hits, "misses": d.misses} if fine else None,
+        "tokens": d.tokens if fine else None,
+        "pairs": {"total": pairs, "fallback": d.methods.get("coarse", 0), "methods": dict(d.methods)} if fine else None,
+        "revisits": d.revisits if fine else None,
         "failed_queries": d.failed,
         "skipped_queries": d.skipped,
     }
@@ -243,13 +285,15 @@ def run_eval(
     limits: ImageLimits | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate text→image and image→text retrieval on ``evalset``; write ``results.json`` and ``report.md``.
+    """Evaluate every query set of ``evalset`` (:meth:`EvalSet.sections`: text→image and image→text of an
+    image-caption set, the tasks of M-BEIR); write ``results.json``, ``rankings.jsonl`` and ``report.md``.
 
     Args:
         scorer: The fine stage (wrapped in a :class:`CachedScorer` at ``cache_path``); ``None``: coarse only.
         k: Coarse pool size the scorer re-ranks (``search(k=k, top=k)``).
         fingerprint: The settings that change scores (:func:`~retllm.eval.cache.settings_fingerprint`).
-        limit: Recorded in the configuration (the set is already limited by its loader).
+        limit: Recorded in the configuration (the set is already limited by its loader); a limited run embeds into
+            collections of its own (:func:`collection_names`).
 
     Returns:
         The results, as written to ``out_dir / "results.json"``.
@@ -257,16 +301,15 @@ def run_eval(
     from retllm import __version__
     from retllm.eval.report import write_report
 
-    names = collection_names(evalset, collection_prefix)
-    image_items = [Item(id=i, image=str(p)) for i, p in evalset.images.items()]
-    text_items = [Item(id=t, text=c) for t, c in evalset.texts.items()]
+    names = collection_names(evalset, collection_prefix, limit=limit)
+    corpora = evalset.corpora()
     problems = list(evalset.problems)
     embedded = {}
-    for kind, items in (("images", image_items), ("texts", text_items)):
+    for corpus, items in corpora.items():
         n, skipped = ensure_corpus(
-            embedder, index, names[kind], items, limits=limits, fusion_weight=fusion_weight, progress=progress
+            embedder, index, names[corpus], items, limits=limits, fusion_weight=fusion_weight, progress=progress
         )
-        embedded[kind] = n
+        embedded[corpus] = n
         problems += skipped
 
     cached = CachedScorer(scorer, cache_path, fingerprint=fingerprint) if scorer is not None else None
@@ -274,31 +317,23 @@ def run_eval(
     directions: dict[str, Any] = {}
     rankings: dict[str, _Direction] = {}
     try:
-        plan: list[tuple[str, str, VectorName, list[tuple[str, Query]], Mapping[str, set[str]]]] = [
-            (
-                "text_to_image",
-                names["images"],
-                "image",
-                [(t, Query(text=evalset.texts[t])) for t in evalset.texts if evalset.text_to_images.get(t)],
-                evalset.text_to_images,
-            ),
-            (
-                "image_to_text",
-                names["texts"],
-                "text",
-                [(i, Query(image=str(evalset.images[i]))) for i in evalset.images if evalset.image_to_texts.get(i)],
-                evalset.image_to_texts,
-            ),
-        ]
-        for direction, collection, using, queries, positives in plan:
+        for section in evalset.sections():
             retriever = Retriever(
-                embedder, index, collection, scorer=cached, fusion_weight=fusion_weight, limits=limits
+                embedder, index, names[section.corpus], scorer=cached, fusion_weight=fusion_weight, limits=limits
             )
+            queries = [(q, query) for q, query in section.queries.items() if section.positives.get(q)]
             d = _search_direction(
-                retriever, queries, using=using, k=k, depth=depth, cached=cached, desc=direction, progress=progress
+                retriever,
+                queries,
+                using=section.using,
+                k=k,
+                depth=depth,
+                cached=cached,
+                desc=section.name,
+                progress=progress,
             )
-            rankings[direction] = d
-            directions[direction] = _summary(d, positives, k, fine=cached is not None)
+            rankings[section.name] = d
+            directions[section.name] = _summary(d, section.positives, k, fine=cached is not None)
     finally:
         if cached is not None:
             cached.close()
@@ -320,7 +355,11 @@ def run_eval(
             "git_commit": _git_commit(),
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         },
-        "corpus": {"images": len(evalset.images), "texts": len(evalset.texts), "embedded_now": embedded},
+        "corpus": {
+            **({"images": len(evalset.images), "texts": len(evalset.texts)} if evalset.images else {}),
+            "items": {c: len(items) for c, items in corpora.items()},
+            "embedded_now": embedded,
+        },
         "problems": {"count": len(problems), "items": problems},
         "directions": directions,
     }
@@ -331,7 +370,14 @@ def run_eval(
             for qid, coarse in d.coarse.items():
                 f.write(
                     json.dumps(
-                        {"direction": direction, "query": qid, "coarse": coarse, "reranked": d.reranked.get(qid)}
+                        {
+                            "direction": direction,
+                            "query": qid,
+                            "coarse": coarse,
+                            "reranked": d.reranked.get(qid),
+                            "latency_s": round(d.latencies[qid], 6),
+                            "cached": qid in d.cached,
+                        }
                     )
                 )
                 f.write("\n")

@@ -117,6 +117,8 @@ class OpenAIScorer(EndpointProbes, Scorer):
         self._token_param = "max_tokens"
         self._models: list[str] | None = None
         self._lock = threading.Lock()
+        self.usage = {"prompt": 0, "completion": 0, "requests": 0}
+        """Tokens the endpoint reported as used (``usage`` of each answered request) and requests answered."""
         self.endpoint = str(getattr(self.client, "base_url", "openai"))
         self._slots = request_slots(self.endpoint, concurrency)
 
@@ -148,16 +150,27 @@ class OpenAIScorer(EndpointProbes, Scorer):
                 raise Stopped("the query already failed")
             self._slots.acquire(stop)  # one process-wide bound per endpoint; a failed query leaves the queue
             try:
-                return self.client.chat.completions.create(**kwargs)
+                resp = self.client.chat.completions.create(**kwargs)
             except Exception as e:
                 # Decided while the slot is held, so a query that fails here stops before a queued pair of it
                 # takes the slot; a transient error returns and is waited out after the slot is given back.
                 self._classify(e, kwargs, attempt == retries, stop)
                 error = e
+            else:
+                self._count(resp)
+                return resp
             finally:
                 self._slots.release()
             delay = self._backoff(error, delay, stop)
         raise AssertionError("unreachable")
+
+    def _count(self, resp: Any) -> None:
+        """Adds a reply's reported token usage to :attr:`usage` (servers that report none add only the request)."""
+        u = getattr(resp, "usage", None)
+        with self._lock:
+            self.usage["requests"] += 1
+            self.usage["prompt"] += int(getattr(u, "prompt_tokens", 0) or 0)
+            self.usage["completion"] += int(getattr(u, "completion_tokens", 0) or 0)
 
     def _classify(self, e: Exception, kwargs: dict[str, Any], last: bool, stop: threading.Event | None) -> None:
         """Raise what ``e`` means, or return when it is transient and tries are left."""

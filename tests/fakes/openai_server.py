@@ -60,6 +60,7 @@ class Switches:
     max_body: int | None = None  # a proxy's body limit (nginx: 1 MiB): larger requests get 413
     images_as_text: bool = False  # a template that prints the content list as text (Llama-3, Gemma)
     faults_hit_probes: bool = False  # fail_5xx / rate_limit also hit the scorer's capability probes
+    whole_prompt: bool = False  # P(True) from every image and all the text (image->text candidates differ)
     revisit_box: Any = field(default_factory=lambda: [0.0, 0.0, 0.5, 0.5])  # the zoom the fake asks for
     revisit_id: str | None = None  # the candidate id the fake's revisit call names (default: the offered one)
     revisit_arguments: str | None = None  # raw arguments text of the revisit call (e.g. not JSON at all)
@@ -341,7 +342,7 @@ def _completion(body: dict[str, Any], fake: FakeOpenAI) -> dict[str, Any]:
             "finish_reason": "length",
             "logprobs": None,
         }
-    key = _key(messages)
+    key = json.dumps(messages, sort_keys=True).encode() if sw.whole_prompt else _key(messages)
     if revisited and sw.tool_call_first:  # the answer depends on seeing the region that was asked for
         imgs = _images(messages)
         box = sw.revisit_box

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -233,3 +234,92 @@ def test_a_corrupt_image_is_skipped_and_the_run_goes_on(embedder, index, tmp_pat
         assert d["queries"] > 0
     ranks = [json.loads(x) for x in (tmp_path / "run" / "rankings.jsonl").read_text().splitlines()]
     assert ranks and all(len(r["coarse"]) == len(set(r["coarse"])) for r in ranks)
+
+
+def test_hosted_tokens_and_cache_only_queries_are_reported(
+    flickr, embedder, index, scorer, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    from tests.fakes.openai_server import _prompt_tokens
+
+    # the capability probes run once, on the first image pair: before the count
+    scorer.score(Query(text="warm up"), [Candidate("w", image=str(flickr.images["0"]))])
+    n0 = len(fake.requests)
+    res = go(flickr, embedder, index, scorer, tmp_path)
+    sent = fake.requests[n0:]
+    assert len(sent) == len(fake.pair_requests) - 1
+    tools = [len(json.dumps(b["tools"])) // 4 if b.get("tools") else 0 for b in sent]  # schemas the fake renders
+    want = sum(_prompt_tokens(b["messages"], count_images=True) for b in sent) + sum(tools)
+    tokens = [d["tokens"] for d in res["directions"].values()]
+    assert sum(t["prompt"] for t in tokens) == want
+    assert sum(t["completion"] for t in tokens) == len(sent)  # the fake answers one token
+    rows = [json.loads(x) for x in (tmp_path / "run" / "rankings.jsonl").read_text().splitlines()]
+    assert rows and not any(r["cached"] for r in rows) and all(r["latency_s"] > 0 for r in rows)
+    assert all(d["cached_queries"] == 0 and d["latency_uncached_s"] for d in res["directions"].values())
+
+    again = go(flickr, embedder, index, scorer, tmp_path, name="again")
+    rows = [json.loads(x) for x in (tmp_path / "again" / "rankings.jsonl").read_text().splitlines()]
+    assert rows and all(r["cached"] for r in rows)
+    for d in again["directions"].values():
+        assert d["tokens"] == {"prompt": 0, "completion": 0}
+        assert d["cached_queries"] == d["queries"] and d["latency_uncached_s"] is None
+    assert "answered from the cache alone" in (tmp_path / "again" / "report.md").read_text()
+
+
+def test_image_to_text_re_ranking_follows_the_model(
+    flickr, embedder, index, scorer, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    from tests.fakes.openai_server import expected_p_true
+
+    fake.switches.whole_prompt = True  # P(True) depends on the candidate caption too, not only on the image
+    go(flickr, embedder, index, scorer, tmp_path)
+    p_of: dict[tuple[bytes, str], float] = {}
+    for b in fake.pair_requests:
+        text = json.dumps(b["messages"])
+        caption = next(t for t, c in flickr.texts.items() if json.dumps(c)[1:-1] in text)
+        image = next(i for i, p in flickr.images.items() if base64.b64encode(p.read_bytes()).decode() in text)
+        p_of[(image, caption)] = expected_p_true(json.dumps(b["messages"], sort_keys=True).encode())
+    rows = [json.loads(x) for x in (tmp_path / "run" / "rankings.jsonl").read_text().splitlines()]
+    i2t = [r for r in rows if r["direction"] == "image_to_text"]
+    assert len(i2t) == N_IMAGES
+    moved = 0
+    for r in i2t:
+        top = r["coarse"][:3]
+        want = sorted(top, key=lambda c: -p_of[(r["query"], c)])
+        assert r["reranked"][:3] == want and r["reranked"][3:] == r["coarse"][3:]
+        moved += want != top
+    assert moved  # the model's order is not the coarse one for some query, so the check above means something
+
+
+def test_a_pair_that_falls_back_is_counted(flickr, embedder, index, scorer, fake: FakeOpenAI, tmp_path) -> None:
+    fake.switches.too_long_marker = flickr.texts["2#0"]  # the image->text pairs showing this caption get a 400
+    res = go(flickr, embedder, index, scorer, tmp_path)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "rankings.jsonl").read_text().splitlines()]
+    shown = sum("2#0" in r["coarse"][:3] for r in rows if r["direction"] == "image_to_text")
+    i2t = res["directions"]["image_to_text"]
+    assert shown and i2t["pairs"]["fallback"] == shown and i2t["pairs"]["total"] == 3 * N_IMAGES
+    assert res["directions"]["text_to_image"]["failed_queries"] == ["2#0"]  # every pair of that query fell back
+    assert f"{shown} of {3 * N_IMAGES} pairs fell back" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_a_limit_run_leaves_the_full_collections_alone(embedder, index, tmp_path: Path) -> None:
+    root = write_flickr(tmp_path / "f", missing=False)
+    full = load("flickr30k", root)
+    go(full, embedder, index, None, tmp_path, name="full")
+    small = load("flickr30k", root, limit=2)
+    res = run_eval(
+        small,
+        embedder=embedder,
+        index=index,
+        scorer=None,
+        k=3,
+        out_dir=tmp_path / "small",
+        cache_path=tmp_path / "scores.sqlite",
+        fingerprint="fp",
+        limit=2,
+        progress=False,
+    )
+    assert res["corpus"]["embedded_now"] == {"images": 2, "texts": 4}
+    assert collection_names(small, limit=2) != collection_names(full)
+    assert len(index.existing(collection_names(full)["images"], list(full.images))) == N_IMAGES
+    again = go(full, embedder, index, None, tmp_path, name="full2")
+    assert again["corpus"]["embedded_now"] == {"images": 0, "texts": 0}
