@@ -15,7 +15,10 @@ Layouts (``data`` is the folder given to :func:`load`):
   entry's ``id``, text id ``"<id>#0"``. The file is read incrementally, so only the head of the
   1.2M-entry file is parsed.
 
-The HF ``datasets`` ``save_to_disk`` layout is not supported (``datasets`` is not a dependency).
+- ``flickr30k`` / ``coco`` saved by Hugging Face ``datasets`` (``save_to_disk``; the ``eval`` extra): see
+  :func:`load_hf_saved`. Used when ``data`` holds a ``state.json`` or ``dataset_dict.json``.
+- ``mbeir``: M-BEIR's query JSONL files and local candidate pools (see :func:`load_mbeir`); one section per
+  task, each searching its own pool.
 
 Every text id is its own query with only its own image as positive, even where two images share a
 caption word for word (the standard protocol; the duplicate is a miss for the other image's query).
@@ -32,7 +35,7 @@ import codecs
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -131,14 +134,18 @@ class EvalSet:
         return out + self.tasks
 
 
-def load(name: str, data: Path, *, split: str = "test", limit: int | None = None) -> EvalSet:
+def load(
+    name: str, data: Path, *, split: str = "test", limit: int | None = None, tasks: Sequence[str] | None = None
+) -> EvalSet:
     """Loads the benchmark ``name`` from the folder ``data``.
 
     Args:
         name: One of :data:`DATASETS`.
         data: The dataset folder (layouts in the module docstring).
         split: Karpathy split for ``flickr30k``/``coco``; the others have only ``"test"``.
-        limit: Keep the first N images (with their captions), in file order; ``None`` keeps all.
+        limit: Keep the first N images (with their captions), in file order; for ``mbeir`` the first N queries
+            of each task. ``None`` keeps all.
+        tasks: ``mbeir`` only: the tasks to load (``mscoco_task0``...); ``None``: every query file of the split.
 
     Raises:
         ConfigError: Unknown name or split, negative limit, missing folder or dataset file, or a
@@ -151,7 +158,9 @@ def load(name: str, data: Path, *, split: str = "test", limit: int | None = None
     data = Path(data)
     if not data.is_dir():
         raise ConfigError(f"{name}: dataset folder {data} does not exist")
-    out = DATASETS[name](data, split=split, limit=limit)
+    if tasks is not None and name != "mbeir":
+        raise ConfigError(f"{name} has no tasks; --task is for mbeir")
+    out = DATASETS[name](data, split=split, limit=limit, **({"tasks": tasks} if name == "mbeir" else {}))
     if out.problems:
         log.warning("%s: skipped %d entries, e.g. %s", name, len(out.problems), out.problems[0])
     log.info("%s/%s: %d images, %d texts", name, split, len(out.images), len(out.texts))
@@ -184,7 +193,10 @@ def _one_file(data: Path, name: str, preferred: str, patterns: tuple[str, ...]) 
 
 
 def load_karpathy(data: Path, *, name: str, split: str = "test", limit: int | None = None) -> EvalSet:
-    """Loads Flickr30K or COCO from Karpathy's ``dataset_<name>.json`` (see the module docstring)."""
+    """Loads Flickr30K or COCO from Karpathy's ``dataset_<name>.json``, or from a Hugging Face ``datasets`` folder
+    written by ``save_to_disk`` (see the module docstring)."""
+    if any((data / f).is_file() for f in HF_MARKERS):
+        return load_hf_saved(data, name=name, split=split, limit=limit)
     path = _one_file(data, name, f"dataset_{name}.json", ("dataset_*.json",))
     fname = _rel(path, data)
     try:
@@ -419,10 +431,241 @@ def load_sharegpt4v(data: Path, *, split: str = "test", limit: int | None = None
     return out
 
 
+HF_MARKERS = ("dataset_dict.json", "state.json")
+"""Files ``save_to_disk`` writes at the top of its folder (a ``DatasetDict``, a ``Dataset``)."""
+_HF_CAPTIONS = ("caption", "captions", "sentences", "raw", "text")
+_HF_IDS = ("filename", "img_id", "image_id", "id")
+
+
+def load_hf_saved(data: Path, *, name: str, split: str = "test", limit: int | None = None) -> EvalSet:
+    """Loads an image-caption set saved by ``datasets``' ``save_to_disk`` (e.g. ``nlphuji/flickr30k``).
+
+    A ``DatasetDict`` gives the split by key; a single dataset with a ``split`` column is filtered on it. The
+    captions come from the first of ``caption``/``captions``/``sentences``/``raw``/``text`` (a string, a list
+    of strings, or Karpathy's ``[{"raw": ...}]``); the image from an ``image`` column (its file where the
+    saved path still exists, else its bytes written once to ``data/.retllm-images/``) or a ``filename``
+    looked up like Karpathy's. Image id: the ``filename`` stem, else ``img_id``/``image_id``/``id``, else
+    the row number.
+    """
+    try:
+        import datasets as hf
+    except ImportError as e:
+        raise ConfigError(f"{name}: {data} is a Hugging Face datasets folder; pip install 'retllm[eval]'") from e
+    try:
+        saved = hf.load_from_disk(str(data))
+    except (OSError, ValueError, FileNotFoundError) as e:
+        raise ConfigError(f"{name}: {data} is not a readable save_to_disk folder: {e}") from e
+    if isinstance(saved, hf.DatasetDict):
+        if split not in saved:
+            raise ConfigError(f"{name}: no split {split!r} in {data} (splits there: {', '.join(saved) or 'none'})")
+        ds = saved[split]
+    else:
+        ds = saved
+    cols = set(ds.column_names)
+    if "split" in cols:
+        have = set(ds["split"])
+        if split not in have:
+            raise ConfigError(f"{name}: no row of split {split!r} in {data} (splits there: {', '.join(sorted(have))})")
+        ds = ds.filter(lambda s: s == split, input_columns="split", keep_in_memory=True)
+    cap_col = next((c for c in _HF_CAPTIONS if c in cols), None)
+    if cap_col is None:
+        raise ConfigError(f"{name}: {data} has no caption column (looked for {', '.join(_HF_CAPTIONS)})")
+    if "image" in cols and isinstance(ds.features["image"], hf.Image):
+        ds = ds.cast_column("image", hf.Image(decode=False))
+    elif "filename" not in cols:
+        raise ConfigError(f"{name}: {data} has neither an image column nor a filename column")
+    id_col = next((c for c in _HF_IDS if c in cols), None)
+    cache = data / ".retllm-images"
+    out = EvalSet(name, split)
+    for row_no, row in enumerate(ds):
+        if _full(out, limit):
+            break
+        where = f"{split}[{row_no}]"
+        raw_id = row.get(id_col) if id_col else None
+        image_id = Path(str(raw_id)).stem if id_col == "filename" and raw_id else str(raw_id if raw_id else row_no)
+        if image_id in out.images:
+            out.problems.append(f"{where}: duplicate image id {image_id!r}")
+            continue
+        image = _hf_image(row, data, cache, image_id)
+        if isinstance(image, str):
+            out.problems.append(f"{where}: {image}")
+            continue
+        caps = row.get(cap_col)
+        caps = [caps] if isinstance(caps, str) else caps if isinstance(caps, list) else []
+        texts = [(c.get("raw") if isinstance(c, dict) else c) for c in caps]
+        captions = [(f"{image_id}#{n}", t.strip()) for n, t in enumerate(texts) if isinstance(t, str) and t.strip()]
+        if not captions:
+            out.problems.append(f"{where}: no captions")
+            continue
+        if len(captions) > CAPTIONS_PER_IMAGE:
+            out.problems.append(f"{where}: {len(captions)} captions, the first {CAPTIONS_PER_IMAGE} kept")
+            captions = captions[:CAPTIONS_PER_IMAGE]
+        out.add(image_id, image, captions)
+    return out
+
+
+def _hf_image(row: dict[str, Any], data: Path, cache: Path, image_id: str) -> Path | str:
+    """The row's image as a file path, or why there is none."""
+    from retllm.images import image_mime
+
+    img = row.get("image")
+    if isinstance(img, dict):
+        path = img.get("path")
+        if isinstance(path, str) and path and Path(path).is_file() and not img.get("bytes"):
+            return Path(path)
+        blob = img.get("bytes")
+        if isinstance(blob, bytes) and blob:
+            mime = image_mime(blob)
+            if not mime.startswith("image/"):
+                return "image bytes are not an image"
+            safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", image_id)[:100]
+            target = cache / f"{safe}.{mime.split('/')[1]}"
+            if not target.is_file() or target.read_bytes() != blob:
+                try:
+                    cache.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(blob)
+                except OSError as e:
+                    raise ConfigError(f"cannot write the images of {data} to {cache}: {e}") from e
+            return target
+        return "no image"
+    filename = row.get("filename")
+    if isinstance(filename, str) and filename:
+        sub = row.get("filepath")
+        dirs = [data / "images", *([data / sub] if isinstance(sub, str) and sub else []), data]
+        found = next((d / filename for d in dirs if (d / filename).is_file()), None)
+        return found if found is not None else f"image {filename} not found"
+    return "no image"
+
+
+MBEIR_POOL_DIR = Path("cand_pool") / "local"
+
+
+def load_mbeir(
+    data: Path, *, split: str = "test", limit: int | None = None, tasks: Sequence[str] | None = None
+) -> EvalSet:
+    """Loads M-BEIR tasks with their local candidate pools (METHOD.md §4).
+
+    Layout (the dataset's own): ``data/query/<split>/mbeir_<task>_<split>.jsonl`` (``qid``, ``query_txt``,
+    ``query_img_path``, ``query_modality``, ``pos_cand_list``) and ``data/cand_pool/local/mbeir_<task>_cand_pool.jsonl``
+    (``did``, ``txt``, ``img_path``, ``modality``); image paths relative to ``data``. Each task is a section
+    searching its own pool; a query's positives are its ``pos_cand_list`` entries present in the pool.
+    """
+    qdir = data / "query" / split
+    if not qdir.is_dir():
+        raise ConfigError(f"mbeir: no query/{split}/ folder in {data}")
+    found = {p.name[len("mbeir_") : -len(f"_{split}.jsonl")]: p for p in sorted(qdir.glob(f"mbeir_*_{split}.jsonl"))}
+    if tasks is None:
+        chosen = list(found)
+        if not chosen:
+            raise ConfigError(f"mbeir: no mbeir_<task>_{split}.jsonl in {qdir}")
+    else:
+        unknown = [t for t in tasks if t not in found]
+        if unknown:
+            raise ConfigError(f"mbeir: no query file for {', '.join(unknown)}; there: {', '.join(found) or 'none'}")
+        chosen = list(dict.fromkeys(tasks))
+    out = EvalSet("mbeir", split)
+    for task in chosen:
+        pool_file = data / MBEIR_POOL_DIR / f"mbeir_{task}_cand_pool.jsonl"
+        if not pool_file.is_file():
+            out.problems.append(f"{_rel(pool_file, data)}: no local candidate pool for {task}; task skipped")
+            continue
+        pool = _mbeir_pool(pool_file, data, out)
+        if not pool:
+            out.problems.append(f"{_rel(pool_file, data)}: no usable candidate; task skipped")
+            continue
+        out.pools[task] = list(pool.values())
+        section = Section(task, task, None)
+        _mbeir_queries(found[task], data, set(pool), section, out, limit)
+        out.tasks.append(section)
+    return out
+
+
+def _mbeir_image(rel: Any, data: Path) -> Path | str | None:
+    """``None`` for no image, the file, or why it cannot be used."""
+    if rel is None or rel == "":
+        return None
+    if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        return f"image path {rel!r} is not a relative path"
+    return data / rel if (data / rel).is_file() else f"image {rel} not found"
+
+
+def _mbeir_pool(path: Path, data: Path, out: EvalSet) -> dict[str, Item]:
+    fname = _rel(path, data)
+    pool: dict[str, Item] = {}
+    for line, rec in iter_json_records(path):
+        where = f"{fname}:{line}"
+        if isinstance(rec, ValueError):
+            out.problems.append(f"{where}: malformed JSON ({rec})")
+            continue
+        if not isinstance(rec, dict) or not isinstance(rec.get("did"), str | int):
+            out.problems.append(f"{where}: no did")
+            continue
+        did = str(rec["did"])
+        if did in pool:
+            out.problems.append(f"{where}: duplicate did {did!r}")
+            continue
+        image = _mbeir_image(rec.get("img_path"), data)
+        if isinstance(image, str):
+            out.problems.append(f"{where}: {image}")
+            continue
+        txt = rec.get("txt")
+        text = txt.strip() if isinstance(txt, str) and txt.strip() else None
+        if text is not None and _not_utf8(text):
+            out.problems.append(f"{where}: text is not UTF-8")
+            continue
+        if text is None and image is None:
+            out.problems.append(f"{where}: neither text nor image")
+            continue
+        pool[did] = Item(id=did, text=text, image=str(image) if image else None)
+    return pool
+
+
+def _mbeir_queries(path: Path, data: Path, pool: set[str], section: Section, out: EvalSet, limit: int | None) -> None:
+    fname = _rel(path, data)
+    for line, rec in iter_json_records(path):
+        if limit is not None and len(section.queries) >= limit:
+            return
+        where = f"{fname}:{line}"
+        if isinstance(rec, ValueError):
+            out.problems.append(f"{where}: malformed JSON ({rec})")
+            continue
+        if not isinstance(rec, dict) or not isinstance(rec.get("qid"), str | int):
+            out.problems.append(f"{where}: no qid")
+            continue
+        qid = str(rec["qid"])
+        if qid in section.queries:
+            out.problems.append(f"{where}: duplicate qid {qid!r}")
+            continue
+        image = _mbeir_image(rec.get("query_img_path"), data)
+        if isinstance(image, str):
+            out.problems.append(f"{where}: {image}")
+            continue
+        txt = rec.get("query_txt")
+        text = txt.strip() if isinstance(txt, str) and txt.strip() else None
+        if text is not None and _not_utf8(text):
+            out.problems.append(f"{where}: query text is not UTF-8")
+            continue
+        if text is None and image is None:
+            out.problems.append(f"{where}: neither query text nor image")
+            continue
+        pos = rec.get("pos_cand_list")
+        listed = {str(p) for p in pos} if isinstance(pos, list) else set()
+        positives = listed & pool
+        if not positives:
+            why = "no positive in the candidate pool" if listed else "no pos_cand_list"
+            out.problems.append(f"{where}: {why}")
+            continue
+        if len(positives) < len(listed):
+            out.problems.append(f"{where}: {len(listed) - len(positives)} positive(s) not in the pool, ignored")
+        section.queries[qid] = Query(text=text, image=str(image) if image else None)
+        section.positives[qid] = positives
+
+
 DATASETS: dict[str, Callable[..., EvalSet]] = {
     "flickr30k": partial(load_karpathy, name="flickr30k"),
     "coco": partial(load_karpathy, name="coco"),
     "urban1k": load_urban1k,
     "sharegpt4v": load_sharegpt4v,
+    "mbeir": load_mbeir,
 }
 """The loaders by name; each takes ``(data, *, split, limit)``."""

@@ -323,3 +323,42 @@ def test_a_limit_run_leaves_the_full_collections_alone(embedder, index, tmp_path
     assert len(index.existing(collection_names(full)["images"], list(full.images))) == N_IMAGES
     again = go(full, embedder, index, None, tmp_path, name="full2")
     assert again["corpus"]["embedded_now"] == {"images": 0, "texts": 0}
+
+
+def write_mbeir_task(root: Path, n: int = 5) -> Path:
+    """An M-BEIR folder: a text->image task over n pool images, and an image->text task over n pool texts."""
+    from tests.unit.test_eval_datasets import mbeir_query, write_mbeir
+
+    (root / "mbeir_images").mkdir(parents=True)
+    for i in range(n):
+        arr = np.random.default_rng(100 + i).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(root / "mbeir_images" / f"{i}.png")
+    pool = [{"did": f"1:{i}", "txt": None, "img_path": f"mbeir_images/{i}.png", "modality": "image"} for i in range(n)]
+    queries = [mbeir_query(f"9:{i}", f"picture number {i}", None, [f"1:{i}"]) for i in range(n)]
+    write_mbeir(root, "toy_task0", queries=queries, pool=pool)
+    pool = [{"did": f"2:{i}", "txt": f"caption of picture {i}", "img_path": None, "modality": "text"} for i in range(n)]
+    queries = [mbeir_query(f"8:{i}", None, f"mbeir_images/{i}.png", [f"2:{i}", f"2:{(i + 1) % n}"]) for i in range(n)]
+    write_mbeir(root, "toy_task3", queries=queries, pool=pool)
+    return root
+
+
+def test_mbeir_tasks_search_their_own_pools(embedder, index, scorer, fake: FakeOpenAI, tmp_path: Path) -> None:
+    fake.switches.whole_prompt = True
+    ds = load("mbeir", write_mbeir_task(tmp_path / "mbeir"))
+    res = go(ds, embedder, index, scorer, tmp_path, k=3)
+    assert list(res["directions"]) == ["toy_task0", "toy_task3"]
+    assert res["corpus"]["items"] == {"toy_task0": 5, "toy_task3": 5}
+    names = collection_names(ds)
+    assert len(set(names.values())) == 2
+    for section in ds.sections():
+        r = Retriever(embedder, index, names[section.corpus], scorer=scorer)
+        fine = {q: [h.id for h in r.search(x, k=3, top=3)] for q, x in section.queries.items()}
+        coarse = {q: [h.id for h in r.coarse(x, k=10)] for q, x in section.queries.items()}
+        assert all(set(f) <= {it.id for it in ds.pools[section.corpus]} for f in fine.values())
+        got = res["directions"][section.name]
+        assert got["queries"] == 5 and got["mllm_calls_per_query"] == 3
+        assert got["reranked"]["R@1"] == pytest.approx(recall(fine, section.positives, 1))
+        for k in (1, 5, 10):
+            assert got["coarse"][f"R@{k}"] == pytest.approx(recall(coarse, section.positives, k))
+    text = (tmp_path / "run" / "report.md").read_text()
+    assert "## toy_task0 (5 queries)" in text and "5 toy_task0, 5 toy_task3" in text

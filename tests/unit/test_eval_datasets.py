@@ -119,7 +119,7 @@ def test_missing_folder_or_file_and_unknown_names_are_config_errors(tmp_path: Pa
         load("coco", tmp_path / "nope")
     with pytest.raises(ConfigError, match=r"dataset_coco\.json.*dataset_\*\.json"):
         load("coco", tmp_path)
-    with pytest.raises(ConfigError, match="coco, flickr30k, sharegpt4v, urban1k"):
+    with pytest.raises(ConfigError, match="coco, flickr30k, mbeir, sharegpt4v, urban1k"):
         load("mscoco", tmp_path)
     with pytest.raises(ConfigError, match="image/ and caption/"):
         load("urban1k", tmp_path)
@@ -132,7 +132,7 @@ def test_missing_folder_or_file_and_unknown_names_are_config_errors(tmp_path: Pa
     (tmp_path / "dataset_coco.json").write_text("{not json")
     with pytest.raises(ConfigError, match="not a Karpathy split file"):
         load("coco", tmp_path)
-    assert set(DATASETS) == {"flickr30k", "coco", "urban1k", "sharegpt4v"}
+    assert set(DATASETS) == {"flickr30k", "coco", "urban1k", "sharegpt4v", "mbeir"}
 
 
 def test_urban1k_pairs_by_stem_not_listing_order(tmp_path: Path) -> None:
@@ -236,3 +236,146 @@ def test_karpathy_split_must_exist_and_captions_are_capped_at_five(tmp_path) -> 
         load("coco", tmp_path, split="tset")
     es = load("coco", tmp_path)
     assert sorted(es.texts) == [f"a#{n}" for n in range(5)] and "7 captions, the first 5 kept" in es.problems[0]
+
+
+# --- M-BEIR ---------------------------------------------------------------------------------------------------
+
+
+def write_mbeir(data: Path, task: str = "mscoco_task0", *, queries: list, pool: list, split: str = "test") -> Path:
+    (data / "query" / split).mkdir(parents=True, exist_ok=True)
+    (data / "cand_pool" / "local").mkdir(parents=True, exist_ok=True)
+    lines = [q if isinstance(q, str) else json.dumps(q) for q in queries]
+    (data / "query" / split / f"mbeir_{task}_{split}.jsonl").write_text("\n".join(lines) + "\n")
+    lines = [c if isinstance(c, str) else json.dumps(c) for c in pool]
+    (data / "cand_pool" / "local" / f"mbeir_{task}_cand_pool.jsonl").write_text("\n".join(lines) + "\n")
+    return data
+
+
+def mbeir_query(qid: str, text: str | None, image: str | None, pos: list[str]) -> dict:
+    modality = ",".join(m for m, v in (("image", image), ("text", text)) if v)
+    return {"qid": qid, "query_txt": text, "query_img_path": image, "query_modality": modality, "pos_cand_list": pos}
+
+
+def test_mbeir_bad_lines_are_problems_with_file_and_line_and_the_rest_load(tmp_path: Path) -> None:
+    png(tmp_path / "mbeir_images" / "a.jpg")
+    png(tmp_path / "mbeir_images" / "b.jpg")
+    pool = [
+        {"did": "1:1", "txt": None, "img_path": "mbeir_images/a.jpg", "modality": "image"},
+        {"did": "1:2", "txt": "a caption too", "img_path": "mbeir_images/b.jpg", "modality": "image,text"},
+        "{not json",
+        {"did": "1:3", "txt": None, "img_path": "mbeir_images/gone.jpg", "modality": "image"},
+        {"did": "1:4", "txt": None, "img_path": "/etc/passwd", "modality": "image"},
+        {"did": "1:1", "txt": "dup", "img_path": None, "modality": "text"},
+        {"txt": "no did"},
+    ]
+    queries = [
+        mbeir_query("9:1", "a red square", None, ["1:1"]),
+        mbeir_query("9:2", "only missing positives", None, ["1:3"]),
+        mbeir_query("9:3", None, "mbeir_images/b.jpg", ["1:2", "1:9"]),
+        "[broken",
+        mbeir_query("9:4", None, None, ["1:1"]),
+        mbeir_query("9:5", None, "mbeir_images/none.jpg", ["1:1"]),
+        {"qid": "9:6", "query_txt": "no positives listed"},
+    ]
+    ds = load("mbeir", write_mbeir(tmp_path, queries=queries, pool=pool))
+    assert list(ds.pools) == ["mscoco_task0"] and [it.id for it in ds.pools["mscoco_task0"]] == ["1:1", "1:2"]
+    (sec,) = ds.sections()
+    assert (sec.name, sec.corpus, sec.using) == ("mscoco_task0", "mscoco_task0", None)
+    assert list(sec.queries) == ["9:1", "9:3"]
+    assert sec.positives == {"9:1": {"1:1"}, "9:3": {"1:2"}}
+    assert sec.queries["9:3"].image == str(tmp_path / "mbeir_images" / "b.jpg") and sec.queries["9:3"].text is None
+    pool_file, query_file = (
+        "cand_pool/local/mbeir_mscoco_task0_cand_pool.jsonl",
+        "query/test/mbeir_mscoco_task0_test.jsonl",
+    )
+    want = [
+        f"{pool_file}:3: malformed JSON",
+        f"{pool_file}:4: image mbeir_images/gone.jpg not found",
+        f"{pool_file}:5: image path '/etc/passwd' is not a relative path",
+        f"{pool_file}:6: duplicate did '1:1'",
+        f"{pool_file}:7: no did",
+        f"{query_file}:2: no positive in the candidate pool",
+        f"{query_file}:3: 1 positive(s) not in the pool, ignored",
+        f"{query_file}:4: malformed JSON",
+        f"{query_file}:5: neither query text nor image",
+        f"{query_file}:6: image mbeir_images/none.jpg not found",
+        f"{query_file}:7: no pos_cand_list",
+    ]
+    assert len(ds.problems) == len(want)
+    for got, w in zip(ds.problems, want, strict=True):
+        assert got.startswith(w), (got, w)
+
+
+def test_mbeir_tasks_limit_and_errors(tmp_path: Path) -> None:
+    pool = [{"did": f"1:{i}", "txt": f"text {i}", "img_path": None, "modality": "text"} for i in range(5)]
+    queries = [mbeir_query(f"9:{i}", f"q {i}", None, [f"1:{i}"]) for i in range(5)]
+    write_mbeir(tmp_path, "a_task1", queries=queries, pool=pool)
+    write_mbeir(tmp_path, "b_task1", queries=queries[:2], pool=pool)
+    assert [s.name for s in load("mbeir", tmp_path).sections()] == ["a_task1", "b_task1"]
+    ds = load("mbeir", tmp_path, tasks=["b_task1"], limit=1)
+    assert [s.name for s in ds.sections()] == ["b_task1"] and list(ds.sections()[0].queries) == ["9:0"]
+    assert len(ds.pools["b_task1"]) == 5  # the pool is whole: the limit is on queries
+    with pytest.raises(ConfigError, match=r"no query file for nope_task0; there: a_task1, b_task1"):
+        load("mbeir", tmp_path, tasks=["nope_task0"])
+    with pytest.raises(ConfigError, match=r"no query/val/ folder"):
+        load("mbeir", tmp_path, split="val")
+    with pytest.raises(ConfigError, match="--task is for mbeir"):
+        load("flickr30k", tmp_path, tasks=["a_task1"])
+    (tmp_path / "cand_pool" / "local" / "mbeir_a_task1_cand_pool.jsonl").unlink()
+    ds = load("mbeir", tmp_path)
+    assert [s.name for s in ds.sections()] == ["b_task1"]
+    assert ds.problems == [
+        "cand_pool/local/mbeir_a_task1_cand_pool.jsonl: no local candidate pool for a_task1; task skipped"
+    ]
+
+
+# --- Hugging Face save_to_disk ----------------------------------------------------------------------------------
+
+
+def test_hf_saved_flickr_with_images_split_column_and_bad_rows(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    import io
+
+    def jpeg(i: int) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), (i * 40, 10, 10)).save(buf, format="JPEG")
+        return buf.getvalue()
+
+    rows = {
+        "image": [{"bytes": jpeg(i), "path": f"{i}.jpg"} for i in range(5)],
+        "caption": [[f"caption {j} of {i}" for j in range(6 if i == 0 else 5)] for i in range(5)],
+        "filename": [f"{100 + i}.jpg" for i in range(5)],
+        "split": ["test", "train", "test", "test", "test"],
+    }
+    rows["caption"][3] = ["", "  "]  # no usable caption
+    rows["image"][4] = {"bytes": b"not an image", "path": "x.jpg"}
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "caption": datasets.Sequence(datasets.Value("string")),
+            "filename": datasets.Value("string"),
+            "split": datasets.Value("string"),
+        }
+    )
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "hf"))
+    ds = load("flickr30k", tmp_path / "hf")
+    assert list(ds.images) == ["100", "102"]
+    assert ds.texts["102#4"] == "caption 4 of 2" and len(ds.image_to_texts["100"]) == 5  # capped at 5
+    assert Image.open(ds.images["102"]).getpixel((4, 4))[0] > 60  # the row's own picture, written once
+    assert [p.split(":")[0] for p in ds.problems] == ["test[0]", "test[2]", "test[3]"]
+    assert "6 captions" in ds.problems[0] and "no captions" in ds.problems[1] and "not an image" in ds.problems[2]
+    assert list(load("flickr30k", tmp_path / "hf", split="train").images) == ["101"]
+    with pytest.raises(ConfigError, match=r"no row of split 'val'.*splits there: test, train"):
+        load("flickr30k", tmp_path / "hf", split="val")
+
+
+def test_hf_saved_dataset_dict_by_split_key(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    png(tmp_path / "coco" / "images" / "1.jpg")
+    test = datasets.Dataset.from_dict({"filename": ["1.jpg", "2.jpg"], "sentences": [["a cat"], ["a dog"]]})
+    datasets.DatasetDict({"test": test}).save_to_disk(str(tmp_path / "coco"))
+    ds = load("coco", tmp_path / "coco")
+    assert list(ds.images) == ["1"] and ds.texts == {"1#0": "a cat"}
+    assert ds.problems == ["test[1]: image 2.jpg not found"]
+    with pytest.raises(ConfigError, match=r"no split 'val'.*splits there: test"):
+        load("coco", tmp_path / "coco", split="val")
