@@ -402,57 +402,163 @@ def _print_side_by_side(coarse: list[Hit], fine: list[Hit], title: str) -> None:
 
 @app.command("eval")
 def evaluate(
-    dataset: Annotated[str, typer.Argument(help="Benchmark name, e.g. flickr30k or coco.")],
-    data: Annotated[Path, typer.Option("--data", help="Folder holding the benchmark's files.")],
+    dataset: Annotated[
+        str,
+        typer.Argument(
+            help="Benchmark: flickr30k, coco, urban1k, sharegpt4v, mbeir, sugarcrepe, mmeb; or 'compare' to print "
+            "earlier runs side by side."
+        ),
+    ],
+    runs: Annotated[
+        list[Path] | None,
+        typer.Argument(help="With 'compare': run folders (or their results.json).", show_default=False),
+    ] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Folder holding the benchmark's files.")] = None,
     split: Annotated[str, typer.Option("--split", help="Split to evaluate.")] = "test",
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N images.")] = None,
-    k: Annotated[int, typer.Option("--k", "-k", min=1, help="Coarse pool size the MLLM re-ranks.")] = 10,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Only the first N images (M-BEIR, MMEB: queries per task).")
+    ] = None,
+    ks: Annotated[
+        list[int] | None,
+        typer.Option("--k", "-k", min=1, help="Coarse pool size the MLLM re-ranks; repeat for a sweep (--k 3 --k 5)."),
+    ] = None,
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Results folder (default DATA_DIR/eval/DATASET-SPLIT-kK[-limitN]).")
     ] = None,
     coarse_only: Annotated[bool, typer.Option("--coarse-only", help="Skip the MLLM fine stage.")] = False,
+    preset: Annotated[
+        str | None, typer.Option("--preset", help="paper (k=5, Qwen2.5-VL-7B, CLIP ViT-L/14@336) or small.")
+    ] = None,
+    tasks: Annotated[
+        list[str] | None, typer.Option("--task", help="mbeir: a task (mscoco_task0...); mmeb: a subset. Repeatable.")
+    ] = None,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG plots beside the results.")] = True,
 ) -> None:
-    """Recall@1/5/10 of coarse and re-ranked retrieval, both directions; writes results.json and report.md.
+    """Coarse and re-ranked quality (R@1/5/10, accuracy, P@1), latency and cost; writes results.json, report.md, PNGs.
 
-    Scores are cached in DATA_DIR/eval/scores.sqlite: a rerun only sends pairs the model has not judged yet.
+    Scores are cached in DATA_DIR/eval/scores.sqlite: a rerun only sends pairs the model has not judged yet, and
+    a larger k only the new pairs. `retllm eval compare RUN...` prints runs side by side.
     """
-    from retllm.eval.cache import default_cache_path, settings_fingerprint
-    from retllm.eval.datasets import load
-    from retllm.eval.runner import run_eval
-    from retllm.registry import make_embedder, make_index, make_scorer
+    if dataset == "compare":
+        from retllm.eval.compare import compare_runs
 
+        if not runs:
+            raise ConfigError("eval compare: name one or more run folders")
+        sys.stdout.write(compare_runs(runs) + "\n")
+        return
+    if runs:
+        raise ConfigError(f"unexpected argument(s) after {dataset!r}: {' '.join(map(str, runs))}")
+    if data is None:
+        raise ConfigError("--data is required: the folder holding the benchmark's files")
     if not data.is_dir():
         raise ConfigError(f"--data {data}: no such folder")
     s = settings()
-    evalset = load(dataset, data, split=split, limit=limit)
-    mode = "coarse" if coarse_only else f"k{k}"
-    target = out_dir or s.data_dir / "eval" / (f"{dataset}-{split}-{mode}" + (f"-limit{limit}" if limit else ""))
+    chosen = None
+    if preset is not None:
+        from retllm.eval.presets import apply_preset
+
+        s, chosen = apply_preset(preset, s)
+    k_values = sorted(set(ks or [chosen.k if chosen else 10]))
+    if coarse_only:
+        k_values = k_values[:1]
+    evalset = _load_eval(dataset, data, split=split, limit=limit, tasks=tasks)
+    from retllm.registry import make_embedder, make_index, make_scorer
+
+    stem = f"{dataset}-{split}" + (f"-{preset}" if preset else "")
+    lim = f"-limit{limit}" if limit else ""
+    sweep = len(k_values) > 1
+    base = out_dir or s.data_dir / "eval" / (f"{stem}-sweep{lim}" if sweep else stem)
+    targets = []
     with make_index(s) as index:
         embedder = make_embedder(s)
         scorer = None if coarse_only else make_scorer(s)
         try:
-            results = run_eval(
-                evalset,
-                embedder=embedder,
-                index=index,
-                scorer=scorer,
-                k=k,
-                out_dir=target,
-                cache_path=default_cache_path(s.data_dir),
-                fingerprint=settings_fingerprint(s),
-                limit=limit,
-                fusion_weight=s.fusion_weight,
-                limits=s.image_limits,
-            )
+            for k in k_values:
+                mode = "coarse" if coarse_only else f"k{k}"
+                if sweep:
+                    target = base / mode
+                else:
+                    target = out_dir or s.data_dir / "eval" / f"{stem}-{mode}{lim}"
+                extra = {"preset": {"name": chosen.name, "k": chosen.k, "settings": chosen.settings}} if chosen else {}
+                results = _run_one_eval(
+                    evalset,
+                    s,
+                    embedder=embedder,
+                    index=index,
+                    scorer=scorer,
+                    k=k,
+                    target=target,
+                    limit=limit,
+                    extra=extra,
+                )
+                targets.append(target)
+                _print_eval(results, target, plots)
         finally:
             if scorer is not None:
                 scorer.close()
+    if plots and sweep:
+        from retllm.eval.plots import plot_k_sweep
+
+        err.print(f"R@1 against k: {plot_k_sweep(targets, base / 'recall_vs_k.png')}", highlight=False, markup=False)
+
+
+def _load_eval(dataset: str, data: Path, *, split: str, limit: int | None, tasks: list[str] | None) -> Any:
+    """The benchmark's loaded data: an EvalSet (retrieval sets) or the candidate-list set (sugarcrepe, mmeb)."""
+    from retllm.eval.datasets import load
+
+    return load(dataset, data, split=split, limit=limit, tasks=tasks)
+
+
+def _run_one_eval(
+    evalset: Any,
+    s: Settings,
+    *,
+    embedder: Any,
+    index: Any,
+    scorer: Any,
+    k: int,
+    target: Path,
+    limit: int | None,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    from retllm.eval.cache import default_cache_path, settings_fingerprint
+    from retllm.eval.runner import run_eval
+
+    return run_eval(
+        evalset,
+        embedder=embedder,
+        index=index,
+        scorer=scorer,
+        k=k,
+        out_dir=target,
+        cache_path=default_cache_path(s.data_dir),
+        fingerprint=settings_fingerprint(s),
+        limit=limit,
+        fusion_weight=s.fusion_weight,
+        limits=s.image_limits,
+        extra_config=extra,
+    )
+
+
+def _print_eval(results: dict[str, Any], target: Path, plots: bool) -> None:
+    """The report on stdout; skipped entries, the files written and the plots on stderr."""
     from retllm.eval.report import report_markdown
 
     sys.stdout.write(report_markdown(results) + "\n")
     for p in results["problems"]["items"][:10]:
         err.print(f"  skipped {p}", highlight=False, markup=False)
-    err.print(f"results: {target / 'results.json'}, {target / 'report.md'}", highlight=False, markup=False)
+    if results["problems"]["count"] > 10:
+        err.print(f"  ... {results['problems']['count'] - 10} more in results.json", highlight=False, markup=False)
+    written = [target / "results.json", target / "report.md"]
+    if plots:
+        from retllm.errors import MissingDependencyError
+        from retllm.eval.plots import plot_run
+
+        try:
+            written += plot_run(target)
+        except MissingDependencyError as e:  # the numbers are written; the pictures need the plot extra
+            err.print(f"plots skipped: {e}", highlight=False, markup=False)
+    err.print("results: " + ", ".join(map(str, written)), highlight=False, markup=False)
 
 
 @app.command("config")

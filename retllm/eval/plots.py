@@ -246,7 +246,7 @@ def k_sweep_figure(runs: Sequence[Run]) -> Figure:
     ax.set_ylabel(_metric_label(metrics) if metrics else "headline metric (%)")
     first = runs[0].config
     ax.set_title(
-        f"{first.dataset} {first.split}: {first.scorer or 'coarse only'}, embedder {first.embedder}", fontsize=10
+        f"{first.dataset} {first.split}: {first.scorer or 'coarse only'}\nembedder {first.embedder}", fontsize=10
     )
     # a column per section (legends fill column by column): its coarse line above its re-ranked one
     fig.legend(loc="outside lower center", ncols=min(4, max(1, len(sections))), fontsize=8)

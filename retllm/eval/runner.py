@@ -284,6 +284,7 @@ def run_eval(
     fusion_weight: float = 0.5,
     limits: ImageLimits | None = None,
     progress: bool = True,
+    extra_config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate every query set of ``evalset`` (:meth:`EvalSet.sections`: text→image and image→text of an
     image-caption set, the tasks of M-BEIR); write ``results.json``, ``rankings.jsonl`` and ``report.md``.
@@ -294,6 +295,7 @@ def run_eval(
         fingerprint: The settings that change scores (:func:`~retllm.eval.cache.settings_fingerprint`).
         limit: Recorded in the configuration (the set is already limited by its loader); a limited run embeds into
             collections of its own (:func:`collection_names`).
+        extra_config: Recorded in ``config`` too (the CLI's preset).
 
     Returns:
         The results, as written to ``out_dir / "results.json"``.
@@ -354,6 +356,7 @@ def run_eval(
             "packages": _versions(),
             "git_commit": _git_commit(),
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            **(extra_config or {}),
         },
         "corpus": {
             **({"images": len(evalset.images), "texts": len(evalset.texts)} if evalset.images else {}),

@@ -17,6 +17,12 @@ def test_bad_input_is_one_line_and_exit_1(cli_env: dict[str, str], tmp_path: Pat
     for args, words in (
         (["eval", "nope", "--data", str(data)], "unknown dataset 'nope'"),
         (["eval", "flickr30k", "--data", str(tmp_path / "absent")], "no such folder"),
+        (["eval", "flickr30k"], "--data is required"),
+        (["eval", "flickr30k", "--data", str(data), "--preset", "huge"], "unknown preset 'huge'; valid: paper, small"),
+        (["eval", "flickr30k", "--data", str(data), "--task", "x"], "flickr30k has no tasks"),
+        (["eval", "flickr30k", "extra", "--data", str(data)], "unexpected argument(s) after 'flickr30k': extra"),
+        (["eval", "compare"], "name one or more run folders"),
+        (["eval", "compare", str(tmp_path / "gone")], str(tmp_path / "gone")),
     ):
         r = run([*args, "--coarse-only"], cli_env)
         assert r.returncode == 1, r.stderr
@@ -53,3 +59,26 @@ def test_eval_writes_results_and_report(cli_env: dict[str, str], tmp_path: Path)
         assert [d["reranked"] for d in res2["directions"].values()] == [
             d["reranked"] for d in res["directions"].values()
         ]
+
+
+@pytest.mark.slow  # a k sweep and a comparison as subprocesses: CI's slow pass
+def test_a_k_sweep_draws_recall_against_k_and_compare_prints_the_runs(cli_env: dict[str, str], tmp_path: Path) -> None:
+    from PIL import Image
+
+    data = write_flickr(tmp_path / "flickr", n=4)
+    with fake_openai() as fake:
+        env = {**cli_env, "RETLLM_SCORER": "openai:fake-vlm", "RETLLM_OPENAI_BASE_URL": fake.url}
+        out = tmp_path / "sweep"
+        r = run(["eval", "flickr30k", "--data", str(data), "--k", "3", "--k", "2", "--out", str(out)], env)
+        assert r.returncode == 0, r.stderr
+        assert len(fake.pair_requests) == 3 * (8 + 4)  # k=2 first, then k=3 sends only each query's third pair
+        for k in (2, 3):
+            res = json.loads((out / f"k{k}" / "results.json").read_text())
+            assert res["config"]["k"] == k
+            for png in ("recall.png", "latency.png"):
+                assert Image.open(out / f"k{k}" / png).size[0] > 100
+        assert Image.open(out / "recall_vs_k.png").size[0] > 100
+        assert "R@1 against k" in r.stderr
+        c = run(["eval", "compare", str(out / "k2"), str(out / "k3")], env)
+        assert c.returncode == 0, c.stderr
+        assert "k2" in c.stdout and "k3" in c.stdout and "| k |" in c.stdout.replace("| `k` |", "| k |")

@@ -78,7 +78,7 @@ def test_karpathy_bad_entries_are_problems_and_the_rest_load(tmp_path: Path) -> 
     ds = load("flickr30k", tmp_path)
     assert list(ds.images) == ["1000", "1003", "1004"]
     assert ds.problems == [
-        "dataset_flickr30k.json: images[1]: image 1001.jpg not found in images, .",
+        "dataset_flickr30k.json: images[1]: image 1001.jpg not found in images/, ./",
         "dataset_flickr30k.json: images[2]: no captions",
         "dataset_flickr30k.json: images[3]: not an object",
         "dataset_flickr30k.json: images[4]: no filename",
