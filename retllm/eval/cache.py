@@ -4,6 +4,10 @@
 scorer's id, a fingerprint of every setting that changes scores (:func:`settings_fingerprint`), the query (text,
 image content) and the candidate (id, text, image content). Hits come from SQLite; the misses go to the inner
 scorer in one call, so batching stays the inner scorer's. Fallbacks are never stored: a rerun retries them.
+
+Listwise answers (:meth:`~retllm.scorers.base.Scorer.choose`) are kept too, one per model call: the option
+log-probabilities of one presentation, keyed by the same scorer id and fingerprint, the query, and the options
+in the order shown. An answer that cannot be read raises and is not stored.
 """
 
 from __future__ import annotations
@@ -39,6 +43,12 @@ CREATE TABLE IF NOT EXISTS scores (
     key TEXT PRIMARY KEY,
     scorer TEXT NOT NULL,
     score TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS choices (
+    key TEXT PRIMARY KEY,
+    scorer TEXT NOT NULL,
+    answer TEXT NOT NULL,
     created REAL NOT NULL
 )
 """
@@ -96,8 +106,8 @@ class CachedScorer(Scorer):
     """Any scorer, with its scores kept in a SQLite file.
 
     Attributes:
-        hits: Pairs answered from the cache.
-        misses: Pairs sent to the inner scorer (the model calls an evaluation pays for).
+        hits: Pairs (and listwise presentations) answered from the cache.
+        misses: Pairs (and listwise presentations) sent to the inner scorer (the model calls an evaluation pays for).
     """
 
     def __init__(self, inner: Scorer, path: Path, *, fingerprint: str = "") -> None:
@@ -121,7 +131,7 @@ class CachedScorer(Scorer):
         self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(_SCHEMA)
+            self._db.executescript(_SCHEMA)
             self._db.commit()
 
     # --- keys ------------------------------------------------------------------------------------
@@ -154,6 +164,17 @@ class CachedScorer(Scorer):
             self.fingerprint,
             [query.text, self._image_digest(query.image)],
             [candidate.id, candidate.text, self._image_digest(candidate.image)],
+        ]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+    def choice_key(self, query: Query, shown: Sequence[str]) -> str:
+        """The cache key of one listwise presentation: the query and the options in the order shown."""
+        parts: list[Any] = [
+            self.inner.id,
+            self.fingerprint,
+            "listwise",
+            [query.text, self._image_digest(query.image)],
+            list(shown),
         ]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
@@ -199,6 +220,28 @@ class CachedScorer(Scorer):
                 [(k, self.inner.id, score_to_json(s), now) for k, s in rows],
             )
             self._db.commit()
+
+    def _option_logprobs(self, query: Query, shown: list[str]) -> tuple[list[float], str]:
+        """The inner scorer's option log-probabilities for this presentation, from the cache when known."""
+        key = self.choice_key(query, shown)
+        with self._lock:
+            row = self._db.execute("SELECT answer FROM choices WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                self.hits += 1
+            else:
+                self.misses += 1
+        if row is not None:
+            found = json.loads(row[0])
+            return [float(x) for x in found["logprobs"]], str(found["method"])
+        logprobs, method = self.inner._option_logprobs(query, shown)
+        answer = json.dumps({"logprobs": logprobs, "method": method})  # -inf (a verbalised answer) as -Infinity
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO choices (key, scorer, answer, created) VALUES (?, ?, ?, ?)",
+                (key, self.inner.id, answer, time.time()),
+            )
+            self._db.commit()
+        return logprobs, method
 
     def __len__(self) -> int:
         with self._lock:

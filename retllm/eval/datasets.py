@@ -231,7 +231,8 @@ def load_karpathy(data: Path, *, name: str, split: str = "test", limit: int | No
         dirs = [data / "images", *([data / sub] if isinstance(sub, str) and sub else []), data]
         image = next((d / filename for d in dirs if (d / filename).is_file()), None)
         if image is None:
-            out.problems.append(f"{where}: image {filename} not found in {', '.join(_rel(d, data) + '/' for d in dirs)}")
+            looked = ", ".join(_rel(d, data) + "/" for d in dirs)
+            out.problems.append(f"{where}: image {filename} not found in {looked}")
             continue
         sentences = entry.get("sentences")
         if not isinstance(sentences, list):

@@ -1,0 +1,375 @@
+"""Loaders of the candidate-list benchmarks of METHOD.md §4: SugarCrepe and the MMEB eval subsets.
+
+Layouts (``data`` is the folder given to the loader):
+
+- SugarCrepe: ``data/<category>.json`` for the 7 categories (:data:`SUGARCREPE_CATEGORIES`), each a JSON object
+  ``{"<id>": {"filename": "...jpg", "caption": positive, "negative_caption": negative}}``; the COCO val2017
+  image is looked up in ``data/images/``, ``data/val2017/``, then ``data/``. Question id: the JSON key.
+- MMEB (TIGER-Lab/MMEB-eval): one folder per subset, ``data/<Subset>/test-*.parquet`` (the repository's
+  layout), ``data/<Subset>/test/*.parquet`` (the parquet-converter's) or ``data/<Subset>/test.jsonl``, with
+  the columns ``qry_text``, ``qry_img_path`` (``""``: none), ``tgt_text`` and ``tgt_img_path`` (lists, one entry
+  per candidate; candidate 0 is the positive). Image paths are relative to the unpacked ``images.zip`` in
+  ``data/eval_images/`` (or ``data/images/``, or ``data/``). Query id: the row's index in the subset (0-based,
+  bad rows counted); candidate id: a hash of what the candidate shows, so a candidate shared by many queries
+  is embedded once.
+
+MMEB's texts are written for instruction-following embedding models: the ``<|image_1|>`` placeholder is
+removed, and a text that every image-bearing query (or every image-bearing candidate) of a subset carries,
+e.g. ``Represent the given image.``, is the embedding model's instruction, not content: it is dropped (so a
+CLIP query is the image, and the MLLM sees no instruction as a caption) unless ``keep_instructions``. The
+shared text is found over the whole file, so ``limit`` does not change what a query says.
+
+A bad entry (not an object, empty caption, missing image, unreadable row) is skipped and described in
+``problems`` as ``"FILE: KEY: reason"`` (SugarCrepe), ``"FILE: row N: reason"`` (parquet) or
+``"FILE:LINE: reason"`` (JSONL); FILE is relative to ``data``. A missing category file or subset is reported
+too; only when none is left is it an error. ``limit`` keeps the first N good questions per category/subset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from retllm.errors import ConfigError, MissingDependencyError
+from retllm.types import Item
+
+log = logging.getLogger(__name__)
+
+SUGARCREPE_CATEGORIES = ("add_obj", "add_att", "replace_obj", "replace_att", "replace_rel", "swap_obj", "swap_att")
+SUGARCREPE_IMAGE_DIRS = ("images", "val2017", "")
+MMEB_IMAGE_DIRS = ("eval_images", "images", "")
+MMEB_COLUMNS = ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path")
+_PLACEHOLDER = re.compile(r"<\|image_\d+\|>")
+
+
+@dataclass(frozen=True)
+class SugarCrepeQuestion:
+    """One SugarCrepe question: which of two captions describes the image."""
+
+    id: str
+    image: Path
+    positive: str
+    negative: str
+
+
+@dataclass
+class SugarCrepeSet:
+    """SugarCrepe's questions by category (in :data:`SUGARCREPE_CATEGORIES` order) and what was skipped."""
+
+    categories: dict[str, list[SugarCrepeQuestion]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    name: str = "sugarcrepe"
+    split: str = "test"
+
+
+@dataclass(frozen=True)
+class MMEBQuery:
+    """One MMEB query and its own candidate list (candidate ids, the positive first, each once)."""
+
+    id: str
+    text: str | None
+    image: Path | None
+    candidates: tuple[str, ...]
+
+
+@dataclass
+class MMEBSubset:
+    """One MMEB subset: its queries, the candidates they name (by id), and the instructions dropped."""
+
+    name: str
+    queries: list[MMEBQuery] = field(default_factory=list)
+    candidates: dict[str, Item] = field(default_factory=dict)
+    instructions: dict[str, str] = field(default_factory=dict)
+    """``"query"``/``"candidate"`` -> the shared instruction text that was dropped from that side."""
+
+    def positive(self, query: MMEBQuery) -> str:
+        return query.candidates[0]
+
+
+@dataclass
+class MMEBSet:
+    """The MMEB subsets that loaded (in the order asked, else by name) and what was skipped."""
+
+    subsets: dict[str, MMEBSubset] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    name: str = "mmeb"
+    split: str = "test"
+
+
+def _check(data: Path, limit: int | None, what: str) -> Path:
+    if limit is not None and limit < 0:
+        raise ConfigError(f"limit must be >= 0, got {limit}")
+    data = Path(data)
+    if not data.is_dir():
+        raise ConfigError(f"{what}: dataset folder {data} does not exist")
+    return data
+
+
+def _text(value: object) -> str | None:
+    """A caption as given, stripped; None when missing or blank."""
+    return value.strip() or None if isinstance(value, str) else None
+
+
+# --- SugarCrepe --------------------------------------------------------------------------------------------------
+
+
+def _sugar_question(key: str, entry: object, image: Callable[[str], Path | None]) -> SugarCrepeQuestion | str:
+    """One entry as a question, or why it is not one."""
+    if not isinstance(entry, dict):
+        return "not an object"
+    name, pos, neg = _text(entry.get("filename")), _text(entry.get("caption")), _text(entry.get("negative_caption"))
+    if name is None:
+        return "no filename"
+    if pos is None:
+        return "empty or missing caption"
+    if neg is None:
+        return "empty or missing negative_caption"
+    im = image(name)
+    if im is None:
+        return f"image {name} not found in images/, val2017/ or the data folder"
+    return SugarCrepeQuestion(key, im, pos, neg)
+
+
+def load_sugarcrepe(data: Path, *, categories: Sequence[str] | None = None, limit: int | None = None) -> SugarCrepeSet:
+    """SugarCrepe's questions from ``data`` (layout in the module docstring).
+
+    Args:
+        categories: The categories to read (default all 7).
+        limit: Keep the first N good questions of each category, in file order.
+
+    Raises:
+        ConfigError: Missing folder, unknown category, negative limit, or no category file at all.
+    """
+    data = _check(data, limit, "sugarcrepe")
+    wanted = list(categories or SUGARCREPE_CATEGORIES)
+    if bad := [c for c in wanted if c not in SUGARCREPE_CATEGORIES]:
+        raise ConfigError(f"unknown SugarCrepe category {bad[0]!r}; valid: {', '.join(SUGARCREPE_CATEGORIES)}")
+    out = SugarCrepeSet()
+    found: dict[str, Path | None] = {}
+
+    def image(name: str) -> Path | None:
+        if name not in found:
+            found[name] = next((p for d in SUGARCREPE_IMAGE_DIRS if (p := data / d / name).is_file()), None)
+        return found[name]
+
+    files = 0
+    for cat in wanted:
+        path = data / f"{cat}.json"
+        if not path.is_file():
+            out.problems.append(f"{path.name}: not found in {data}; category skipped")
+            continue
+        files += 1
+        try:
+            entries = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            out.problems.append(f"{path.name}: not JSON ({e}); category skipped")
+            continue
+        if not isinstance(entries, dict):
+            out.problems.append(f"{path.name}: not a JSON object of questions; category skipped")
+            continue
+        kept: list[SugarCrepeQuestion] = []
+        for key, entry in entries.items():
+            if limit is not None and len(kept) >= limit:
+                break
+            q = _sugar_question(str(key), entry, image)
+            if isinstance(q, str):
+                out.problems.append(f"{path.name}: {key}: {q}")
+            else:
+                kept.append(q)
+        out.categories[cat] = kept
+    if not files:
+        raise ConfigError(f"no SugarCrepe category file ({', '.join(f'{c}.json' for c in wanted)}) in {data}")
+    if out.problems:
+        log.warning("sugarcrepe: %d problem(s), e.g. %s", len(out.problems), out.problems[0])
+    return out
+
+
+# --- MMEB --------------------------------------------------------------------------------------------------------
+
+
+def _pyarrow_parquet() -> Any:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"reading MMEB's parquet files needs pyarrow ({e}): pip install 'retllm[eval]'"
+        ) from e
+    return pq
+
+
+def _subset_files(folder: Path) -> list[Path]:
+    """The subset's data files in the first layout present: test-*.parquet, test/*.parquet, test.jsonl."""
+    for pattern in ("test-*.parquet", "test/*.parquet", "test.jsonl"):
+        files = sorted(p for p in folder.glob(pattern) if p.is_file())
+        if files:
+            return files
+    return []
+
+
+def _records(path: Path, rel: str, problems: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(where, row)`` of each row of one data file; rows that are not objects are reported and skipped."""
+    if path.suffix == ".jsonl":
+        with path.open(encoding="utf-8", errors="replace") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    problems.append(f"{rel}:{n}: not JSON ({e.msg})")
+                    yield "", {}
+                    continue
+                if not isinstance(row, dict):
+                    problems.append(f"{rel}:{n}: not a JSON object")
+                    yield "", {}
+                    continue
+                yield f"{rel}:{n}", row
+        return
+    pq = _pyarrow_parquet()
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises its own error types for a damaged file
+        problems.append(f"{rel}: unreadable parquet file ({type(e).__name__}: {e})")
+        return
+    if missing := [c for c in MMEB_COLUMNS if c not in table.column_names]:
+        problems.append(f"{rel}: missing column(s) {', '.join(missing)}; file skipped")
+        return
+    for n, row in enumerate(table.select(list(MMEB_COLUMNS)).to_pylist()):
+        yield f"{rel}: row {n}", row
+
+
+@dataclass
+class _Row:
+    where: str
+    index: int
+    text: str | None
+    image: str | None
+    cands: list[tuple[str | None, str | None]]
+
+
+def _parse_row(row: dict[str, Any]) -> tuple[str | None, str | None, list[tuple[str | None, str | None]]]:
+    """(query text, query image, [(text, image)]) with placeholders removed; ValueError says what is wrong."""
+
+    def clean(v: object, name: str) -> str | None:
+        if v is None:
+            return None
+        if not isinstance(v, str):
+            raise ValueError(f"{name} is a {type(v).__name__}, not text")
+        return _PLACEHOLDER.sub("", v).strip() or None
+
+    qt, qi = clean(row.get("qry_text"), "qry_text"), clean(row.get("qry_img_path"), "qry_img_path")
+    if qt is None and qi is None:
+        raise ValueError("the query has neither text nor image")
+    tt, ti = row.get("tgt_text"), row.get("tgt_img_path")
+    if not isinstance(tt, list):
+        raise ValueError(f"tgt_text is a {type(tt).__name__}, not a list")
+    if ti is None:
+        ti = [None] * len(tt)
+    if not isinstance(ti, list) or len(ti) != len(tt):
+        raise ValueError(f"tgt_img_path is not a list of the {len(tt)} candidates of tgt_text")
+    if not tt:
+        raise ValueError("no candidates")
+    cands = [
+        (clean(t, f"tgt_text[{j}]"), clean(i, f"tgt_img_path[{j}]"))
+        for j, (t, i) in enumerate(zip(tt, ti, strict=True))
+    ]
+    if empty := [j for j, (t, i) in enumerate(cands) if t is None and i is None]:
+        raise ValueError(f"candidate {empty[0]} has neither text nor image")
+    return qt, qi, cands
+
+
+def _shared(texts: list[str | None]) -> str | None:
+    """The text all of ``texts`` carry, when there are at least two and they are one non-empty text."""
+    return texts[0] if len(texts) >= 2 and texts[0] is not None and len(set(texts)) == 1 else None
+
+
+def candidate_id(text: str | None, image: str | None) -> str:
+    """A candidate's id: a hash of what it shows (text, image path relative to the image folder)."""
+    return "c" + hashlib.sha256(json.dumps([text, image]).encode()).hexdigest()[:16]
+
+
+def load_mmeb(
+    data: Path, subsets: Sequence[str] | None = None, *, limit: int | None = None, keep_instructions: bool = False
+) -> MMEBSet:
+    """MMEB eval subsets from ``data`` (layout in the module docstring).
+
+    Args:
+        subsets: Subset folder names (default: every folder of ``data`` holding a layout's file).
+        limit: Keep the first N good queries of each subset, in file order.
+        keep_instructions: Keep a text every image-bearing query/candidate shares (dropped by default).
+
+    Raises:
+        ConfigError: Missing folder, negative limit, or no subset to read.
+        MissingDependencyError: A subset is parquet and pyarrow is not installed.
+    """
+    data = _check(data, limit, "mmeb")
+    names = list(subsets) if subsets else sorted(p.name for p in data.iterdir() if p.is_dir() and _subset_files(p))
+    roots = [data / d for d in MMEB_IMAGE_DIRS if (data / d).is_dir()]
+    found: dict[str, Path | None] = {}
+
+    def image(rel: str) -> Path | None:
+        if rel not in found:
+            found[rel] = next((p for r in roots if (p := r / rel).is_file()), None)
+        return found[rel]
+
+    out = MMEBSet()
+    for name in names:
+        files = _subset_files(data / name)
+        if not files:
+            out.problems.append(f"{name}: no test-*.parquet, test/*.parquet or test.jsonl in {data / name}; skipped")
+            continue
+        rows: list[_Row] = []
+        index = 0
+        for path in files:
+            for where, raw in _records(path, str(path.relative_to(data)), out.problems):
+                index += 1
+                if not where:
+                    continue
+                try:
+                    rows.append(_Row(where, index - 1, *_parse_row(raw)))
+                except ValueError as e:
+                    out.problems.append(f"{where}: {e}")
+        if not rows and not any(p.startswith(f"{name}/") for p in out.problems):
+            out.problems.append(f"{name}: no rows; skipped")
+        if not rows:
+            continue
+        sub = MMEBSubset(name)
+        if not keep_instructions:
+            q_inst = _shared([r.text for r in rows if r.image is not None])
+            c_inst = _shared([t for r in rows for t, i in r.cands if i is not None])
+            sub.instructions = {k: v for k, v in (("query", q_inst), ("candidate", c_inst)) if v is not None}
+            for r in rows:
+                if q_inst is not None and r.image is not None:
+                    r.text = None
+                if c_inst is not None:
+                    r.cands = [(None if i is not None else t, i) for t, i in r.cands]
+        for r in rows:
+            if limit is not None and len(sub.queries) >= limit:
+                break
+            q_img = image(r.image) if r.image is not None else None
+            if r.image is not None and q_img is None:
+                out.problems.append(f"{r.where}: query image {r.image} not found under {', '.join(map(str, roots))}")
+                continue
+            if gone := [i for _, i in r.cands if i is not None and image(i) is None]:
+                out.problems.append(f"{r.where}: candidate image {gone[0]} not found ({len(gone)} missing)")
+                continue
+            ids: list[str] = []
+            for t, i in r.cands:
+                cid = candidate_id(t, i)
+                if cid not in sub.candidates:
+                    sub.candidates[cid] = Item(id=cid, text=t, image=str(image(i)) if i is not None else None)
+                if cid not in ids:  # a negative identical to the positive is the positive
+                    ids.append(cid)
+            sub.queries.append(MMEBQuery(str(r.index), r.text, q_img, tuple(ids)))
+        out.subsets[name] = sub
+    if not out.subsets:
+        raise ConfigError(f"no MMEB subset could be read from {data}: {'; '.join(out.problems[:3]) or 'no subsets'}")
+    if out.problems:
+        log.warning("mmeb: %d problem(s), e.g. %s", len(out.problems), out.problems[0])
+    return out
