@@ -416,7 +416,8 @@ def evaluate(
     data: Annotated[Path | None, typer.Option("--data", help="Folder holding the benchmark's files.")] = None,
     split: Annotated[str, typer.Option("--split", help="Split to evaluate.")] = "test",
     limit: Annotated[
-        int | None, typer.Option("--limit", min=1, help="Only the first N images (M-BEIR, MMEB: queries per task).")
+        int | None,
+        typer.Option("--limit", min=1, help="Only the first N images (mbeir, mmeb, sugarcrepe: N per task)."),
     ] = None,
     ks: Annotated[
         list[int] | None,
@@ -430,9 +431,21 @@ def evaluate(
         str | None, typer.Option("--preset", help="paper (k=5, Qwen2.5-VL-7B, CLIP ViT-L/14@336) or small.")
     ] = None,
     tasks: Annotated[
-        list[str] | None, typer.Option("--task", help="mbeir: a task (mscoco_task0...); mmeb: a subset. Repeatable.")
+        list[str] | None,
+        typer.Option(
+            "--task", help="Repeatable. mbeir: a task (mscoco_task0...); mmeb: a subset; sugarcrepe: a category."
+        ),
     ] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG plots beside the results.")] = True,
+    listwise: Annotated[
+        bool, typer.Option("--listwise", help="mmeb: one listwise call over the top-k (text candidates only).")
+    ] = False,
+    rounds: Annotated[
+        int | None,
+        typer.Option(
+            "--rounds", min=1, help="Listwise calls per question in shifted option orders (sugarcrepe: 2 = both)."
+        ),
+    ] = None,
 ) -> None:
     """Coarse and re-ranked quality (R@1/5/10, accuracy, P@1), latency and cost; writes results.json, report.md, PNGs.
 
@@ -448,6 +461,10 @@ def evaluate(
         return
     if runs:
         raise ConfigError(f"unexpected argument(s) after {dataset!r}: {' '.join(map(str, runs))}")
+    if listwise and dataset != "mmeb":
+        raise ConfigError("--listwise is for mmeb (sugarcrepe is always listwise)")
+    if rounds is not None and dataset not in ("sugarcrepe", "mmeb"):
+        raise ConfigError("--rounds is for the listwise benchmarks: sugarcrepe, mmeb --listwise")
     if data is None:
         raise ConfigError("--data is required: the folder holding the benchmark's files")
     if not data.is_dir():
@@ -458,8 +475,10 @@ def evaluate(
         from retllm.eval.presets import apply_preset
 
         s, chosen = apply_preset(preset, s)
+    if dataset == "sugarcrepe" and ks:
+        raise ConfigError("sugarcrepe asks two-option questions: --k does not apply")
     k_values = sorted(set(ks or [chosen.k if chosen else 10]))
-    if coarse_only:
+    if coarse_only or dataset == "sugarcrepe":
         k_values = k_values[:1]
     evalset = _load_eval(dataset, data, split=split, limit=limit, tasks=tasks)
     from retllm.registry import make_embedder, make_index, make_scorer
@@ -474,7 +493,7 @@ def evaluate(
         scorer = None if coarse_only else make_scorer(s)
         try:
             for k in k_values:
-                mode = "coarse" if coarse_only else f"k{k}"
+                mode = "coarse" if coarse_only else "listwise" if dataset == "sugarcrepe" else f"k{k}"
                 if sweep:
                     target = base / mode
                 else:
@@ -490,6 +509,8 @@ def evaluate(
                     target=target,
                     limit=limit,
                     extra=extra,
+                    listwise=listwise,
+                    rounds=rounds,
                 )
                 targets.append(target)
                 _print_eval(results, target, plots)
@@ -504,6 +525,14 @@ def evaluate(
 
 def _load_eval(dataset: str, data: Path, *, split: str, limit: int | None, tasks: list[str] | None) -> Any:
     """The benchmark's loaded data: an EvalSet (retrieval sets) or the candidate-list set (sugarcrepe, mmeb)."""
+    if dataset in ("sugarcrepe", "mmeb"):
+        from retllm.eval.choice import load_mmeb, load_sugarcrepe
+
+        if split != "test":
+            raise ConfigError(f"{dataset} has only the 'test' split, got {split!r}")
+        if dataset == "sugarcrepe":
+            return load_sugarcrepe(data, categories=tasks, limit=limit)
+        return load_mmeb(data, subsets=tasks, limit=limit)
     from retllm.eval.datasets import load
 
     return load(dataset, data, split=split, limit=limit, tasks=tasks)
@@ -520,10 +549,35 @@ def _run_one_eval(
     target: Path,
     limit: int | None,
     extra: dict[str, Any],
+    listwise: bool,
+    rounds: int | None,
 ) -> dict[str, Any]:
     from retllm.eval.cache import default_cache_path, settings_fingerprint
+    from retllm.eval.choice import MMEBSet, SugarCrepeSet, run_mmeb, run_sugarcrepe
     from retllm.eval.runner import run_eval
 
+    common: dict[str, Any] = {
+        "embedder": embedder,
+        "scorer": scorer,
+        "out_dir": target,
+        "cache_path": default_cache_path(s.data_dir),
+        "fingerprint": settings_fingerprint(s),
+        "limit": limit,
+        "limits": s.image_limits,
+        "extra_config": extra,
+    }
+    if isinstance(evalset, SugarCrepeSet):
+        return run_sugarcrepe(evalset, rounds=2 if rounds is None else rounds, **common)
+    if isinstance(evalset, MMEBSet):
+        return run_mmeb(
+            evalset,
+            index=index,
+            k=k,
+            listwise=listwise,
+            rounds=1 if rounds is None else rounds,
+            fusion_weight=s.fusion_weight,
+            **common,
+        )
     return run_eval(
         evalset,
         embedder=embedder,

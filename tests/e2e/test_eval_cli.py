@@ -22,6 +22,10 @@ def test_bad_input_is_one_line_and_exit_1(cli_env: dict[str, str], tmp_path: Pat
         (["eval", "flickr30k", "--data", str(data), "--task", "x"], "flickr30k has no tasks"),
         (["eval", "flickr30k", "extra", "--data", str(data)], "unexpected argument(s) after 'flickr30k': extra"),
         (["eval", "compare"], "name one or more run folders"),
+        (["eval", "flickr30k", "--data", str(data), "--listwise"], "--listwise is for mmeb"),
+        (["eval", "coco", "--data", str(data), "--rounds", "2"], "--rounds is for the listwise benchmarks"),
+        (["eval", "sugarcrepe", "--data", str(data), "--split", "val"], "sugarcrepe has only the 'test' split"),
+        (["eval", "sugarcrepe", "--data", str(data), "--k", "3"], "--k does not apply"),
         (["eval", "compare", str(tmp_path / "gone")], str(tmp_path / "gone")),
     ):
         r = run([*args, "--coarse-only"], cli_env)
@@ -82,3 +86,51 @@ def test_a_k_sweep_draws_recall_against_k_and_compare_prints_the_runs(cli_env: d
         c = run(["eval", "compare", str(out / "k2"), str(out / "k3")], env)
         assert c.returncode == 0, c.stderr
         assert "k2" in c.stdout and "k3" in c.stdout and "| k |" in c.stdout.replace("| `k` |", "| k |")
+
+
+@pytest.mark.slow  # two eval runs as subprocesses: CI's slow pass
+def test_sugarcrepe_and_mmeb_from_the_command_line(cli_env: dict[str, str], tmp_path: Path) -> None:
+    from tests.unit.test_eval_choice_data import mmeb_row, png, sugar_entry, write_category, write_parquet
+
+    sugar = tmp_path / "sugarcrepe"
+    write_category(sugar, "add_obj", {str(i): sugar_entry(i) for i in range(3)})
+    swapped = {str(i): sugar_entry(i, caption=f"sofa on a dog {i}") for i in range(2)}  # not add_obj's questions
+    write_category(sugar, "swap_att", swapped | {"x": {"filename": ""}})
+    mmeb = tmp_path / "mmeb"
+    for i in range(3):
+        png(mmeb / "eval_images" / "Toy" / f"{i}.png", (40 * i, 200, 10))
+    rows = [mmeb_row(f"<|image_1|> what is shown {i}", f"Toy/{i}.png", ["a", "b", "c"], None) for i in range(3)]
+    write_parquet(mmeb / "Toy" / "test-00000-of-00001.parquet", rows)
+    with fake_openai() as fake:
+        env = {**cli_env, "RETLLM_SCORER": "openai:fake-vlm", "RETLLM_OPENAI_BASE_URL": fake.url}
+        r = run(["eval", "sugarcrepe", "--data", str(sugar), "--no-plots"], env)
+        assert r.returncode == 0, r.stderr
+        res = json.loads(
+            (Path(cli_env["RETLLM_DATA_DIR"]) / "eval" / "sugarcrepe-test-listwise" / "results.json").read_text()
+        )
+        assert {c: d["queries"] for c, d in res["directions"].items()} == {"add_obj": 3, "swap_att": 2}
+        assert res["config"]["rounds"] == 2 and res["problems"]["count"] >= 6  # 5 category files missing + 1 entry
+        assert "## add_obj (3 queries)" in r.stdout and "accuracy" in r.stdout
+        assert len(fake.pair_requests) == 2 * 5  # both option orders
+
+        m = run(
+            [
+                "eval",
+                "mmeb",
+                "--data",
+                str(mmeb),
+                "--k",
+                "2",
+                "--listwise",
+                "--rounds",
+                "2",
+                "--out",
+                str(tmp_path / "m"),
+            ],
+            env,
+        )
+        assert m.returncode == 0, m.stderr
+        res = json.loads((tmp_path / "m" / "results.json").read_text())
+        d = res["directions"]["Toy"]
+        assert d["queries"] == 3 and d["metric"] == "P@1" and set(d["coarse"]) == set(d["reranked"]) == {"P@1"}
+        assert res["config"]["mode"] == "listwise" and (tmp_path / "m" / "recall.png").is_file()
