@@ -55,7 +55,14 @@ def main() -> None:
     positives = {q: {f"img{i}"} for i, q in enumerate(queries)}
     evalset = EvalSet("bench", "test", pools={"images": items})
     evalset.tasks.append(Section("text_to_image", "images", "image", queries, positives))
-    scorer = HFScorer(model, processor, retrace=RetraceConfig(), vision_cache_size=256, batch_size=args.k)  # type: ignore[arg-type]
+    scorer = HFScorer(  # the fine-stage benchmark's scorer: retracing on, batch k, every image at --image-size
+        model,
+        processor,
+        retrace=RetraceConfig(),
+        vision_cache_size=256,
+        batch_size=args.k,
+        image_tokens=None,  # type: ignore[arg-type]
+    )
 
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
