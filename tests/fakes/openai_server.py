@@ -356,7 +356,7 @@ def _completion(body: dict[str, Any], fake: FakeOpenAI) -> dict[str, Any]:
     p = expected_p_true(key)
     answer = "True" if p >= 0.5 else "False"
     lt, lf = math.log(p * 0.9), math.log((1 - p) * 0.9)
-    top = [
+    top: list[dict[str, Any]] = [
         {"token": "True", "logprob": lt, "bytes": None},
         {"token": "False", "logprob": lf, "bytes": None},
         {"token": " true", "logprob": math.log(0.05), "bytes": None},
