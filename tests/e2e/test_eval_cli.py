@@ -14,6 +14,7 @@ from tests.integration.test_eval_runner import write_flickr
 
 def test_bad_input_is_one_line_and_exit_1(cli_env: dict[str, str], tmp_path: Path) -> None:
     data = write_flickr(tmp_path / "flickr", n=2)
+    clean = write_flickr(tmp_path / "clean", n=2, missing=False)
     for args, words in (
         (["eval", "nope", "--data", str(data)], "unknown dataset 'nope'"),
         (["eval", "flickr30k", "--data", str(tmp_path / "absent")], "no such folder"),
@@ -26,6 +27,8 @@ def test_bad_input_is_one_line_and_exit_1(cli_env: dict[str, str], tmp_path: Pat
         (["eval", "coco", "--data", str(data), "--rounds", "2"], "--rounds is for the listwise benchmarks"),
         (["eval", "sugarcrepe", "--data", str(data), "--split", "val"], "sugarcrepe has only the 'test' split"),
         (["eval", "sugarcrepe", "--data", str(data), "--k", "3"], "--k does not apply"),
+        # the preset's embedder wins over the environment's tiny one (and is not downloadable here)
+        (["eval", "flickr30k", "--data", str(clean), "--preset", "small"], "ViT-B-32@laion2b_s34b_b79k is not cached"),
         (["eval", "compare", str(tmp_path / "gone")], str(tmp_path / "gone")),
     ):
         r = run([*args, "--coarse-only"], cli_env)
