@@ -38,6 +38,13 @@ class Tokens(BaseModel):
     completion: int = 0
 
 
+class Cache(BaseModel):
+    """Score-cache hits and misses over a section (misses: the pairs this run sent to the model)."""
+
+    hits: int = 0
+    misses: int = 0
+
+
 class Section(BaseModel):
     """One section of a run: a retrieval direction, a SugarCrepe category or an MMEB subset."""
 
@@ -52,6 +59,7 @@ class Section(BaseModel):
     latency_s: Latency | None = None
     mllm_calls_per_query: float | None = None
     tokens: Tokens | None = None
+    cache: Cache | None = None
 
     def headline(self) -> tuple[float | None, float | None]:
         """The headline metric, coarse and re-ranked (``None`` where the run has no such value)."""
@@ -230,16 +238,19 @@ _HEADLINE_COLUMNS = (
     "Δ",
     "queries/s",
     "p95 latency (s)",
-    "MLLM calls/query",
-    "tokens/query (prompt + completion)",
+    "MLLM calls/query (this run)",
+    "tokens per scored pair (prompt + completion)",
 )
 _HEADLINE_ALIGN = ("---", "---", "---", "---:", "---:", "---", "---:", "---:", "---:", "---:", "---:", "---:", "---:")
 
 
-def _tokens_per_query(s: Section) -> str:
-    if s.tokens is None or not s.queries:
+def _tokens_per_pair(s: Section) -> str:
+    """Tokens per pair the model judged in this run: a cost rate that a warm score cache does not dilute
+    (per query, a k sweep's later runs, which pay only for their new pairs, would look cheaper)."""
+    misses = s.cache.misses if s.cache is not None else 0
+    if s.tokens is None or not misses:
         return DASH
-    return f"{s.tokens.prompt / s.queries:.0f} + {s.tokens.completion / s.queries:.0f}"
+    return f"{s.tokens.prompt / misses:.0f} + {s.tokens.completion / misses:.0f}"
 
 
 def _headline_row(section: str, label: str, run: Run, s: Section) -> list[str]:
@@ -258,7 +269,7 @@ def _headline_row(section: str, label: str, run: Run, s: Section) -> list[str]:
         _num(s.queries_per_s, 2),
         _num(s.latency_s.p95 if s.latency_s else None, 3),
         _num(s.mllm_calls_per_query, 2),
-        _tokens_per_query(s),
+        _tokens_per_pair(s),
     ]
 
 
@@ -293,7 +304,7 @@ def compare_runs(paths: Sequence[str | Path]) -> str:
 
     One table per dataset and split, one row per (section, run) with the runs of a section next to each other:
     the headline metric coarse and re-ranked, the change in points, throughput, p95 latency, MLLM calls and
-    tokens per query. Reads best for 2-6 runs.
+    tokens per scored pair. Reads best for 2-6 runs.
 
     Args:
         paths: Run folders (or their ``results.json``), in the order their rows should appear.

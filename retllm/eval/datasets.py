@@ -32,6 +32,7 @@ order, after the split filter; entries after the N-th are not read.
 from __future__ import annotations
 
 import codecs
+import hashlib
 import json
 import logging
 import re
@@ -224,6 +225,9 @@ def load_karpathy(data: Path, *, name: str, split: str = "test", limit: int | No
             out.problems.append(f"{where}: no filename")
             continue
         image_id = Path(filename).stem
+        if _not_utf8(filename):
+            out.problems.append(f"{where}: file name is not UTF-8")
+            continue
         if image_id in out.images:
             out.problems.append(f"{where}: duplicate image id {image_id!r}")
             continue
@@ -265,6 +269,9 @@ def _by_stem(folder: Path, data: Path, out: EvalSet) -> dict[str, Path]:
     files: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
         if not p.is_file() or p.name.startswith("."):
+            continue
+        if _not_utf8(p.name):
+            out.problems.append(f"{_rel(p, data)}: file name is not UTF-8; skipped")
             continue
         if p.stem in files:
             out.problems.append(
@@ -413,6 +420,9 @@ def load_sharegpt4v(data: Path, *, split: str = "test", limit: int | None = None
             out.problems.append(f"{where}: no relative image path")
             continue
         image_id = str(rec.get("id") or Path(rel).with_suffix("").as_posix())
+        if _not_utf8(image_id) or _not_utf8(rel):
+            out.problems.append(f"{where}: id or image path is not UTF-8")
+            continue
         if image_id in out.images:
             out.problems.append(f"{where}: duplicate id {image_id!r}")
             continue
@@ -463,11 +473,11 @@ def load_hf_saved(data: Path, *, name: str, split: str = "test", limit: int | No
     else:
         ds = saved
     cols = set(ds.column_names)
-    if "split" in cols:
-        have = set(ds["split"])
+    by_column = "split" in cols  # one table of every split: rows of other splits are passed over (not filtered
+    if by_column:  # into a new table), so a problem's row number is the row's own
+        have = {str(x) for x in ds["split"]}
         if split not in have:
             raise ConfigError(f"{name}: no row of split {split!r} in {data} (splits there: {', '.join(sorted(have))})")
-        ds = ds.filter(lambda s: s == split, input_columns="split", keep_in_memory=True)
     cap_col = next((c for c in _HF_CAPTIONS if c in cols), None)
     if cap_col is None:
         raise ConfigError(f"{name}: {data} has no caption column (looked for {', '.join(_HF_CAPTIONS)})")
@@ -481,9 +491,17 @@ def load_hf_saved(data: Path, *, name: str, split: str = "test", limit: int | No
     for row_no, row in enumerate(ds):
         if _full(out, limit):
             break
-        where = f"{split}[{row_no}]"
+        if by_column and row.get("split") != split:
+            continue
+        where = f"{split}[{row_no}]" if not by_column else f"row {row_no}"
         raw_id = row.get(id_col) if id_col else None
-        image_id = Path(str(raw_id)).stem if id_col == "filename" and raw_id else str(raw_id if raw_id else row_no)
+        if raw_id is None or raw_id == "":
+            image_id = str(row_no)
+        else:
+            image_id = Path(str(raw_id)).stem if id_col == "filename" else str(raw_id)
+        if _not_utf8(image_id):
+            out.problems.append(f"{where}: image id is not UTF-8")
+            continue
         if image_id in out.images:
             out.problems.append(f"{where}: duplicate image id {image_id!r}")
             continue
@@ -519,8 +537,8 @@ def _hf_image(row: dict[str, Any], data: Path, cache: Path, image_id: str) -> Pa
             mime = image_mime(blob)
             if not mime.startswith("image/"):
                 return "image bytes are not an image"
-            safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", image_id)[:100]
-            target = cache / f"{safe}.{mime.split('/')[1]}"
+            # named by content: ids that differ only in characters a file name cannot hold never share a file
+            target = cache / f"{hashlib.sha256(blob).hexdigest()[:32]}.{mime.split('/')[1]}"
             if not target.is_file() or target.read_bytes() != blob:
                 try:
                     cache.mkdir(parents=True, exist_ok=True)
@@ -548,8 +566,10 @@ def load_mbeir(
 
     Layout (the dataset's own): ``data/query/<split>/mbeir_<task>_<split>.jsonl`` (``qid``, ``query_txt``,
     ``query_img_path``, ``query_modality``, ``pos_cand_list``) and ``data/cand_pool/local/mbeir_<task>_cand_pool.jsonl``
-    (``did``, ``txt``, ``img_path``, ``modality``); image paths relative to ``data``. Each task is a section
-    searching its own pool; a query's positives are its ``pos_cand_list`` entries present in the pool.
+    (``did``, ``txt``, ``img_path``, ``modality``; the COCO pools are named ``mbeir_<task>_<split>_cand_pool.jsonl``,
+    both names are tried); image paths relative to ``data``. Each task is a section searching its own pool; a
+    query's positives are its ``pos_cand_list`` entries present in the pool. A task without its pool is skipped
+    and reported; when no task has a query left, that is an error.
     """
     qdir = data / "query" / split
     if not qdir.is_dir():
@@ -566,9 +586,13 @@ def load_mbeir(
         chosen = list(dict.fromkeys(tasks))
     out = EvalSet("mbeir", split)
     for task in chosen:
-        pool_file = data / MBEIR_POOL_DIR / f"mbeir_{task}_cand_pool.jsonl"
-        if not pool_file.is_file():
-            out.problems.append(f"{_rel(pool_file, data)}: no local candidate pool for {task}; task skipped")
+        # the release names most pools mbeir_<task>_cand_pool.jsonl, the COCO ones mbeir_<task>_<split>_cand_pool.jsonl
+        names = [f"mbeir_{task}_{split}_cand_pool.jsonl", f"mbeir_{task}_cand_pool.jsonl"]
+        pool_file = next((data / MBEIR_POOL_DIR / n for n in names if (data / MBEIR_POOL_DIR / n).is_file()), None)
+        if pool_file is None:
+            out.problems.append(
+                f"{MBEIR_POOL_DIR}/: no local candidate pool for {task} ({' or '.join(names)}); task skipped"
+            )
             continue
         pool = _mbeir_pool(pool_file, data, out)
         if not pool:
@@ -578,6 +602,9 @@ def load_mbeir(
         section = Section(task, task, None)
         _mbeir_queries(found[task], data, set(pool), section, out, limit)
         out.tasks.append(section)
+    if not any(t.queries for t in out.tasks):
+        why = "; ".join(out.problems[-3:]) or "no query"
+        raise ConfigError(f"mbeir: nothing to evaluate in {data} ({len(out.problems)} problem(s), e.g. {why})")
     return out
 
 
@@ -587,6 +614,8 @@ def _mbeir_image(rel: Any, data: Path) -> Path | str | None:
         return None
     if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in Path(rel).parts:
         return f"image path {rel!r} is not a relative path"
+    if _not_utf8(rel):
+        return "image path is not UTF-8"
     return data / rel if (data / rel).is_file() else f"image {rel} not found"
 
 
@@ -602,6 +631,9 @@ def _mbeir_pool(path: Path, data: Path, out: EvalSet) -> dict[str, Item]:
             out.problems.append(f"{where}: no did")
             continue
         did = str(rec["did"])
+        if _not_utf8(did):
+            out.problems.append(f"{where}: did is not UTF-8")
+            continue
         if did in pool:
             out.problems.append(f"{where}: duplicate did {did!r}")
             continue
@@ -634,6 +666,9 @@ def _mbeir_queries(path: Path, data: Path, pool: set[str], section: Section, out
             out.problems.append(f"{where}: no qid")
             continue
         qid = str(rec["qid"])
+        if _not_utf8(qid):
+            out.problems.append(f"{where}: qid is not UTF-8")
+            continue
         if qid in section.queries:
             out.problems.append(f"{where}: duplicate qid {qid!r}")
             continue

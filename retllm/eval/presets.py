@@ -27,12 +27,16 @@ class Preset:
 PAPER = Preset(
     "paper",
     "RetLLM's evaluation (METHOD.md §4): CLIP ViT-L/14@336 coarse stage, Qwen2.5-VL-7B-Instruct scoring the top 5 "
-    "with visual retracing as in the research code (all embedding rows, no final norm, layers 6-15, 0.75, 0.12). "
+    "with 256-512 visual tokens per image and visual retracing as in the research code (all embedding rows, no "
+    "final norm, layers 6-15, 0.75, 0.12). "
     "Needs a GPU with ~20 GB (bf16 there; fp32 on CPU is ~30 GB and slow).",
     k=5,
     settings={
         "embedder": "open_clip:ViT-L-14-336@openai",
         "scorer": "hf:Qwen/Qwen2.5-VL-7B-Instruct",
+        "scorer_min_image_tokens": 256,  # the research code's processor: 256-512 visual tokens per image
+        "scorer_max_image_tokens": 512,
+        "scorer_image_side": None,
         "retrace": {
             "enabled": True,
             "start": 5,

@@ -26,8 +26,11 @@ def _costs(d: dict[str, Any]) -> str:
         + (f", p50 {lat['p50']:.3f} s" if "p50" in lat else "")
         + f", p95 {lat.get('p95', 0.0):.3f} s",
         f"{'' if qps is None else f'{qps:.2f}'} queries/s",
-        f"MLLM calls per query {d.get('mllm_calls_per_query', 0.0):.2f}",
+        f"MLLM calls per query {d.get('mllm_calls_per_query', 0.0):.2f}"
+        + (f" ({d['pairs_per_query']:.2f} pairs judged per query)" if d.get("pairs_per_query") else ""),
     ]
+    if d.get("model_requests") is not None:
+        parts.append(f"{d['model_requests']} request(s) to the endpoint")
     if d.get("cache"):
         parts.append(f"cache hits {d['cache']['hits']}, misses {d['cache']['misses']}")
     if d.get("cached_queries"):
@@ -42,7 +45,7 @@ def _costs(d: dict[str, Any]) -> str:
     if pairs and pairs.get("fallback"):
         parts.append(f"{pairs['fallback']} of {pairs['total']} pairs fell back to the coarse order")
     if d.get("revisits"):
-        parts.append(f"{d['revisits']} image revisit(s)")
+        parts.append(f"{d['revisits']} image revisit(s) behind the scores used")
     if d.get("failed_queries"):
         parts.append(f"{len(d['failed_queries'])} query(ies) failed (coarse order kept)")
     if d.get("skipped_queries"):

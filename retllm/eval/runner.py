@@ -48,12 +48,14 @@ PACKAGES = ("torch", "transformers", "open_clip_torch", "qdrant-client")
 def collection_names(evalset: EvalSet, prefix: str = "eval", *, limit: int | None = None) -> dict[str, str]:
     """Corpus name -> a valid collection name (``eval-<set>-<split>[-nN]-<corpus>``) for each corpus of the set.
 
-    A ``limit`` run gets collections of its own, so it never deletes from (or searches past) the full run's.
+    A ``limit`` run gets image and text collections of its own, so it never deletes from (or searches past) the
+    full run's; pools (M-BEIR) are loaded whole whatever the limit, so every run shares them.
     """
-    stem = f"{prefix}-{evalset.name}-{evalset.split}" + (f"-n{limit}" if limit else "")
+    stem = f"{prefix}-{evalset.name}-{evalset.split}"
     out = {}
     for corpus in evalset.corpora():
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{stem}-{corpus}")
+        limited = limit and corpus not in evalset.pools  # a pool is whole whatever the limit (it limits queries)
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{stem}{f'-n{limit}' if limited else ''}-{corpus}")
         if len(name) > 64:  # Qdrant's and the store's limit: keep it readable, unique by a hash of the whole
             name = name[:55] + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
         out[corpus] = name
@@ -72,8 +74,10 @@ def ensure_corpus(
 ) -> tuple[int, list[str]]:
     """Make ``collection`` hold exactly ``items`` (by id), embedded by ``embedder``; reuse what is there.
 
-    A collection built by another embedder is rebuilt; extra ids are deleted; missing ones are ingested with
-    :class:`~retllm.ingest.Ingestor`, the code of ``retllm index add``.
+    A collection built by another embedder is rebuilt; extra ids are deleted; an id whose text, image file
+    content (sha256, so a file changed in place counts) or, for text+image items, fusion weight differs from
+    what is stored is embedded again; missing ones are ingested with :class:`~retllm.ingest.Ingestor`, the code
+    of ``retllm index add``.
 
     Returns:
         How many items were embedded now, and ``"ORIGIN: reason"`` for each item ingest skipped.
@@ -90,7 +94,7 @@ def ensure_corpus(
                 other_embedder = True
                 break
             it = by_id.get(rec.id)
-            if it is not None and not _same_content(it, rec.payload):
+            if it is not None and not _same_content(it, rec.payload, fusion_weight):
                 changed.add(rec.id)
         if other_embedder or index.dim(collection) != embedder.dim:
             log.info("%s was built by another embedder: rebuilding it", collection)
@@ -105,18 +109,48 @@ def ensure_corpus(
             items = [it for it in items if it.id in missing]
     ing = Ingestor(embedder, index, collection, fusion_weight=fusion_weight, limits=limits)
     report = ing.add(
-        [it.model_copy(update={"payload": {**it.payload, "embedder": embedder.id}}) for it in items], progress=progress
+        [it.model_copy(update={"payload": _meta(it, embedder, fusion_weight)}) for it in items], progress=progress
     )
     return report.added, [f"{origin}: {reason}" for origin, reason in report.skipped]
 
 
-def _same_content(item: Item, payload: Mapping[str, Any]) -> bool:
-    """Whether a stored point holds this item: the same text, and the same image file (by resolved path)."""
+def _meta(item: Item, embedder: Embedder, fusion_weight: float) -> dict[str, Any]:
+    """What an eval point stores besides its content: the embedder, the image file's digest, the fusion weight."""
+    meta: dict[str, Any] = {**item.payload, "embedder": embedder.id}
+    if item.image is not None:
+        meta["image_sha256"] = _file_digest(Path(str(item.image)))
+        if item.text:
+            meta["fusion_weight"] = fusion_weight
+    return meta
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _file_digest(path: Path) -> str | None:
+    """sha256 of a file's bytes (memoised by path, size and mtime); ``None`` if it cannot be read."""
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        if key not in _DIGESTS:
+            _DIGESTS[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+    return _DIGESTS[key]
+
+
+def _same_content(item: Item, payload: Mapping[str, Any], fusion_weight: float) -> bool:
+    """Whether a stored point holds this item: the same text, the same image file (resolved path and content)
+    and, for a text+image item, the same fusion weight."""
     if (payload.get("text") or None) != (item.text or None):
         return False
     if item.image is None:
         return payload.get("image") is None
-    return payload.get("image") == str(Path(str(item.image)).resolve())
+    path = Path(str(item.image))
+    meta = payload.get("meta") or {}
+    if payload.get("image") != str(path.resolve()) or meta.get("image_sha256") != _file_digest(path):
+        return False
+    return not item.text or meta.get("fusion_weight") == fusion_weight
 
 
 @dataclass
@@ -132,6 +166,7 @@ class _Direction:
     hits: int = 0
     misses: int = 0
     tokens: dict[str, int] | None = None
+    requests: int | None = None  # HTTP requests a hosted scorer sent (revisit follow-ups and retries included)
 
 
 def _percentile(xs: Sequence[float], q: float) -> float:
@@ -176,15 +211,19 @@ def _search_direction(
             d.coarse[qid] = [h.id for h in hits]
             continue
         misses = cached.misses
-        try:
-            hits = retriever.search(q, k=k, top=k, using=using)
-            failed = False
-        except BadItemError as e:  # a query image ingest skipped too: reported, the run goes on
+        try:  # one coarse list: its first k are the pool the model re-ranks, the rest the tail past k
+            # (two searches of different depths can order ties, and fused-rank ties, differently)
+            deep = retriever.coarse(q, k=depth, using=using)
+        except BadItemError as e:  # a query image that cannot be read: reported, the run goes on
             d.skipped.append(f"{qid}: {e}")
             continue
+        pool = deep[:k]
+        try:
+            hits = retriever.rerank(q, pool)
+            failed = False
         except ScoringError as e:  # every pair fell back (not cached): the rerun retries; meanwhile the coarse order
             log.warning("query %s: %s", qid, e)
-            hits, failed = retriever.coarse(q, k=k, using=using), True
+            hits, failed = pool, True
             d.failed.append(qid)
         d.latencies[qid] = time.perf_counter() - t0
         if cached.misses == misses and not failed:
@@ -192,21 +231,15 @@ def _search_direction(
         if not failed:
             d.methods.update(h.method or "coarse" for h in hits)
             d.revisits += sum(h.revisits or 0 for h in hits)
-        coarse = [h.id for h in sorted(hits, key=lambda h: h.coarse_rank or h.rank)]
-        fine = coarse if failed else [h.id for h in hits]
-        tail: list[str] = []
-        if depth > k:  # the coarse list past k, for coarse R@K' with K' > k (re-ranking leaves it as it is);
-            # by id, not by position: with tied cosines the deeper search may order the first k differently
-            seen = set(coarse)
-            deep = [h.id for h in retriever.coarse(q, k=depth, using=using) if h.id not in seen]
-            tail = deep[: depth - len(coarse)]
-        d.coarse[qid] = coarse + tail
-        d.reranked[qid] = fine + tail
+        coarse = [h.id for h in deep]
+        d.coarse[qid] = coarse
+        d.reranked[qid] = (coarse[:k] if failed else [h.id for h in hits]) + coarse[k:]
     if cached is not None:
         d.hits, d.misses = cached.hits - h0, cached.misses - m0
         u1 = _usage(cached.inner)
         if u0 is not None and u1 is not None:
             d.tokens = {key: u1[key] - u0.get(key, 0) for key in ("prompt", "completion") if key in u1}
+            d.requests = u1.get("requests", 0) - u0.get("requests", 0)
     return d
 
 
@@ -231,11 +264,13 @@ def _summary(d: _Direction, positives: Mapping[str, set[str]], k: int, fine: boo
             {"queries": len(fresh), "mean": sum(fresh) / len(fresh), "p95": _percentile(fresh, 95)} if fresh else None
         ),
         "cached_queries": len(d.cached),
-        "mllm_calls_per_query": d.misses / n if fine and n else 0.0,
+        "mllm_calls_per_query": d.misses / n if fine and n else 0.0,  # pairs this run sent to the model
+        "pairs_per_query": pairs / n if fine and n else 0.0,  # pairs judged, from the model or the cache
+        "model_requests": d.requests if fine else None,
         "cache": {"hits": d.hits, "misses": d.misses} if fine else None,
         "tokens": d.tokens if fine else None,
         "pairs": {"total": pairs, "fallback": d.methods.get("coarse", 0), "methods": dict(d.methods)} if fine else None,
-        "revisits": d.revisits if fine else None,
+        "revisits": d.revisits if fine else None,  # pairs' scores that came with image revisits (cached ones too)
         "failed_queries": d.failed,
         "skipped_queries": d.skipped,
     }
@@ -351,6 +386,9 @@ def run_eval(
             "scorer": scorer.id if scorer is not None else None,
             "fingerprint": fingerprint,
             "collections": names,
+            "index": type(index).__name__,
+            "vector_fusion": getattr(index, "fusion", None),
+            "fusion_weight": fusion_weight,
             "cache": str(cache_path) if scorer is not None else None,
             "retllm": __version__,
             "packages": _versions(),

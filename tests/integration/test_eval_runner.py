@@ -362,3 +362,63 @@ def test_mbeir_tasks_search_their_own_pools(embedder, index, scorer, fake: FakeO
             assert got["coarse"][f"R@{k}"] == pytest.approx(recall(coarse, section.positives, k))
     text = (tmp_path / "run" / "report.md").read_text()
     assert "## toy_task0 (5 queries)" in text and "5 toy_task0, 5 toy_task3" in text
+
+
+def test_an_image_changed_in_place_is_embedded_again(embedder, index, tmp_path: Path) -> None:
+    root = write_flickr(tmp_path / "f", missing=False)
+    go(load("flickr30k", root), embedder, index, None, tmp_path, name="a")
+    Image.fromarray(np.full((24, 24, 3), 7, np.uint8)).save(root / "images" / "3.png")  # same path, new picture
+    ds = load("flickr30k", root)
+    res = go(ds, embedder, index, None, tmp_path, name="b")
+    assert res["corpus"]["embedded_now"] == {"images": 1, "texts": 0}
+    r = Retriever(embedder, index, collection_names(ds)["images"])
+    rows = [json.loads(x) for x in (tmp_path / "b" / "rankings.jsonl").read_text().splitlines()]
+    for row in (x for x in rows if x["direction"] == "text_to_image"):
+        assert row["coarse"] == [h.id for h in r.coarse(Query(text=ds.texts[row["query"]]), k=10, using="image")]
+
+
+def test_extra_ids_are_deleted_and_another_embedder_rebuilds(embedder, index, tmp_path: Path, tiny_clip_dir) -> None:
+    from retllm.embedders.open_clip import OpenClipEmbedder
+    from tests.fakes.tiny_clip import build_tiny_clip
+
+    root = write_flickr(tmp_path / "f", missing=False)
+    go(load("flickr30k", root), embedder, index, None, tmp_path, name="a")
+    data = json.loads((root / "dataset_flickr30k.json").read_text())
+    data["images"] = data["images"][1:]  # image 0 and its captions left the dataset
+    (root / "dataset_flickr30k.json").write_text(json.dumps(data))
+    ds = load("flickr30k", root)
+    go(ds, embedder, index, None, tmp_path, name="b")
+    names = collection_names(ds)
+    assert index.existing(names["images"], ["0", "1"]) == {"1"} and "0#0" not in index.existing(names["texts"], ["0#0"])
+    other = OpenClipEmbedder.from_pretrained(f"local-dir:{build_tiny_clip(tmp_path / 'clip2', seed=7)}", device="cpu")
+    assert other.dim == embedder.dim and other.id != embedder.id  # same size: only the recorded id tells them apart
+    res = go(ds, other, index, None, tmp_path, name="c")
+    assert res["corpus"]["embedded_now"] == {"images": N_IMAGES - 1, "texts": 2 * (N_IMAGES - 1)}
+
+
+def test_a_new_fusion_weight_re_embeds_text_image_items_and_is_recorded(embedder, index, tmp_path: Path) -> None:
+    from tests.unit.test_eval_datasets import mbeir_query, write_mbeir
+
+    root = tmp_path / "m"
+    (root / "img").mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(
+            root / "img" / f"{i}.png"
+        )
+    pool = [
+        {"did": f"1:{i}", "txt": f"caption {i}", "img_path": f"img/{i}.png", "modality": "image,text"} for i in range(4)
+    ]
+    pool += [{"did": "1:9", "txt": "text only", "img_path": None, "modality": "text"}]
+    write_mbeir(root, "mix_task2", queries=[mbeir_query("9:0", "caption 0", None, ["1:0"])], pool=pool)
+    ds = load("mbeir", root)
+    runs = {}
+    embedded = []
+    for w in (0.5, 0.9, 0.9):
+        runs[w] = run_eval(
+            ds, embedder=embedder, index=index, scorer=None, k=3, out_dir=tmp_path / f"w{w}",
+            cache_path=tmp_path / "s.sqlite", fingerprint="fp", fusion_weight=w, progress=False,
+        )  # fmt: skip
+        assert runs[w]["config"]["fusion_weight"] == w and runs[w]["config"]["index"] == "EdgeIndex"
+        embedded.append(runs[w]["corpus"]["embedded_now"]["mix_task2"])
+    assert embedded == [5, 4, 0]  # the text-only item keeps its vector; the third run finds nothing to redo
+    assert collection_names(ds, limit=1) == collection_names(ds)  # a pool is whole under --limit: one collection

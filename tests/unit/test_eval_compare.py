@@ -73,7 +73,7 @@ def block(text: str, heading: str) -> list[str]:
 
 HEADER = (
     "| section | run | scorer | k | queries | metric | coarse | re-ranked | Δ | queries/s | p95 latency (s) "
-    "| MLLM calls/query | tokens/query (prompt + completion) |"
+    "| MLLM calls/query (this run) | tokens per scored pair (prompt + completion) |"
 )
 
 
@@ -84,11 +84,11 @@ def test_headline_table_exact(tmp_path: Path) -> None:
         "|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
         # the runs of one section next to each other, in the order given
         f"| text_to_image | coco-test-k10 | {QWEN} | 10 | 8 | R@1 | 50.0 | 62.5 | +12.5 | 2.50 | 0.750 | 10.00 "
-        "| 800 + 10 |",
+        "| 80 + 1 |",  # 6400 + 80 tokens over 80 pairs sent
         f"| text_to_image | coco-test-k5 | {QWEN} | 5 | 8 | R@1 | 50.0 | 75.0 | +25.0 | 2.50 | 0.750 | 5.00 | — |",
         "| text_to_image | coco-test-coarse | coarse only | 10 | 8 | R@1 | 50.0 | — | — | 100.00 | 0.013 | 0.00 | — |",
         f"| image_to_text | coco-test-k10 | {QWEN} | 10 | 4 | R@1 | 25.0 | 50.0 | +25.0 | 1.25 | 1.500 | 10.00 "
-        "| 1000 + 10 |",
+        "| 100 + 1 |",
         'Other metrics, coarse → re-ranked ("= coarse": a cut-off past k, which re-ranking leaves as it is):',
         "| section | run | R@5 | R@10 |",
         "|---|---|---:|---:|",
@@ -153,7 +153,7 @@ def test_runs_of_different_datasets_get_a_table_each(tmp_path: Path) -> None:
         HEADER,
         "|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
         f"| replace_obj | sugarcrepe-val | {QWEN} | 10 | 16 | accuracy | 50.0 | 75.0 | +25.0 | 2.50 | 0.750 | 2.00 "
-        "| 200 + 2 |",
+        "| 100 + 1 |",
         f"| swap_att | sugarcrepe-val | {QWEN} | 10 | 16 | accuracy | 62.5 | — | — | 2.50 | 0.750 | 10.00 | — |",
     ]  # one metric per section: no "other metrics" table
     assert len(block(text, "coco test")) == 2 + 2 + 3 + 2  # header, two rows, then the other metrics

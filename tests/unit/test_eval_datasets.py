@@ -325,8 +325,16 @@ def test_mbeir_tasks_limit_and_errors(tmp_path: Path) -> None:
     ds = load("mbeir", tmp_path)
     assert [s.name for s in ds.sections()] == ["b_task1"]
     assert ds.problems == [
-        "cand_pool/local/mbeir_a_task1_cand_pool.jsonl: no local candidate pool for a_task1; task skipped"
+        "cand_pool/local/: no local candidate pool for a_task1 "
+        "(mbeir_a_task1_test_cand_pool.jsonl or mbeir_a_task1_cand_pool.jsonl); task skipped"
     ]
+    (tmp_path / "cand_pool" / "local" / "mbeir_b_task1_cand_pool.jsonl").rename(
+        tmp_path / "cand_pool" / "local" / "mbeir_b_task1_test_cand_pool.jsonl"  # the COCO pools' name in the release
+    )
+    assert [s.name for s in load("mbeir", tmp_path).sections()] == ["b_task1"]
+    (tmp_path / "cand_pool" / "local" / "mbeir_b_task1_test_cand_pool.jsonl").unlink()
+    with pytest.raises(ConfigError, match="mbeir: nothing to evaluate"):  # not a run that evaluates nothing, exit 0
+        load("mbeir", tmp_path)
 
 
 # --- Hugging Face save_to_disk ----------------------------------------------------------------------------------
@@ -362,7 +370,7 @@ def test_hf_saved_flickr_with_images_split_column_and_bad_rows(tmp_path: Path) -
     assert list(ds.images) == ["100", "102"]
     assert ds.texts["102#4"] == "caption 4 of 2" and len(ds.image_to_texts["100"]) == 5  # capped at 5
     assert Image.open(ds.images["102"]).getpixel((4, 4))[0] > 60  # the row's own picture, written once
-    assert [p.split(":")[0] for p in ds.problems] == ["test[0]", "test[2]", "test[3]"]
+    assert [p.split(":")[0] for p in ds.problems] == ["row 0", "row 3", "row 4"]  # rows of the file, not of the split
     assert "6 captions" in ds.problems[0] and "no captions" in ds.problems[1] and "not an image" in ds.problems[2]
     assert list(load("flickr30k", tmp_path / "hf", split="train").images) == ["101"]
     with pytest.raises(ConfigError, match=r"no row of split 'val'.*splits there: test, train"):
@@ -379,3 +387,52 @@ def test_hf_saved_dataset_dict_by_split_key(tmp_path: Path) -> None:
     assert ds.problems == ["test[1]: image 2.jpg not found"]
     with pytest.raises(ConfigError, match=r"no split 'val'.*splits there: test"):
         load("coco", tmp_path / "coco", split="val")
+
+
+def test_hf_saved_ids_that_look_alike_keep_their_own_images_and_id_zero_is_an_id(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    import io
+
+    def jpeg(r: int) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), (r, 0, 0)).save(buf, format="JPEG")
+        return buf.getvalue()
+
+    ids = ["img:1", "img 1", "img/1", "x" * 120 + "a", "x" * 120 + "b", 0]
+    rows = {
+        "image": [{"bytes": jpeg(40 * i), "path": None} for i in range(len(ids))],
+        "caption": [[f"caption {i}"] for i in range(len(ids))],
+        "id": [str(i) for i in ids],
+    }
+    rows["id"][-1] = 0  # an integer id 0 is an id, not "no id"
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "caption": datasets.Sequence(datasets.Value("string")),
+            "id": datasets.Value("int64"),
+        }
+    )
+    rows_str = {**rows, "id": [str(i) for i in ids]}
+    datasets.Dataset.from_dict(
+        rows_str, features=datasets.Features({**features, "id": datasets.Value("string")})
+    ).save_to_disk(str(tmp_path / "hf"))
+    ds = load("flickr30k", tmp_path / "hf")
+    assert list(ds.images) == [str(i) for i in ids] and ds.problems == []
+    for i, image_id in enumerate(ids):
+        assert Image.open(ds.images[str(image_id)]).getpixel((4, 4))[0] == pytest.approx(40 * i, abs=8)
+    datasets.Dataset.from_dict(
+        {"image": rows["image"][:3], "caption": rows["caption"][:3], "id": [3, 0, 1]}, features=features
+    ).save_to_disk(str(tmp_path / "ints"))
+    assert list(load("flickr30k", tmp_path / "ints").images) == ["3", "0", "1"]
+
+
+def test_a_file_name_that_is_not_utf8_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    entries = [karpathy_entry(1), {**karpathy_entry(2), "filename": "caf\udce9.jpg"}]
+    data = write_karpathy(tmp_path, "flickr30k", [entries[0]])
+    (data / "dataset_flickr30k.json").write_bytes(
+        json.dumps({"images": [entries[0], {**entries[1], "filename": "FNAME"}]})
+        .encode()
+        .replace(b"FNAME", b"caf\xe9.jpg")
+    )
+    ds = load("flickr30k", data)
+    assert list(ds.images) == ["1001"] and ds.problems == ["dataset_flickr30k.json: images[1]: file name is not UTF-8"]

@@ -16,6 +16,8 @@ def test_paper_preset_is_the_papers_configuration_over_the_environment(tmp_path:
         scorer="openai:gpt",
         retrace={"enabled": False, "ratio": 0.5},
         scorer_batch_size=3,
+        scorer_max_image_tokens=16384,
+        scorer_image_side=224,
     )
     s, p = apply_preset("paper", mine)
     assert (p.name, p.k) == ("paper", 5)
@@ -24,6 +26,7 @@ def test_paper_preset_is_the_papers_configuration_over_the_environment(tmp_path:
     assert (r.enabled, r.start, r.end, r.threshold, r.ratio, r.top_k, r.v_rows, r.final_norm) == (
         True, 5, 16, 0.75, 0.12, 10, "all", False
     )  # fmt: skip
+    assert (s.scorer_min_image_tokens, s.scorer_max_image_tokens, s.scorer_image_side) == (256, 512, None)
     assert s.data_dir == tmp_path and s.scorer_batch_size == 3  # what the preset does not name stays the user's
     assert mine.scorer == "openai:gpt"  # the caller's settings are not modified
 
