@@ -422,3 +422,40 @@ def test_a_new_fusion_weight_re_embeds_text_image_items_and_is_recorded(embedder
         embedded.append(runs[w]["corpus"]["embedded_now"]["mix_task2"])
     assert embedded == [5, 4, 0]  # the text-only item keeps its vector; the third run finds nothing to redo
     assert collection_names(ds, limit=1) == collection_names(ds)  # a pool is whole under --limit: one collection
+
+
+def test_the_key_holds_the_candidate_text_and_the_image_content(scorer, tmp_path: Path, candidate_images) -> None:
+    import os
+    import shutil
+
+    img = tmp_path / "c.png"
+    shutil.copy(candidate_images[0], img)
+    cached = CachedScorer(scorer, tmp_path / "s.sqlite", fingerprint="fp")
+    q = Query(text="a cat")
+    cached.score(q, [Candidate("c", text="a red cat", image=str(img))])
+    cached.score(q, [Candidate("c", text="a blue dog", image=str(img))])  # same id and picture, other caption
+    assert (cached.hits, cached.misses) == (0, 2)
+    st = img.stat()
+    shutil.copy(candidate_images[1], img)  # same path, other picture, even with the old timestamps
+    os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns))
+    cached.score(q, [Candidate("c", text="a red cat", image=str(img))])
+    assert (cached.hits, cached.misses) == (0, 3)
+    cached.score(q, [Candidate("c", text="a red cat", image=str(img))])
+    assert (cached.hits, cached.misses) == (1, 3)
+    cached.close()
+
+
+def test_cut_offs_past_k_are_marked_coarse_and_the_config_is_recorded(
+    flickr, embedder, index, scorer, tmp_path
+) -> None:
+    res = run_eval(
+        flickr, embedder=embedder, index=index, scorer=scorer, k=5, out_dir=tmp_path / "r",
+        cache_path=tmp_path / "s.sqlite", fingerprint='{"dtype": "float32"}', progress=False,
+        extra_config={"preset": {"name": "small"}},
+    )  # fmt: skip
+    assert res["config"]["fingerprint"] == '{"dtype": "float32"}' and res["config"]["preset"] == {"name": "small"}
+    for d in res["directions"].values():
+        assert d["reranked_ks_beyond_k_are_coarse"] == [10] and d["pairs_per_query"] == 5
+        assert d["reranked"]["R@10"] == d["coarse"]["R@10"]
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert report.count(" (coarse) |") == 2 and "| re-ranked |" in report  # R@10 only (R@5 is k itself)
