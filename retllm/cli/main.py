@@ -463,8 +463,10 @@ def evaluate(
         raise ConfigError(f"unexpected argument(s) after {dataset!r}: {' '.join(map(str, runs))}")
     if listwise and dataset != "mmeb":
         raise ConfigError("--listwise is for mmeb (sugarcrepe is always listwise)")
-    if rounds is not None and dataset not in ("sugarcrepe", "mmeb"):
+    if rounds is not None and not (dataset == "sugarcrepe" or (dataset == "mmeb" and listwise)):
         raise ConfigError("--rounds is for the listwise benchmarks: sugarcrepe, mmeb --listwise")
+    if coarse_only and (listwise or rounds is not None):
+        raise ConfigError("--coarse-only runs no model: --listwise and --rounds do not apply")
     if data is None:
         raise ConfigError("--data is required: the folder holding the benchmark's files")
     if not data.is_dir():
@@ -493,7 +495,7 @@ def evaluate(
         scorer = None if coarse_only else make_scorer(s)
         try:
             for k in k_values:
-                mode = "coarse" if coarse_only else "listwise" if dataset == "sugarcrepe" else f"k{k}"
+                mode = _run_name(dataset, k, coarse_only=coarse_only, listwise=listwise, rounds=rounds)
                 if sweep:
                     target = base / mode
                 else:
@@ -521,6 +523,17 @@ def evaluate(
         from retllm.eval.plots import plot_k_sweep
 
         err.print(f"R@1 against k: {plot_k_sweep(targets, base / 'recall_vs_k.png')}", highlight=False, markup=False)
+
+
+def _run_name(dataset: str, k: int, *, coarse_only: bool, listwise: bool, rounds: int | None) -> str:
+    """The default run folder's mode part: runs that differ in how the model is asked never share a folder."""
+    if coarse_only:
+        return "coarse"
+    if dataset == "sugarcrepe":
+        return "listwise" if rounds in (None, 2) else f"listwise-r{rounds}"
+    if listwise:
+        return f"k{k}-listwise-r{rounds or 1}"
+    return f"k{k}"
 
 
 def _load_eval(dataset: str, data: Path, *, split: str, limit: int | None, tasks: list[str] | None) -> Any:

@@ -16,8 +16,11 @@ Layouts (``data`` is the folder given to the loader):
 MMEB's texts are written for instruction-following embedding models: the ``<|image_1|>`` placeholder is
 removed, and a text that every image-bearing query (or every image-bearing candidate) of a subset carries,
 e.g. ``Represent the given image.``, is the embedding model's instruction, not content: it is dropped (so a
-CLIP query is the image, and the MLLM sees no instruction as a caption) unless ``keep_instructions``. The
-shared text is found over the whole file, so ``limit`` does not change what a query says.
+CLIP query is the image) unless ``keep_instructions``. The shared text is found over the whole file, so
+``limit`` does not change what a query says. Known limit: an instruction PREFIX before each query's own text
+(MSCOCO_t2i's ``Find me an everyday image that matches the given caption: ...``, the VQA subsets'
+``Represent the given image with the following question: ...``) is kept, so CLIP embeds it and the MLLM
+reads it as part of the caption.
 
 A bad entry (not an object, empty caption, missing image, unreadable row) is skipped and described in
 ``problems`` as ``"FILE: KEY: reason"`` (SugarCrepe), ``"FILE: row N: reason"`` (parquet) or

@@ -51,6 +51,16 @@ def filter_alternatives(value: Any, *, bools: bool = True) -> list[Any]:
     return alts
 
 
+def group_matches(match_value: Any, match_any: Any, values: list[Any]) -> list[Any]:
+    """One ``MatchAny`` per value type (strings, integers) instead of a ``should`` of one ``MatchValue`` per value:
+    a thousand-value filter (MMEB's candidate lists) is then one indexed lookup, not a thousand conditions."""
+    strs = list(dict.fromkeys(v for v in values if isinstance(v, str)))
+    ints = list(dict.fromkeys(v for v in values if isinstance(v, int) and not isinstance(v, bool)))
+    rest = [v for v in values if not isinstance(v, str | int) or isinstance(v, bool)]
+    out = [match_value(vs[0]) if len(vs) == 1 else match_any(vs) for vs in (strs, ints) if vs]
+    return out + [match_value(v) for v in rest]
+
+
 @dataclass
 class Record:
     """One stored point: the item id, its vectors by name, and its payload."""

@@ -28,6 +28,7 @@ from retllm.index.base import (
     SearchResult,
     check_collection_name,
     filter_alternatives,
+    group_matches,
 )
 from retllm.types import VECTOR_NAMES, VectorName, point_id
 
@@ -55,7 +56,7 @@ def edge_filter(flt: FilterSpec | None) -> Any:
                 f"filter {key!r}: the embedded store cannot match true/false values (qdrant-edge would match them "
                 "as 1/0); store the field as a string, or use a Qdrant server (RETLLM_QDRANT_URL)"
             )
-        alts = [q.FieldCondition(key=f"meta.{key}", match=q.MatchValue(v)) for v in values]
+        alts = [q.FieldCondition(key=f"meta.{key}", match=m) for m in group_matches(q.MatchValue, q.MatchAny, values)]
         must.append(alts[0] if len(alts) == 1 else q.Filter(should=alts))
     return q.Filter(must=must)
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from retllm.errors import CollectionLockedError, CollectionNotFoundError, ConfigError
-from retllm.index.base import RRF_K, FilterSpec, Fusion, Index, Record, SearchResult, filter_alternatives
+from retllm.index.base import RRF_K, FilterSpec, Fusion, Index, Record, SearchResult, filter_alternatives, group_matches
 from retllm.types import VECTOR_NAMES, VectorName, point_id
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,10 @@ def client_filter(flt: FilterSpec | None) -> Any:
 
     must: list[Any] = []
     for key, value in flt.items():
-        alts: list[Any] = [
-            m.FieldCondition(key=f"meta.{key}", match=m.MatchValue(value=v)) for v in filter_alternatives(value)
-        ]
+        matches = group_matches(
+            lambda v: m.MatchValue(value=v), lambda vs: m.MatchAny(any=vs), filter_alternatives(value)
+        )
+        alts: list[Any] = [m.FieldCondition(key=f"meta.{key}", match=x) for x in matches]
         must.append(alts[0] if len(alts) == 1 else m.Filter(should=alts))
     return m.Filter(must=must)
 

@@ -25,6 +25,7 @@ def test_bad_input_is_one_line_and_exit_1(cli_env: dict[str, str], tmp_path: Pat
         (["eval", "compare"], "name one or more run folders"),
         (["eval", "flickr30k", "--data", str(data), "--listwise"], "--listwise is for mmeb"),
         (["eval", "coco", "--data", str(data), "--rounds", "2"], "--rounds is for the listwise benchmarks"),
+        (["eval", "mmeb", "--data", str(data), "--rounds", "2"], "--rounds is for the listwise benchmarks"),
         (["eval", "sugarcrepe", "--data", str(data), "--split", "val"], "sugarcrepe has only the 'test' split"),
         (["eval", "sugarcrepe", "--data", str(data), "--k", "3"], "--k does not apply"),
         # the preset's embedder wins over the environment's tiny one (and is not downloadable here)
