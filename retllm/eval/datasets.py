@@ -36,7 +36,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -619,6 +619,33 @@ def _mbeir_image(rel: Any, data: Path) -> Path | str | None:
     return data / rel if (data / rel).is_file() else f"image {rel} not found"
 
 
+def _mbeir_entry(
+    rec: Any, data: Path, seen: Mapping[str, Any], keys: tuple[str, str, str, str]
+) -> tuple[str, str | None, str | None] | str:
+    """``(id, text, image path)`` of a pool candidate or a query record, or why it is skipped.
+
+    ``keys``: the record's id, text and image fields, and the word naming its text in messages (``"query "``).
+    """
+    id_key, text_key, image_key, noun = keys
+    if not isinstance(rec, dict) or not isinstance(rec.get(id_key), str | int):
+        return f"no {id_key}"
+    rid = str(rec[id_key])
+    if _not_utf8(rid):
+        return f"{id_key} is not UTF-8"
+    if rid in seen:
+        return f"duplicate {id_key} {rid!r}"
+    image = _mbeir_image(rec.get(image_key), data)
+    if isinstance(image, str):
+        return image
+    txt = rec.get(text_key)
+    text = txt.strip() if isinstance(txt, str) and txt.strip() else None
+    if text is not None and _not_utf8(text):
+        return f"{noun}text is not UTF-8"
+    if text is None and image is None:
+        return f"neither {noun}text nor image"
+    return rid, text, str(image) if image else None
+
+
 def _mbeir_pool(path: Path, data: Path, out: EvalSet) -> dict[str, Item]:
     fname = _rel(path, data)
     pool: dict[str, Item] = {}
@@ -627,29 +654,12 @@ def _mbeir_pool(path: Path, data: Path, out: EvalSet) -> dict[str, Item]:
         if isinstance(rec, ValueError):
             out.problems.append(f"{where}: malformed JSON ({rec})")
             continue
-        if not isinstance(rec, dict) or not isinstance(rec.get("did"), str | int):
-            out.problems.append(f"{where}: no did")
+        got = _mbeir_entry(rec, data, pool, ("did", "txt", "img_path", ""))
+        if isinstance(got, str):
+            out.problems.append(f"{where}: {got}")
             continue
-        did = str(rec["did"])
-        if _not_utf8(did):
-            out.problems.append(f"{where}: did is not UTF-8")
-            continue
-        if did in pool:
-            out.problems.append(f"{where}: duplicate did {did!r}")
-            continue
-        image = _mbeir_image(rec.get("img_path"), data)
-        if isinstance(image, str):
-            out.problems.append(f"{where}: {image}")
-            continue
-        txt = rec.get("txt")
-        text = txt.strip() if isinstance(txt, str) and txt.strip() else None
-        if text is not None and _not_utf8(text):
-            out.problems.append(f"{where}: text is not UTF-8")
-            continue
-        if text is None and image is None:
-            out.problems.append(f"{where}: neither text nor image")
-            continue
-        pool[did] = Item(id=did, text=text, image=str(image) if image else None)
+        did, text, image = got
+        pool[did] = Item(id=did, text=text, image=image)
     return pool
 
 
@@ -662,28 +672,11 @@ def _mbeir_queries(path: Path, data: Path, pool: set[str], section: Section, out
         if isinstance(rec, ValueError):
             out.problems.append(f"{where}: malformed JSON ({rec})")
             continue
-        if not isinstance(rec, dict) or not isinstance(rec.get("qid"), str | int):
-            out.problems.append(f"{where}: no qid")
+        got = _mbeir_entry(rec, data, section.queries, ("qid", "query_txt", "query_img_path", "query "))
+        if isinstance(got, str):
+            out.problems.append(f"{where}: {got}")
             continue
-        qid = str(rec["qid"])
-        if _not_utf8(qid):
-            out.problems.append(f"{where}: qid is not UTF-8")
-            continue
-        if qid in section.queries:
-            out.problems.append(f"{where}: duplicate qid {qid!r}")
-            continue
-        image = _mbeir_image(rec.get("query_img_path"), data)
-        if isinstance(image, str):
-            out.problems.append(f"{where}: {image}")
-            continue
-        txt = rec.get("query_txt")
-        text = txt.strip() if isinstance(txt, str) and txt.strip() else None
-        if text is not None and _not_utf8(text):
-            out.problems.append(f"{where}: query text is not UTF-8")
-            continue
-        if text is None and image is None:
-            out.problems.append(f"{where}: neither query text nor image")
-            continue
+        qid, text, image = got
         pos = rec.get("pos_cand_list")
         listed = {str(p) for p in pos} if isinstance(pos, list) else set()
         positives = listed & pool
@@ -693,7 +686,7 @@ def _mbeir_queries(path: Path, data: Path, pool: set[str], section: Section, out
             continue
         if len(positives) < len(listed):
             out.problems.append(f"{where}: {len(listed) - len(positives)} positive(s) not in the pool, ignored")
-        section.queries[qid] = Query(text=text, image=str(image) if image else None)
+        section.queries[qid] = Query(text=text, image=image)
         section.positives[qid] = positives
 
 
