@@ -20,7 +20,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from retllm.errors import ConfigError
 
 Role = Literal["query", "candidate"]
-_CTRL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+RENDER_VERSION = 2
+"""How untrusted text is put into a prompt (:func:`delimit`); part of the eval score cache's key, so a change
+here is a new key. 2: line breaks become spaces."""
+_CTRL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")  # line breaks too: data is one line
 
 
 class Part(BaseModel):
@@ -92,7 +95,8 @@ _env = Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_ne
 
 
 def delimit(text: str | None) -> str | None:
-    """Make untrusted text safe inside ``<...>``: angle brackets become ‹ ›, control characters go."""
+    """Make untrusted text safe inside ``<...>``: angle brackets become ‹ ›, control characters and line breaks
+    become spaces, so the text stays on its line (a caption cannot start a fake ``3. <...>`` option line)."""
     if text is None:
         return None
     return _CTRL.sub(" ", text.replace("<", "‹").replace(">", "›")).strip()

@@ -56,8 +56,11 @@ CREATE TABLE IF NOT EXISTS choices (
 
 @lru_cache(maxsize=1)
 def prompts_hash() -> str:
-    """sha256 over the prompt files of ``retllm.prompts`` (name and content), so an edited prompt is a new key."""
-    h = hashlib.sha256()
+    """sha256 over the prompt files of ``retllm.prompts`` (name and content) and the version of how data is put
+    into them (:data:`~retllm.prompting.RENDER_VERSION`), so an edited prompt is a new key."""
+    from retllm.prompting import RENDER_VERSION
+
+    h = hashlib.sha256(f"render {RENDER_VERSION}\0".encode())
     files = sorted(
         (p for p in resources.files("retllm.prompts").iterdir() if p.name.endswith(".yaml")), key=lambda p: p.name
     )
