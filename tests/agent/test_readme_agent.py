@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.agent.conftest import cli_search, ingest
 from tests.agent.test_chat import _echo_top
 from tests.fakes.openai_server import ChatScript, Switches, fake_openai, tool_call
@@ -22,6 +24,7 @@ def _block(lang: str) -> str:
     return re.search(rf"```{lang}\n(.*?)```", SECTION, re.S).group(1)
 
 
+@pytest.mark.slow  # README example as a subprocess: CI's slow pass (keeps the default run under 10 min)
 def test_readme_chat_command_runs_as_written(cli_env, scene_images, tmp_path) -> None:
     shutil.copy(scene_images[1], tmp_path / "photo.jpg")  # the README's file name (PNG bytes: any format works)
     script = ChatScript(
@@ -47,6 +50,7 @@ def test_readme_chat_command_runs_as_written(cli_env, scene_images, tmp_path) ->
     assert re.search(r"thread \w{12}", r.stderr)
 
 
+@pytest.mark.slow  # README example as a subprocess: CI's slow pass (keeps the default run under 10 min)
 def test_readme_langchain_tool_example_runs_as_written(cli_env, scene_images, tmp_path) -> None:
     script = ChatScript([tool_call("multimodal_search", {"query": "a red square", "k": 3}), _echo_top])
     with fake_openai(Switches(chat_script=script, chat_models=["gpt-4o-mini"])) as fake:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from langchain_core.messages import AIMessage, ToolMessage
 from retllm.agent.context import Context
 from retllm.agent.graph import build_graph, graph
@@ -83,23 +82,25 @@ def test_graph_ranking_equals_cli_search_with_an_endpoint_that_revisits(cli_env,
     assert custom[-1]["hits"][0]["id"] == want[0]["id"]
 
 
-@pytest.mark.parametrize(
-    ("request_", "expect"),
-    [
-        ({}, "give a query text, an image, or both"),
-        ({"query": "x", "k": 0}, "k: Input should be greater than or equal to 1"),
-        ({"query": "x", "collection": "nope"}, "no collection 'nope'"),
-        ({"query": "x", "vector": "colour"}, "vector: Input should be"),
-        ({"image": "/does/not/exist.png"}, "exist.png"),
-    ],
-)
-def test_bad_requests_end_in_an_error_not_an_exception(cli_env, scene_images, request_, expect) -> None:
+BAD_REQUESTS = [
+    ({}, "give a query text, an image, or both"),
+    ({"query": "x", "k": 0}, "k: Input should be greater than or equal to 1"),
+    ({"query": "x", "collection": "nope"}, "no collection 'nope'"),
+    ({"query": "x", "vector": "colour"}, "vector: Input should be"),
+    ({"image": "/does/not/exist.png"}, "exist.png"),
+]
+
+
+def test_bad_requests_end_in_an_error_not_an_exception(cli_env, scene_images) -> None:
+    """Each bad request, one after another on one graph (one ingest: the CLI subprocess is the slow part)."""
     env = {**cli_env, "RETLLM_SCORER": "openai:never-called", "RETLLM_OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
     ingest(env, scene_images[:2])
     with deps_from(env) as deps:
-        out = build_graph(deps).invoke(request_)
-    assert out["hits"] == [] and expect in out["error"]
-    assert isinstance(out["messages"][-1], ToolMessage) and out["messages"][-1].status == "error"
+        graph = build_graph(deps)
+        for request_, expect in BAD_REQUESTS:
+            out = graph.invoke(request_)
+            assert out["hits"] == [] and expect in out["error"], request_
+            assert isinstance(out["messages"][-1], ToolMessage) and out["messages"][-1].status == "error", request_
 
 
 def test_a_reused_thread_answers_each_request_afresh(cli_env, tiny_vlm_dirs, scene_images, tmp_path) -> None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.data_gen import write_bad_files, write_good_images
 from tests.e2e.cli import run
 from tests.fakes.tiny_clip import TINY_CLIP_CFG, build_tiny_clip
@@ -108,6 +110,7 @@ def test_add_exits_nonzero_only_when_nothing_could_be_added(cli_env: dict[str, s
     assert again.returncode == 0 and "already present 1" in again.stderr
 
 
+@pytest.mark.slow  # two stores and subprocesses: CI's slow pass (keeps the default run under 10 min)
 def test_migrate_to_qdrant_client_local_mode(cli_env: dict[str, str], tmp_path: Path) -> None:
     write_good_images(tmp_path / "in", n=5)
     assert run(["index", "add", str(tmp_path / "in")], cli_env).returncode == 0
