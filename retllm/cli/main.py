@@ -446,6 +446,21 @@ def evaluate(
             "--rounds", min=1, help="Listwise calls per question in shifted option orders (sugarcrepe: 2 = both)."
         ),
     ] = None,
+    keep_instructions: Annotated[
+        bool,
+        typer.Option(
+            "--keep-instructions",
+            help="mmeb: keep the texts written for embedding models ('Represent the given image.', 'Find me an "
+            "everyday image that matches the given caption:'); dropped by default.",
+        ),
+    ] = False,
+    vector: Annotated[
+        str,
+        typer.Option(
+            "--vector",
+            help="mmeb: stored vector to match: auto (the query's kinds, fused by rank), image, text, fused.",
+        ),
+    ] = "auto",
 ) -> None:
     """Coarse and re-ranked quality (R@1/5/10, accuracy, P@1), latency and cost; writes results.json, report.md, PNGs.
 
@@ -467,6 +482,10 @@ def evaluate(
         raise ConfigError("--rounds is for the listwise benchmarks: sugarcrepe, mmeb --listwise")
     if coarse_only and (listwise or rounds is not None):
         raise ConfigError("--coarse-only runs no model: --listwise and --rounds do not apply")
+    if dataset != "mmeb" and (keep_instructions or vector != "auto"):
+        raise ConfigError("--keep-instructions and --vector are for mmeb (the other benchmarks set them per direction)")
+    if vector != "auto" and vector not in VECTOR_NAMES:
+        raise ConfigError(f"--vector must be auto or one of {', '.join(VECTOR_NAMES)}, got {vector!r}")
     if data is None:
         raise ConfigError("--data is required: the folder holding the benchmark's files")
     if not data.is_dir():
@@ -482,7 +501,7 @@ def evaluate(
     k_values = sorted(set(ks or [chosen.k if chosen else 10]))
     if coarse_only or dataset == "sugarcrepe":
         k_values = k_values[:1]
-    evalset = _load_eval(dataset, data, split=split, limit=limit, tasks=tasks)
+    evalset = _load_eval(dataset, data, split=split, limit=limit, tasks=tasks, keep_instructions=keep_instructions)
     from retllm.registry import make_embedder, make_index, make_scorer
 
     stem = f"{dataset}-{split}" + (f"-{preset}" if preset else "")
@@ -496,6 +515,7 @@ def evaluate(
         try:
             for k in k_values:
                 mode = _run_name(dataset, k, coarse_only=coarse_only, listwise=listwise, rounds=rounds)
+                mode += ("-inst" if keep_instructions else "") + (f"-{vector}" if vector != "auto" else "")
                 if sweep:
                     target = base / mode
                 else:
@@ -513,6 +533,7 @@ def evaluate(
                     extra=extra,
                     listwise=listwise,
                     rounds=rounds,
+                    using=None if vector == "auto" else vector,
                 )
                 targets.append(target)
                 _print_eval(results, target, plots)
@@ -536,7 +557,9 @@ def _run_name(dataset: str, k: int, *, coarse_only: bool, listwise: bool, rounds
     return f"k{k}"
 
 
-def _load_eval(dataset: str, data: Path, *, split: str, limit: int | None, tasks: list[str] | None) -> Any:
+def _load_eval(
+    dataset: str, data: Path, *, split: str, limit: int | None, tasks: list[str] | None, keep_instructions: bool
+) -> Any:
     """The benchmark's loaded data: an EvalSet (retrieval sets) or the candidate-list set (sugarcrepe, mmeb)."""
     if dataset in ("sugarcrepe", "mmeb"):
         from retllm.eval.choice import load_mmeb, load_sugarcrepe
@@ -545,7 +568,7 @@ def _load_eval(dataset: str, data: Path, *, split: str, limit: int | None, tasks
             raise ConfigError(f"{dataset} has only the 'test' split, got {split!r}")
         if dataset == "sugarcrepe":
             return load_sugarcrepe(data, categories=tasks, limit=limit)
-        return load_mmeb(data, subsets=tasks, limit=limit)
+        return load_mmeb(data, subsets=tasks, limit=limit, keep_instructions=keep_instructions)
     from retllm.eval.datasets import load
 
     return load(dataset, data, split=split, limit=limit, tasks=tasks)
@@ -564,6 +587,7 @@ def _run_one_eval(
     extra: dict[str, Any],
     listwise: bool,
     rounds: int | None,
+    using: Any,
 ) -> dict[str, Any]:
     from retllm.eval.cache import default_cache_path, settings_fingerprint
     from retllm.eval.choice import MMEBSet, SugarCrepeSet, run_mmeb, run_sugarcrepe
@@ -588,6 +612,7 @@ def _run_one_eval(
             k=k,
             listwise=listwise,
             rounds=1 if rounds is None else rounds,
+            using=using,
             fusion_weight=s.fusion_weight,
             **common,
         )

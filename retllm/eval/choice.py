@@ -182,7 +182,14 @@ def _config(
     }
 
 
-def _write(out_dir: Path, results: dict[str, Any], sections: dict[str, _Section]) -> None:
+def _write(
+    out_dir: Path,
+    results: dict[str, Any],
+    sections: dict[str, _Section],
+    positives: Mapping[str, Mapping[str, str]] | None = None,
+) -> None:
+    """``results.json``, ``rankings.jsonl`` (one row per query; with ``positives``, section -> query -> the id
+    that is right, each row names it) and ``report.md``."""
     from retllm.eval.report import write_report
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -198,6 +205,8 @@ def _write(out_dir: Path, results: dict[str, Any], sections: dict[str, _Section]
                     "latency_s": s.latencies.get(qid),
                     "cached": qid in s.cached,
                 }
+                if positives is not None:
+                    row["positive"] = positives[name][qid]
                 f.write(json.dumps(row) + "\n")
     write_report(results, out_dir / "report.md")
 
@@ -357,11 +366,13 @@ def run_sugarcrepe(
 
 
 def mmeb_collection_names(data: MMEBSet, prefix: str = "eval", *, limit: int | None = None) -> dict[str, str]:
-    """Subset -> a valid collection name (``eval-mmeb-<subset>[-nN]``); a limited run gets collections of its own,
-    so it never deletes from the full run's."""
+    """Subset -> a valid collection name (``eval-mmeb-<subset>[-inst][-nN]``); a limited run, and a run that keeps
+    the instructions (other texts, so other candidates), get collections of their own, so they never delete from
+    the full default run's."""
     out = {}
+    tail = ("-inst" if data.instructions_kept else "") + (f"-n{limit}" if limit else "")
     for subset in data.subsets:
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{prefix}-{data.name}-{subset}" + (f"-n{limit}" if limit else ""))
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{prefix}-{data.name}-{subset}{tail}")
         if len(name) > 64:
             name = name[:55] + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
         out[subset] = name
@@ -549,6 +560,7 @@ def run_mmeb(
             subsets=list(data.subsets),
             collections=names,
             **(extra_config or {}),
+            instructions_kept=data.instructions_kept,
             instructions_dropped={n: sub.instructions for n, sub in data.subsets.items() if sub.instructions},
         ),
         "corpus": {
@@ -561,8 +573,8 @@ def run_mmeb(
         "problems": {"count": len(problems), "items": problems},
         "directions": {},
     }
+    positives = {n: {q.id: sub.positive(q) for q in sub.queries} for n, sub in subsets}
     for subset, s in sections.items():
-        positive = {q.id: data.subsets[subset].positive(q) for q in data.subsets[subset].queries}
-        results["directions"][subset] = _summary(s, "P@1", _precision_at_1(positive), cached is not None)
-    _write(out_dir, results, sections)
+        results["directions"][subset] = _summary(s, "P@1", _precision_at_1(positives[subset]), cached is not None)
+    _write(out_dir, results, sections, positives)
     return results

@@ -14,13 +14,19 @@ Layouts (``data`` is the folder given to the loader):
   is embedded once.
 
 MMEB's texts are written for instruction-following embedding models: the ``<|image_1|>`` placeholder is
-removed, and a text that every image-bearing query (or every image-bearing candidate) of a subset carries,
-e.g. ``Represent the given image.``, is the embedding model's instruction, not content: it is dropped (so a
-CLIP query is the image) unless ``keep_instructions``. The shared text is found over the whole file, so
-``limit`` does not change what a query says. Known limit: an instruction PREFIX before each query's own text
-(MSCOCO_t2i's ``Find me an everyday image that matches the given caption: ...``, the VQA subsets'
-``Represent the given image with the following question: ...``) is kept, so CLIP embeds it and the MLLM
-reads it as part of the caption.
+removed, and the embedding model's instructions are dropped unless ``keep_instructions``, so CLIP embeds and
+the MLLM reads only the content:
+
+- a text that every image-bearing query (or every image-bearing candidate) of a subset carries whole, e.g.
+  ``Represent the given image.``: the query is the image alone;
+- then an instruction that every query (or candidate) text of a subset opens with, up to its first colon, e.g.
+  MSCOCO_t2i's ``Find me an everyday image that matches the given caption: <caption>`` or the VQA subsets'
+  ``Represent the given image with the following question: <question>``: the text after it is kept. The
+  shared head must have 3 words or more, so a common ``Q:`` is content.
+
+What was dropped is in :attr:`MMEBSubset.instructions` (and the run's ``results.json``). Both are found over
+the whole file, so ``limit`` does not change what a query says. An instruction that differs from row to row
+(none in MMEB's eval subsets as released) is not found and stays.
 
 A bad entry (not an object, empty caption, missing image, unreadable row) is skipped and described in
 ``problems`` as ``"FILE: KEY: reason"`` (SugarCrepe), ``"FILE: row N: reason"`` (parquet) or
@@ -33,13 +39,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from retllm.errors import ConfigError, MissingDependencyError
+from retllm.eval.datasets import iter_json_records, not_utf8
 from retllm.types import Item
 
 log = logging.getLogger(__name__)
@@ -49,6 +57,7 @@ SUGARCREPE_IMAGE_DIRS = ("images", "val2017", "")
 MMEB_IMAGE_DIRS = ("eval_images", "images", "")
 MMEB_COLUMNS = ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path")
 _PLACEHOLDER = re.compile(r"<\|image_\d+\|>")
+_INSTRUCTION_END = re.compile(r":(?:\s|$)")
 
 
 @dataclass(frozen=True)
@@ -89,7 +98,8 @@ class MMEBSubset:
     queries: list[MMEBQuery] = field(default_factory=list)
     candidates: dict[str, Item] = field(default_factory=dict)
     instructions: dict[str, str] = field(default_factory=dict)
-    """``"query"``/``"candidate"`` -> the shared instruction text that was dropped from that side."""
+    """``"query"``/``"candidate"`` (a whole shared text) and ``"query_prefix"``/``"candidate_prefix"`` (a shared
+    opening) -> the instruction text that was dropped from that side."""
 
     def positive(self, query: MMEBQuery) -> str:
         return query.candidates[0]
@@ -103,6 +113,8 @@ class MMEBSet:
     problems: list[str] = field(default_factory=list)
     name: str = "mmeb"
     split: str = "test"
+    instructions_kept: bool = False
+    """Loaded with ``keep_instructions``: the texts (so the candidate ids) differ from a default load's."""
 
 
 def _check(data: Path, limit: int | None, what: str) -> Path:
@@ -218,20 +230,14 @@ def _subset_files(folder: Path) -> list[Path]:
 def _records(path: Path, rel: str, problems: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
     """``(where, row)`` of each row of one data file; rows that are not objects are reported and skipped."""
     if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8", errors="replace") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    problems.append(f"{rel}:{n}: not JSON ({e.msg})")
-                    yield "", {}
-                    continue
-                if not isinstance(row, dict):
-                    problems.append(f"{rel}:{n}: not a JSON object")
-                    yield "", {}
-                    continue
+        for n, row in iter_json_records(path):
+            if isinstance(row, ValueError):
+                problems.append(f"{rel}:{n}: not JSON ({row})")
+                yield "", {}
+            elif not isinstance(row, dict):
+                problems.append(f"{rel}:{n}: not a JSON object")
+                yield "", {}
+            else:
                 yield f"{rel}:{n}", row
         return
     pq = _pyarrow_parquet()
@@ -264,18 +270,25 @@ def _parse_row(row: dict[str, Any]) -> tuple[str | None, str | None, list[tuple[
             return None
         if not isinstance(v, str):
             raise ValueError(f"{name} is a {type(v).__name__}, not text")
+        if not_utf8(v):
+            raise ValueError(f"{name} is not UTF-8")
         return _PLACEHOLDER.sub("", v).strip() or None
 
     qt, qi = clean(row.get("qry_text"), "qry_text"), clean(row.get("qry_img_path"), "qry_img_path")
     if qt is None and qi is None:
         raise ValueError("the query has neither text nor image")
     tt, ti = row.get("tgt_text"), row.get("tgt_img_path")
-    if not isinstance(tt, list):
-        raise ValueError(f"tgt_text is a {type(tt).__name__}, not a list")
-    if ti is None:
-        ti = [None] * len(tt)
-    if not isinstance(ti, list) or len(ti) != len(tt):
-        raise ValueError(f"tgt_img_path is not a list of the {len(tt)} candidates of tgt_text")
+    if tt is None and ti is None:
+        raise ValueError("no candidates (tgt_text and tgt_img_path are both missing)")
+    for name, v in (("tgt_text", tt), ("tgt_img_path", ti)):
+        if v is not None and not isinstance(v, list):
+            raise ValueError(f"{name} is a {type(v).__name__}, not a list")
+    # one side missing: the candidates are all image, or all text
+    tt = [None] * len(ti) if tt is None and isinstance(ti, list) else tt
+    ti = [None] * len(tt) if ti is None and isinstance(tt, list) else ti
+    assert isinstance(tt, list) and isinstance(ti, list)
+    if len(ti) != len(tt):
+        raise ValueError(f"tgt_img_path has {len(ti)} entries but tgt_text {len(tt)}: one per candidate each")
     if not tt:
         raise ValueError("no candidates")
     cands = [
@@ -292,6 +305,49 @@ def _shared(texts: list[str | None]) -> str | None:
     return texts[0] if len(texts) >= 2 and texts[0] is not None and len(set(texts)) == 1 else None
 
 
+def _shared_prefix(texts: Iterable[str]) -> str | None:
+    """The instruction all of ``texts`` open with: their common start up to its first colon followed by
+    whitespace or by the end of that common start (``"Find me an everyday image that matches the given caption:"``),
+    when there are at least two different texts and that head has 3 words or more (so a shared ``"Q:"`` or
+    ``"Photo:"`` is content, not an instruction)."""
+    distinct = set(texts)
+    if len(distinct) < 2:
+        return None
+    m = _INSTRUCTION_END.search(os.path.commonprefix(list(distinct)))
+    if m is None or len(m.string[: m.start()].split()) < 3:
+        return None
+    return m.string[: m.start() + 1]
+
+
+def _strip_prefix(text: str | None, prefix: str | None, has_image: bool) -> str | None:
+    """``text`` without the instruction ``prefix``; a text that is only the instruction is kept as it is, unless
+    an image says what the item is (then it has no text)."""
+    if text is None or prefix is None or not text.startswith(prefix):
+        return text
+    return text[len(prefix) :].strip() or (None if has_image else text)
+
+
+def _drop_instructions(rows: list[_Row]) -> dict[str, str]:
+    """Remove the embedding model's instructions from ``rows`` in place; what was removed, by kind.
+
+    First a text every image-bearing query (candidate) carries whole (``query``/``candidate``), then an instruction
+    every remaining query (candidate) text opens with (``query_prefix``/``candidate_prefix``)."""
+    q_inst = _shared([r.text for r in rows if r.image is not None])
+    c_inst = _shared([t for r in rows for t, i in r.cands if i is not None])
+    for r in rows:
+        if q_inst is not None and r.image is not None:
+            r.text = None
+        if c_inst is not None:
+            r.cands = [(None if i is not None else t, i) for t, i in r.cands]
+    q_pre = _shared_prefix([r.text for r in rows if r.text is not None])
+    c_pre = _shared_prefix([t for r in rows for t, _ in r.cands if t is not None])
+    for r in rows:
+        r.text = _strip_prefix(r.text, q_pre, r.image is not None)
+        r.cands = [(_strip_prefix(t, c_pre, i is not None), i) for t, i in r.cands]
+    found = (("query", q_inst), ("candidate", c_inst), ("query_prefix", q_pre), ("candidate_prefix", c_pre))
+    return {k: v for k, v in found if v is not None}
+
+
 def candidate_id(text: str | None, image: str | None) -> str:
     """A candidate's id: a hash of what it shows (text, image path relative to the image folder)."""
     return "c" + hashlib.sha256(json.dumps([text, image]).encode()).hexdigest()[:16]
@@ -305,7 +361,8 @@ def load_mmeb(
     Args:
         subsets: Subset folder names (default: every folder of ``data`` holding a layout's file).
         limit: Keep the first N good queries of each subset, in file order.
-        keep_instructions: Keep a text every image-bearing query/candidate shares (dropped by default).
+        keep_instructions: Keep the instructions written for embedding models (module docstring; dropped by
+            default).
 
     Raises:
         ConfigError: Missing folder, negative limit, or no subset to read.
@@ -321,7 +378,7 @@ def load_mmeb(
             found[rel] = next((p for r in roots if (p := r / rel).is_file()), None)
         return found[rel]
 
-    out = MMEBSet()
+    out = MMEBSet(instructions_kept=keep_instructions)
     for name in names:
         files = _subset_files(data / name)
         if not files:
@@ -344,14 +401,7 @@ def load_mmeb(
             continue
         sub = MMEBSubset(name)
         if not keep_instructions:
-            q_inst = _shared([r.text for r in rows if r.image is not None])
-            c_inst = _shared([t for r in rows for t, i in r.cands if i is not None])
-            sub.instructions = {k: v for k, v in (("query", q_inst), ("candidate", c_inst)) if v is not None}
-            for r in rows:
-                if q_inst is not None and r.image is not None:
-                    r.text = None
-                if c_inst is not None:
-                    r.cands = [(None if i is not None else t, i) for t, i in r.cands]
+            sub.instructions = _drop_instructions(rows)
         for r in rows:
             if limit is not None and len(sub.queries) >= limit:
                 break

@@ -225,7 +225,7 @@ def load_karpathy(data: Path, *, name: str, split: str = "test", limit: int | No
             out.problems.append(f"{where}: no filename")
             continue
         image_id = Path(filename).stem
-        if _not_utf8(filename):
+        if not_utf8(filename):
             out.problems.append(f"{where}: file name is not UTF-8")
             continue
         if image_id in out.images:
@@ -245,7 +245,7 @@ def load_karpathy(data: Path, *, name: str, split: str = "test", limit: int | No
         captions = []
         for n, s in enumerate(sentences):
             raw = s.get("raw") if isinstance(s, dict) else None
-            if isinstance(raw, str) and raw.strip() and _not_utf8(raw):
+            if isinstance(raw, str) and raw.strip() and not_utf8(raw):
                 out.problems.append(f"{where}.sentences[{n}]: caption is not UTF-8")
             elif isinstance(raw, str) and raw.strip():
                 captions.append((f"{image_id}#{n}", raw.strip()))
@@ -270,7 +270,7 @@ def _by_stem(folder: Path, data: Path, out: EvalSet) -> dict[str, Path]:
     for p in sorted(folder.iterdir()):
         if not p.is_file() or p.name.startswith("."):
             continue
-        if _not_utf8(p.name):
+        if not_utf8(p.name):
             out.problems.append(f"{_rel(p, data)}: file name is not UTF-8; skipped")
             continue
         if p.stem in files:
@@ -391,7 +391,8 @@ def _json_lines(buf: str, more: Callable[[], str]) -> Iterator[tuple[int, Any]]:
             return
 
 
-def _not_utf8(text: str) -> bool:
+def not_utf8(text: str) -> bool:
+    """Whether ``text`` holds bytes that were not UTF-8 (lone surrogates from ``surrogateescape`` decoding)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -420,7 +421,7 @@ def load_sharegpt4v(data: Path, *, split: str = "test", limit: int | None = None
             out.problems.append(f"{where}: no relative image path")
             continue
         image_id = str(rec.get("id") or Path(rel).with_suffix("").as_posix())
-        if _not_utf8(image_id) or _not_utf8(rel):
+        if not_utf8(image_id) or not_utf8(rel):
             out.problems.append(f"{where}: id or image path is not UTF-8")
             continue
         if image_id in out.images:
@@ -435,7 +436,7 @@ def load_sharegpt4v(data: Path, *, split: str = "test", limit: int | None = None
         if not isinstance(caption, str) or not caption.strip():
             out.problems.append(f"{where}: no gpt caption")
             continue
-        if _not_utf8(caption):
+        if not_utf8(caption):
             out.problems.append(f"{where}: caption is not UTF-8")
             continue
         out.add(image_id, data / rel, [(f"{image_id}#0", caption.strip())])
@@ -499,7 +500,7 @@ def load_hf_saved(data: Path, *, name: str, split: str = "test", limit: int | No
             image_id = str(row_no)
         else:
             image_id = Path(str(raw_id)).stem if id_col == "filename" else str(raw_id)
-        if _not_utf8(image_id):
+        if not_utf8(image_id):
             out.problems.append(f"{where}: image id is not UTF-8")
             continue
         if image_id in out.images:
@@ -614,7 +615,7 @@ def _mbeir_image(rel: Any, data: Path) -> Path | str | None:
         return None
     if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in Path(rel).parts:
         return f"image path {rel!r} is not a relative path"
-    if _not_utf8(rel):
+    if not_utf8(rel):
         return "image path is not UTF-8"
     return data / rel if (data / rel).is_file() else f"image {rel} not found"
 
@@ -630,7 +631,7 @@ def _mbeir_entry(
     if not isinstance(rec, dict) or not isinstance(rec.get(id_key), str | int):
         return f"no {id_key}"
     rid = str(rec[id_key])
-    if _not_utf8(rid):
+    if not_utf8(rid):
         return f"{id_key} is not UTF-8"
     if rid in seen:
         return f"duplicate {id_key} {rid!r}"
@@ -639,7 +640,7 @@ def _mbeir_entry(
         return image
     txt = rec.get(text_key)
     text = txt.strip() if isinstance(txt, str) and txt.strip() else None
-    if text is not None and _not_utf8(text):
+    if text is not None and not_utf8(text):
         return f"{noun}text is not UTF-8"
     if text is None and image is None:
         return f"neither {noun}text nor image"

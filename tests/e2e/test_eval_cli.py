@@ -28,6 +28,12 @@ def test_bad_input_is_one_line_and_exit_1(cli_env: dict[str, str], tmp_path: Pat
         (["eval", "mmeb", "--data", str(data), "--rounds", "2"], "--rounds is for the listwise benchmarks"),
         (["eval", "sugarcrepe", "--data", str(data), "--split", "val"], "sugarcrepe has only the 'test' split"),
         (["eval", "sugarcrepe", "--data", str(data), "--k", "3"], "--k does not apply"),
+        (["eval", "coco", "--data", str(data), "--keep-instructions"], "--keep-instructions and --vector are for mmeb"),
+        (
+            ["eval", "urban1k", "--data", str(data), "--vector", "image"],
+            "--keep-instructions and --vector are for mmeb",
+        ),
+        (["eval", "mmeb", "--data", str(data), "--vector", "both"], "--vector must be auto or one of image, text"),
         # the preset's embedder wins over the environment's tiny one (and is not downloadable here)
         (["eval", "flickr30k", "--data", str(clean), "--preset", "small"], "ViT-B-32@laion2b_s34b_b79k is not cached"),
         (["eval", "compare", str(tmp_path / "gone")], str(tmp_path / "gone")),
@@ -94,6 +100,7 @@ def test_a_k_sweep_draws_recall_against_k_and_compare_prints_the_runs(cli_env: d
 
 @pytest.mark.slow  # two eval runs as subprocesses: CI's slow pass
 def test_sugarcrepe_and_mmeb_from_the_command_line(cli_env: dict[str, str], tmp_path: Path) -> None:
+    from retllm.eval.choice import candidate_id
     from tests.unit.test_eval_choice_data import mmeb_row, png, sugar_entry, write_category, write_parquet
 
     sugar = tmp_path / "sugarcrepe"
@@ -138,3 +145,17 @@ def test_sugarcrepe_and_mmeb_from_the_command_line(cli_env: dict[str, str], tmp_
         d = res["directions"]["Toy"]
         assert d["queries"] == 3 and d["metric"] == "P@1" and set(d["coarse"]) == set(d["reranked"]) == {"P@1"}
         assert res["config"]["mode"] == "listwise" and (tmp_path / "m" / "recall.png").is_file()
+        assert res["config"]["instructions_kept"] is False and res["config"]["using"] is None
+        ranked = [json.loads(x) for x in (tmp_path / "m" / "rankings.jsonl").read_text().splitlines()]
+        assert [row["positive"] for row in ranked] == [candidate_id("a", None)] * 3  # candidate 0 of each row
+
+        kept = run(
+            ["eval", "mmeb", "--data", str(mmeb), "--keep-instructions", "--vector", "text", "--coarse-only"], env
+        )
+        assert kept.returncode == 0, kept.stderr
+        out = Path(cli_env["RETLLM_DATA_DIR"]) / "eval" / "mmeb-test-coarse-inst-text"  # its own default folder
+        cfg = json.loads((out / "results.json").read_text())["config"]
+        assert cfg["instructions_kept"] is True and cfg["using"] == "text" and cfg["mode"] == "coarse"
+        assert cfg["collections"]["Toy"].endswith("-inst")  # other texts, so a collection of its own
+        kept_rows = [json.loads(x) for x in (out / "rankings.jsonl").read_text().splitlines()]
+        assert [len(row["coarse"]) for row in kept_rows] == [3, 3, 3]  # image queries matched the text vectors

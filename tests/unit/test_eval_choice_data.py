@@ -200,9 +200,9 @@ def test_mmeb_parquet_layout_placeholders_and_shared_candidates(tmp_path: Path) 
     assert len(i2t.candidates) == 3  # the same label is one candidate for every query
     assert i2t.queries[1].candidates[1] == q0.candidates[0]
     assert i2t.positive(i2t.queries[1]) == q0.candidates[1]
-    # image candidates: placeholder stripped, the shared instruction dropped; the text query kept as it is
-    assert t2i.queries[0].text == "Find an image: a red thing" and t2i.queries[0].image is None
-    assert t2i.instructions == {"candidate": "Represent the given image."}
+    # image candidates: placeholder stripped, the shared instruction dropped; the text query's shared opening too
+    assert t2i.queries[0].text == "a red thing" and t2i.queries[0].image is None
+    assert t2i.instructions == {"candidate": "Represent the given image.", "query_prefix": "Find an image:"}
     cands = [t2i.candidates[c] for c in t2i.queries[0].candidates]
     assert [c.text for c in cands] == [None, None, None]
     assert [Path(str(c.image)).name for c in cands] == ["r.png", "g.png", "b.png"]
@@ -266,3 +266,156 @@ def test_mmeb_without_pyarrow_names_the_install_line(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(MissingDependencyError.__name__) and "pip install 'retllm[eval]'" in r.stdout
+
+
+# --- MMEB: instructions written for embedding models --------------------------------------------------------------
+
+T2I_PREFIX = "Find me an everyday image that matches the given caption:"
+VQA_PREFIX = "<|image_1|>\nRepresent the given image with the following question:"
+WEBQA_CAND = "<|image_1|>\nRepresent the given Wikipedia image with related text information:"
+
+
+def test_mmeb_instruction_prefixes_are_dropped_and_the_content_kept(tmp_path: Path) -> None:
+    """MMEB's own strings: MSCOCO_t2i's caption prefix, the VQA question prefix, WebQA's candidate prefix, and
+    VisDial's prefix before a dialogue that has colons of its own (only the instruction's colon counts)."""
+    t2i = [
+        mmeb_row(
+            f"{T2I_PREFIX} A man riding a horse.",
+            "",
+            ["<|image_1|>\nRepresent the given image."] * 2,
+            ["C/a.png", "C/b.png"],
+        ),
+        mmeb_row(
+            f"{T2I_PREFIX} A dog: brown, on grass.",
+            "",
+            ["<|image_1|>\nRepresent the given image."] * 2,
+            ["C/b.png", "C/a.png"],
+        ),
+    ]
+    vqa = [
+        mmeb_row(f"{VQA_PREFIX} What is on the table?", "V/a.png", ["cups", "books"], ["", ""]),
+        mmeb_row(f"{VQA_PREFIX} How many dogs?", "V/b.png", ["2", "3"], ["", ""]),
+    ]
+    webqa = [
+        mmeb_row(
+            "Find a Wikipedia image that answers this question: Where is it?",
+            "",
+            [f"{WEBQA_CAND} Eiffel Tower. Paris", f"{WEBQA_CAND} Big Ben. London"],
+            ["W/a.png", "W/b.png"],
+        ),
+        mmeb_row(
+            "Find a Wikipedia image that answers this question: Who built it?",
+            "",
+            [f"{WEBQA_CAND} Big Ben. London", f"{WEBQA_CAND} Eiffel Tower. Paris"],
+            ["W/b.png", "W/a.png"],
+        ),
+    ]
+    dial = "Represent the given dialogue about an image, which is used for image retrieval:"
+    visdial = [
+        mmeb_row(
+            f"{dial} Q: is it a cat? A: yes",
+            "",
+            ["<|image_1|>\nRepresent the given image."] * 2,
+            ["D/a.png", "D/b.png"],
+        ),
+        mmeb_row(
+            f"{dial} Q: is it red? A: no", "", ["<|image_1|>\nRepresent the given image."] * 2, ["D/b.png", "D/a.png"]
+        ),
+    ]
+    for name, rows in (("MSCOCO_t2i", t2i), ("VQA", vqa), ("WebQA", webqa), ("VisDial", visdial)):
+        write_parquet(tmp_path / name / "test-00000-of-00001.parquet", rows)
+        images_for(tmp_path / "eval_images", rows)
+    ds = load_mmeb(tmp_path)
+    assert ds.problems == []
+    sub = ds.subsets
+    assert [q.text for q in sub["MSCOCO_t2i"].queries] == ["A man riding a horse.", "A dog: brown, on grass."]
+    assert sub["MSCOCO_t2i"].instructions == {"candidate": "Represent the given image.", "query_prefix": T2I_PREFIX}
+    vq = sub["VQA"].queries
+    assert [q.text for q in vq] == ["What is on the table?", "How many dogs?"] and all(q.image for q in vq)
+    assert sub["VQA"].instructions == {"query_prefix": VQA_PREFIX.removeprefix("<|image_1|>\n")}
+    assert [sub["VQA"].candidates[c].text for c in vq[0].candidates] == ["cups", "books"]
+    wq = sub["WebQA"].queries
+    assert [q.text for q in wq] == ["Where is it?", "Who built it?"]
+    assert [sub["WebQA"].candidates[c].text for c in wq[0].candidates] == ["Eiffel Tower. Paris", "Big Ben. London"]
+    assert all(sub["WebQA"].candidates[c].image for c in wq[0].candidates)  # the image stays with its text
+    assert sub["WebQA"].instructions["candidate_prefix"] == WEBQA_CAND.removeprefix("<|image_1|>\n")
+    assert [q.text for q in sub["VisDial"].queries] == ["Q: is it a cat? A: yes", "Q: is it red? A: no"]
+    kept = load_mmeb(tmp_path, ["MSCOCO_t2i", "VQA"], keep_instructions=True)
+    assert kept.subsets["MSCOCO_t2i"].queries[0].text == f"{T2I_PREFIX} A man riding a horse."
+    assert (
+        kept.subsets["VQA"].queries[1].text == "Represent the given image with the following question: How many dogs?"
+    )
+    assert all(s.instructions == {} for s in kept.subsets.values())
+
+
+def test_mmeb_shared_openings_that_are_content_are_kept(tmp_path: Path) -> None:
+    """A short shared head (``Q:``), a shared opening without a colon, texts that share nothing, and a text that is
+    only the instruction: a text query keeps it (it would be empty), an image query becomes the image alone."""
+    short = [mmeb_row(f"Q: {w}?", "", ["a", "b"], ["", ""]) for w in ("who", "why")]
+    nocolon = [mmeb_row(f"A photo of a {w}", "", ["a", "b"], ["", ""]) for w in ("cat", "dog")]
+    only = [
+        mmeb_row("Find the image for this caption: a red ball", "", ["a", "b"], ["", ""]),
+        mmeb_row("Find the image for this caption:", "", ["a", "b"], ["", ""]),
+        mmeb_row("<|image_1|>\nFind the image for this caption:", "O/a.png", ["a", "b"], ["", ""]),
+    ]
+    # one text repeated is one text, not an opening two texts share
+    same = [
+        mmeb_row("<|image_1|>\nWhich of these: pick one", f"S/{n}.png", ["Answer this one: yes"], [""]) for n in "ab"
+    ]
+    same.append(mmeb_row("<|image_1|>\nWhich of these: pick one", "S/c.png", ["Answer this one: yes"], [""]))
+    for name, rows in (("Short", short), ("NoColon", nocolon), ("Only", only), ("Same", same)):
+        write_jsonl(tmp_path / name / "test.jsonl", rows)
+        images_for(tmp_path / "eval_images", rows)
+    ds = load_mmeb(tmp_path)
+    assert [q.text for q in ds.subsets["Short"].queries] == ["Q: who?", "Q: why?"]
+    assert [q.text for q in ds.subsets["NoColon"].queries] == ["A photo of a cat", "A photo of a dog"]
+    assert ds.subsets["Short"].instructions == ds.subsets["NoColon"].instructions == {}
+    # the whole shared text of image queries is dropped; the candidate text repeated in every row is kept
+    assert [q.text for q in ds.subsets["Same"].queries] == [None, None, None]
+    assert ds.subsets["Same"].instructions == {"query": "Which of these: pick one"}
+    assert [c.text for c in ds.subsets["Same"].candidates.values()] == ["Answer this one: yes"]
+    oq = ds.subsets["Only"].queries
+    assert [q.text for q in oq] == ["a red ball", "Find the image for this caption:", None]
+    assert oq[2].image is not None
+
+
+def test_mmeb_a_null_tgt_text_or_tgt_img_path_means_one_kind_of_candidate(tmp_path: Path) -> None:
+    """A missing side is all-image or all-text candidates (bad inputs first: both missing, one not a list)."""
+    rows = [
+        mmeb_row("q1", "", None, None),  # type: ignore[arg-type]
+        mmeb_row("q2", "", None, "C/a.png"),  # type: ignore[arg-type]
+        mmeb_row("q3", "", 7, ["C/a.png"]),  # type: ignore[arg-type]
+        mmeb_row("q4", "", None, ["C/a.png", "C/b.png"]),  # type: ignore[arg-type]
+        mmeb_row("q5", "", ["red", "blue"], None),
+    ]
+    write_jsonl(tmp_path / "Mixed" / "test.jsonl", rows)
+    images_for(tmp_path / "eval_images", [mmeb_row("", "", [], ["C/a.png", "C/b.png"])])
+    ds = load_mmeb(tmp_path)
+    assert [p.split(": ", 1)[0] for p in ds.problems] == [f"Mixed/test.jsonl:{n}" for n in (1, 2, 3)]
+    assert "both missing" in ds.problems[0]
+    assert "tgt_img_path is a str" in ds.problems[1] and "tgt_text is a int" in ds.problems[2]
+    sub = ds.subsets["Mixed"]
+    q4, q5 = sub.queries
+    assert [(sub.candidates[c].text, Path(str(sub.candidates[c].image)).name) for c in q4.candidates] == [
+        (None, "a.png"),
+        (None, "b.png"),
+    ]
+    assert [(sub.candidates[c].text, sub.candidates[c].image) for c in q5.candidates] == [
+        ("red", None),
+        ("blue", None),
+    ]
+
+
+def test_mmeb_jsonl_with_a_bom_and_bytes_that_are_not_utf8(tmp_path: Path) -> None:
+    """The JSONL reader is the retrieval loaders' one: a BOM is no problem, a non-UTF-8 text skips its row only."""
+    rows = t2i_rows()
+    good = [json.dumps(r).encode() for r in rows]
+    bad = json.dumps(mmeb_row("Find an image: caf\udcff", "", ["x"], ["T2I/r.png"])).encode()
+    bad = bad.replace(b"\\udcff", b"\xff")  # a raw byte that is not UTF-8 inside the query text
+    path = tmp_path / "T2I" / "test.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\xef\xbb\xbf" + b"\n".join([good[0], bad, good[1]]) + b"\n")
+    images_for(tmp_path / "eval_images", rows)
+    ds = load_mmeb(tmp_path)
+    assert [q.id for q in ds.subsets["T2I"].queries] == ["0", "2"]
+    assert ds.problems == ["T2I/test.jsonl:2: qry_text is not UTF-8"]
