@@ -16,7 +16,6 @@ section per category or subset); bad inputs are reported and the run goes on.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import logging
@@ -158,30 +157,6 @@ def _summary(s: _Section, metric: str, value: Callable[[str, list[str]], float],
     }
 
 
-def _config(
-    dataset: str, split: str, *, embedder: Embedder, scorer: Scorer | None, cache_path: Path, **extra: Any
-) -> dict[str, Any]:
-    from retllm import __version__
-    from retllm.eval.runner import _git_commit, _versions
-
-    return {
-        "dataset": dataset,
-        "split": split,
-        "limit": extra.pop("limit"),
-        "k": extra.pop("k"),
-        "coarse_only": scorer is None,
-        "embedder": embedder.id,
-        "scorer": scorer.id if scorer is not None else None,
-        "fingerprint": extra.pop("fingerprint"),
-        "cache": str(cache_path) if scorer is not None else None,
-        "retllm": __version__,
-        "packages": _versions(),
-        "git_commit": _git_commit(),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        **extra,
-    }
-
-
 def _write(
     out_dir: Path,
     results: dict[str, Any],
@@ -288,6 +263,8 @@ def run_sugarcrepe(
     """
     from tqdm import tqdm
 
+    from retllm.eval.runner import run_config
+
     if rounds not in (1, 2):
         raise ConfigError(f"SugarCrepe has two options: rounds must be 1 or 2, got {rounds}")
     limits = limits or ImageLimits()
@@ -336,7 +313,7 @@ def run_sugarcrepe(
 
     n = sum(len(qs) for qs in data.categories.values())
     results: dict[str, Any] = {
-        "config": _config(
+        "config": run_config(
             data.name,
             data.split,
             embedder=embedder,
@@ -485,7 +462,7 @@ def run_mmeb(
     """
     from tqdm import tqdm
 
-    from retllm.eval.runner import ensure_corpus
+    from retllm.eval.runner import ensure_corpus, run_config
     from retllm.pipeline import Retriever
 
     _check_mmeb(data, scorer, k, listwise, rounds)
@@ -545,7 +522,7 @@ def run_mmeb(
 
     subsets = list(data.subsets.items())
     results: dict[str, Any] = {
-        "config": _config(
+        "config": run_config(
             data.name,
             data.split,
             embedder=embedder,
@@ -554,6 +531,9 @@ def run_mmeb(
             k=k,
             fingerprint=fingerprint,
             cache_path=cache_path,
+            index=type(index).__name__,
+            vector_fusion=getattr(index, "fusion", None),
+            fusion_weight=fusion_weight,
             mode="coarse" if scorer is None else "listwise" if listwise else "pointwise",
             rounds=rounds if listwise else None,
             using=using,

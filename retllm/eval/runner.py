@@ -304,6 +304,39 @@ def _git_commit() -> str | None:
     return r.stdout.strip() or None if r.returncode == 0 else None
 
 
+def run_config(
+    dataset: str,
+    split: str,
+    *,
+    limit: int | None,
+    k: int,
+    embedder: Embedder,
+    scorer: Scorer | None,
+    fingerprint: str,
+    cache_path: Path,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A run's ``config`` in ``results.json``: what was run, with what, and the versions (every benchmark's)."""
+    from retllm import __version__
+
+    return {
+        "dataset": dataset,
+        "split": split,
+        "limit": limit,
+        "k": k,
+        "coarse_only": scorer is None,
+        "embedder": embedder.id,
+        "scorer": scorer.id if scorer is not None else None,
+        "fingerprint": fingerprint,
+        "cache": str(cache_path) if scorer is not None else None,
+        "retllm": __version__,
+        "packages": _versions(),
+        "git_commit": _git_commit(),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **extra,
+    }
+
+
 def run_eval(
     evalset: EvalSet,
     *,
@@ -335,7 +368,6 @@ def run_eval(
     Returns:
         The results, as written to ``out_dir / "results.json"``.
     """
-    from retllm import __version__
     from retllm.eval.report import write_report
 
     names = collection_names(evalset, collection_prefix, limit=limit)
@@ -376,26 +408,21 @@ def run_eval(
             cached.close()
 
     results: dict[str, Any] = {
-        "config": {
-            "dataset": evalset.name,
-            "split": evalset.split,
-            "limit": limit,
-            "k": k,
-            "coarse_only": scorer is None,
-            "embedder": embedder.id,
-            "scorer": scorer.id if scorer is not None else None,
-            "fingerprint": fingerprint,
-            "collections": names,
-            "index": type(index).__name__,
-            "vector_fusion": getattr(index, "fusion", None),
-            "fusion_weight": fusion_weight,
-            "cache": str(cache_path) if scorer is not None else None,
-            "retllm": __version__,
-            "packages": _versions(),
-            "git_commit": _git_commit(),
-            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "config": run_config(
+            evalset.name,
+            evalset.split,
+            limit=limit,
+            k=k,
+            embedder=embedder,
+            scorer=scorer,
+            fingerprint=fingerprint,
+            cache_path=cache_path,
+            collections=names,
+            index=type(index).__name__,
+            vector_fusion=getattr(index, "fusion", None),
+            fusion_weight=fusion_weight,
             **(extra_config or {}),
-        },
+        ),
         "corpus": {
             **({"images": len(evalset.images), "texts": len(evalset.texts)} if evalset.images else {}),
             "items": {c: len(items) for c, items in corpora.items()},
