@@ -37,7 +37,7 @@ class Switches:
     rate_limit: int = 0  # the first N requests get 429 with Retry-After
     retry_after: float = 0.3
     delay: float = 0.0  # seconds before each answer
-    garbage: bool = False  # answer text that is neither True nor False (and no logprobs)
+    garbage: bool = False  # answer text that is neither True nor False nor an option (and no logprobs)
     position_bias: bool = False  # listwise: always pick the first shown option, whatever it says
     slot_bias: float = 0.0  # listwise: added to the first shown option's log-preference
     reject_urls: bool = False  # 400 when an image is given as an http(s) URL (server cannot fetch)
@@ -310,6 +310,12 @@ def _forever(body: dict[str, Any], fake: FakeOpenAI) -> dict[str, Any]:
     return {"index": 0, "message": msg, "finish_reason": "tool_calls", "logprobs": None}
 
 
+def _garbage() -> dict[str, Any]:
+    """The ``garbage`` switch's answer: no logprobs, and a word that is no label the scorer asked for."""
+    msg = {"role": "assistant", "content": "Maybe"}
+    return {"index": 0, "message": msg, "finish_reason": "length", "logprobs": None}
+
+
 def _completion(body: dict[str, Any], fake: FakeOpenAI) -> dict[str, Any]:
     sw = fake.switches
     messages = body["messages"]
@@ -320,7 +326,7 @@ def _completion(body: dict[str, Any], fake: FakeOpenAI) -> dict[str, Any]:
     first = messages[0]["content"]
     last_text = first if isinstance(first, str) else [p.get("text", "") for p in first if isinstance(p, dict)][-1]
     if "Answer with the option number only" in last_text:
-        return _listwise(body, last_text, sw)
+        return _garbage() if sw.garbage else _listwise(body, last_text, sw)
     tools = body.get("tools")
     revisited = any(m.get("role") == "tool" for m in messages)
     if tools and not sw.ignore_tools and sw.tool_call_first and not revisited and not is_probe(body):
@@ -336,12 +342,7 @@ def _completion(body: dict[str, Any], fake: FakeOpenAI) -> dict[str, Any]:
         msg = {"role": "assistant", "content": None, "tool_calls": calls}
         return {"index": 0, "message": msg, "finish_reason": "tool_calls", "logprobs": None}
     if sw.garbage:
-        return {
-            "index": 0,
-            "message": {"role": "assistant", "content": "Maybe"},
-            "finish_reason": "length",
-            "logprobs": None,
-        }
+        return _garbage()
     key = json.dumps(messages, sort_keys=True).encode() if sw.whole_prompt else _key(messages)
     if revisited and sw.tool_call_first:  # the answer depends on seeing the region that was asked for
         imgs = _images(messages)

@@ -14,6 +14,7 @@ from PIL import Image
 from pydantic import SecretStr
 
 from retllm.errors import ConfigError
+from retllm.eval.cache import CachedScorer
 from retllm.eval.choice import (
     CANDIDATE_FIELD,
     load_mmeb,
@@ -72,7 +73,8 @@ def index(tmp_path: Path) -> Iterator[EdgeIndex]:
 
 @pytest.fixture
 def sugar(tmp_path: Path) -> Path:
-    """Two categories of N_SUGAR questions (the others missing), one missing image, one corrupt image."""
+    """Two categories of N_SUGAR questions (the others missing), one missing image, one corrupt image. The tiny CLIP
+    ranks the positive caption first for some questions and the negative for others (the tests assert it)."""
     root = tmp_path / "sugarcrepe"
     for i in range(N_SUGAR):
         rand_png(root / "val2017" / f"{i:012d}.jpg", i)
@@ -81,8 +83,8 @@ def sugar(tmp_path: Path) -> Path:
         entries = {
             str(i): {
                 "filename": f"{i:012d}.jpg",
-                "caption": f"picture {i} of a thing {c}",
-                "negative_caption": f"picture {i} of another thing {c}",
+                "caption": f"a photo of thing {i} in set {c}",
+                "negative_caption": f"a photo of {i} things in set {c}",
             }
             for i in range(N_SUGAR)
         }
@@ -125,18 +127,20 @@ def test_sugarcrepe_metrics_both_orders_and_a_rerun_without_calls(sugar: Path, e
         assert d["queries"] == N_SUGAR and d["metric"] == "accuracy"
         (skipped,) = d["skipped_queries"]
         assert skipped.startswith("corrupt: ") and "image" in skipped
-        # coarse: the embedder's own query vectors, one question at a time
-        coarse_ok = []
+        mine = {r["query"]: r for r in ranked if r["direction"] == cat}
+        # coarse, per question: the embedder's own query vectors, one question at a time
+        coarse_ok = {}
         for q in run:
             im = embedder.embed_query(None, limits.load(q.image))["image"]
             cp, cn = (float(np.dot(im, embedder.embed_query(t, None)["text"])) for t in (q.positive, q.negative))
-            coarse_ok.append(cp > cn)
-        assert d["coarse"]["accuracy"] == pytest.approx(sum(coarse_ok) / N_SUGAR)
+            coarse_ok[q.id] = cp > cn
+            assert mine[q.id]["coarse"] == (["pos", "neg"] if cp > cn else ["neg", "pos"])
+        assert 0 < sum(coarse_ok.values()) < N_SUGAR  # right and wrong coarse answers: "always pos" cannot pass
+        assert d["coarse"]["accuracy"] == pytest.approx(sum(coarse_ok.values()) / N_SUGAR)
         # re-ranked: with both orders averaged, the slot bias cancels and the option preference decides
         want = {q.id: option_preference(q.positive) > option_preference(q.negative) for q in run}
         assert d["reranked"]["accuracy"] == pytest.approx(sum(want.values()) / N_SUGAR)
         assert 0 < sum(want.values()) < N_SUGAR  # the draw has both answers, so "always pos" cannot pass
-        mine = {r["query"]: r for r in ranked if r["direction"] == cat}
         assert set(mine) == set(want)
         assert all((mine[q]["reranked"][0] == "pos") == ok for q, ok in want.items())
         for stage in ("coarse", "reranked"):  # the summary is the rankings file's
@@ -158,19 +162,30 @@ def test_sugarcrepe_metrics_both_orders_and_a_rerun_without_calls(sugar: Path, e
     assert (tmp_path / "run" / "report.md").read_text().count("| re-ranked |") == 2
 
 
-def test_sugarcrepe_one_order_is_fooled_by_a_slot_bias(sugar: Path, embedder, tmp_path: Path) -> None:
-    """The control for the test above: one order per question picks whatever sits in the biased slot."""
+def test_sugarcrepe_one_order_is_seeded_per_question_and_fooled_by_a_slot_bias(
+    sugar: Path, embedder, tmp_path: Path
+) -> None:
+    """The control for the test above: one order per question picks whatever sits in the biased slot. That order is
+    shuffled per question (the positive is shown first for some, second for others) and the same on a rerun, so
+    the rerun is answered from the cache."""
     ds = load_sugarcrepe(sugar, categories=["add_obj"])
     with fake_openai(Switches(slot_bias=5.0)) as fake:
         scorer = openai_scorer(fake)
         res = sugar_run(ds, embedder, scorer, tmp_path, "one", rounds=1)
+        shown = [shown_options(b) for b in fake.pair_requests]
+        again = sugar_run(ds, embedder, scorer, tmp_path, "again", rounds=1)
+        assert len(fake.pair_requests) == len(shown)  # the same orders: all cache hits
         scorer.close()
-        firsts = [shown_options(b)[0] for b in fake.pair_requests]
-    assert len(firsts) == N_SUGAR
-    positives = {q.positive for q in ds.categories["add_obj"]}
-    assert res["directions"]["add_obj"]["reranked"]["accuracy"] == pytest.approx(
-        sum(f in positives for f in firsts) / N_SUGAR
-    )
+    qs = [q for q in ds.categories["add_obj"] if q.id != "corrupt"]
+    assert len(shown) == N_SUGAR  # the questions in order, one call each
+    pos_first = [o == [q.positive, q.negative] for o, q in zip(shown, qs, strict=True)]
+    assert all(o in ([q.positive, q.negative], [q.negative, q.positive]) for o, q in zip(shown, qs, strict=True))
+    assert 0 < sum(pos_first) < N_SUGAR  # shuffled: neither the given order nor one order for all
+    ranked = rows(tmp_path / "one")
+    assert [r["reranked"][0] == "pos" for r in ranked] == pos_first  # the biased first slot wins
+    assert res["directions"]["add_obj"]["reranked"]["accuracy"] == pytest.approx(sum(pos_first) / N_SUGAR)
+    assert [r["reranked"] for r in rows(tmp_path / "again")] == [r["reranked"] for r in ranked]
+    assert again["directions"]["add_obj"]["cache"] == {"hits": N_SUGAR, "misses": 0}
 
 
 def test_sugarcrepe_a_tie_is_wrong_and_verbalised_answers_are_cached(sugar: Path, embedder, tmp_path: Path) -> None:
@@ -187,6 +202,33 @@ def test_sugarcrepe_a_tie_is_wrong_and_verbalised_answers_are_cached(sugar: Path
     assert all(r["reranked"] == ["neg", "pos"] for r in rows(tmp_path / "tie"))
     assert again["directions"]["swap_att"]["reranked"] == {"accuracy": 0.0}  # -inf log-probabilities round-trip
     assert again["directions"]["swap_att"]["cache"] == {"hits": 2 * N_SUGAR, "misses": 0}
+
+
+def test_sugarcrepe_unreadable_answers_fail_keep_the_coarse_ranking_and_are_retried(
+    sugar: Path, embedder, tmp_path: Path
+) -> None:
+    """An answer that names no option fails its question: it is in ``failed_queries``, keeps its coarse ranking
+    (right only where the coarse choice was), is not cached, and a rerun with a working model asks again."""
+    ds = load_sugarcrepe(sugar, categories=["add_obj"])
+    with fake_openai(Switches(garbage=True)) as fake:
+        scorer = openai_scorer(fake)
+        res = sugar_run(ds, embedder, scorer, tmp_path, "garbage")
+        assert len(fake.pair_requests) == N_SUGAR  # the first order fails; the second is not asked
+        fake.switches.garbage = False
+        fixed = sugar_run(ds, embedder, scorer, tmp_path, "fixed")
+        assert len(fake.pair_requests) == N_SUGAR + 2 * N_SUGAR  # nothing was cached: every question asked again
+        scorer.close()
+    qs = [q for q in ds.categories["add_obj"] if q.id != "corrupt"]
+    d = res["directions"]["add_obj"]
+    assert sorted(d["failed_queries"]) == sorted(q.id for q in qs)
+    ranked = rows(tmp_path / "garbage")
+    assert all(r["reranked"] == r["coarse"] and not r["cached"] for r in ranked)
+    assert any(r["coarse"] == ["neg", "pos"] for r in ranked)  # a wrong coarse choice stays wrong
+    assert d["reranked"] == {"accuracy": d["coarse"]["accuracy"]} and d["cached_queries"] == 0
+    f = fixed["directions"]["add_obj"]
+    assert f["failed_queries"] == [] and f["cache"] == {"hits": 0, "misses": 2 * N_SUGAR}
+    want = [option_preference(q.positive) > option_preference(q.negative) for q in qs]
+    assert [r["reranked"][0] == "pos" for r in rows(tmp_path / "fixed")] == want
 
 
 def test_sugarcrepe_coarse_only(sugar: Path, embedder, tmp_path: Path) -> None:
@@ -245,7 +287,9 @@ def mmeb(tmp_path: Path) -> Path:
     return root
 
 
-def mmeb_run(ds, embedder, index, scorer, tmp_path: Path, name: str, k: int = 3, **kw: Any) -> dict[str, Any]:
+def mmeb_run(
+    ds, embedder, index, scorer, tmp_path: Path, name: str, k: int = 3, fingerprint: str = "fp", **kw: Any
+) -> dict[str, Any]:
     return run_mmeb(
         ds,
         embedder=embedder,
@@ -254,10 +298,28 @@ def mmeb_run(ds, embedder, index, scorer, tmp_path: Path, name: str, k: int = 3,
         k=k,
         out_dir=tmp_path / name,
         cache_path=tmp_path / "scores.sqlite",
-        fingerprint="fp",
+        fingerprint=fingerprint,
         progress=False,
         **kw,
     )
+
+
+def naive_order(embedder, sub, q) -> list[str]:
+    """A query's candidates by cosine with it, best first: the query and each candidate embedded on its own."""
+    limits = ImageLimits()
+
+    def vec(text: str | None, image: Any) -> Any:
+        v = embedder.embed_query(text, limits.load(image) if image else None)
+        return v.get("fused", v.get("text", v.get("image")))
+
+    qv = vec(q.text, q.image)
+    cos = {c: float(np.dot(qv, vec(sub.candidates[c].text, sub.candidates[c].image))) for c in q.candidates}
+    return sorted(cos, key=lambda c: -cos[c])
+
+
+def texts(ds, subset: str = "I2T") -> dict[str, str]:
+    """Candidate id -> the text a listwise request shows for it."""
+    return {c: str(it.text) for c, it in ds.subsets[subset].candidates.items()}
 
 
 def test_mmeb_pointwise_metrics_filter_and_a_rerun_without_calls(mmeb: Path, embedder, index, tmp_path: Path) -> None:
@@ -285,7 +347,7 @@ def test_mmeb_pointwise_metrics_filter_and_a_rerun_without_calls(mmeb: Path, emb
     assert any(p.startswith("T2I: ") and "bad.png" in p for p in res["problems"]["items"])
     assert res["directions"]["T2I"]["skipped_queries"][0].startswith("4: candidate ")
     ranked = {(r["direction"], r["query"]): r for r in rows(tmp_path / "run")}
-    limits = ImageLimits()
+    assert not any(r["cached"] for r in ranked.values()) and all(r["cached"] for r in rows(tmp_path / "again"))
     for subset, sub in ds.subsets.items():
         d = res["directions"][subset]
         qs = sub.queries[:4]
@@ -293,20 +355,13 @@ def test_mmeb_pointwise_metrics_filter_and_a_rerun_without_calls(mmeb: Path, emb
         coarse_hits = 0
         for q in qs:
             row = ranked[subset, q.id]
+            assert row["positive"] == q.candidates[0]
             assert set(row["coarse"]) <= set(q.candidates) and len(row["coarse"]) == 3  # only its own candidates
             assert sorted(row["reranked"]) == sorted(row["coarse"])
             assert row["reranked"] == direct[subset, q.id]
-            # naive coarse top-1: the query's cosine with each of its candidates, embedded one by one
-            qv = embedder.embed_query(q.text, limits.load(q.image) if q.image else None)
-            qv = qv.get("fused", qv.get("text", qv.get("image")))
-            cos = {}
-            for c in q.candidates:
-                item = sub.candidates[c]
-                cv = embedder.embed_query(item.text, limits.load(item.image) if item.image else None)
-                cos[c] = float(np.dot(qv, cv.get("fused", cv.get("text", cv.get("image")))))
-            best = max(cos, key=cos.__getitem__)
-            assert row["coarse"][0] == best
-            coarse_hits += best == q.candidates[0]
+            naive = naive_order(embedder, sub, q)
+            assert row["coarse"] == naive[:3]
+            coarse_hits += naive[0] == q.candidates[0]
         assert d["coarse"]["P@1"] == pytest.approx(coarse_hits / 4)
         for stage in ("coarse", "reranked"):  # the summary is the rankings file's
             want = sum(ranked[subset, q.id][stage][0] == q.candidates[0] for q in qs) / 4
@@ -316,31 +371,122 @@ def test_mmeb_pointwise_metrics_filter_and_a_rerun_without_calls(mmeb: Path, emb
         assert a["cache"]["misses"] == 0 and a["mllm_calls_per_query"] == 0 and a["cached_queries"] == 4
     assert res["config"]["instructions_dropped"] == {
         "I2T": {"query": "Find a caption for the image."},
-        "T2I": {"candidate": "Represent the given image."},
+        "T2I": {"candidate": "Represent the given image.", "query_prefix": "Find an image:"},
     }
+    assert all(q.text in CAPTIONS for q in ds.subsets["T2I"].queries)  # the caption alone is embedded and read
     assert (tmp_path / "run" / "report.md").read_text().count("| re-ranked |") == 2
 
 
 def test_mmeb_listwise_on_text_candidates(mmeb: Path, embedder, index, tmp_path: Path) -> None:
+    """One listwise call per query over its coarse top-k, shown in a seeded order of its own (not the coarse order,
+    not one order for all); a rerun shows the same orders, so it is answered from the cache alone, unless the
+    settings fingerprint changed."""
     ds = load_mmeb(mmeb, ["I2T"])
     with fake_openai() as fake:
         scorer = openai_scorer(fake)
         res = mmeb_run(ds, embedder, index, scorer, tmp_path, "lw", listwise=True)
         bodies = list(fake.pair_requests)
+        again = mmeb_run(ds, embedder, index, scorer, tmp_path, "again", listwise=True)
+        assert len(fake.pair_requests) == len(bodies)
+        other = mmeb_run(ds, embedder, index, scorer, tmp_path, "other", listwise=True, fingerprint="fp2")
+        asked_again = fake.pair_requests[len(bodies) :]
         scorer.close()
     assert len(bodies) == 4 and all(LISTWISE in json.dumps(b) for b in bodies)  # one call per query
     d = res["directions"]["I2T"]
     assert res["config"]["mode"] == "listwise" and d["mllm_calls_per_query"] == 1
-    sub = ds.subsets["I2T"]
-    text = {c: str(it.text) for c, it in sub.candidates.items()}
-    for r in rows(tmp_path / "lw"):
+    text = texts(ds)
+    ranked = rows(tmp_path / "lw")
+    for r in ranked:
         # the fake prefers options by their text alone: the re-ranked list is the coarse top-k by that preference
         assert r["reranked"] == sorted(r["coarse"], key=lambda c: -option_preference(text[c]))
-    shown = [sorted(shown_options(b)) for b in bodies]
-    assert sorted(shown) == sorted(sorted(text[c] for c in r["coarse"]) for r in rows(tmp_path / "lw"))
+    # the queries run in order, one request each: where each coarse rank was shown
+    slots = [tuple(shown_options(b).index(text[c]) for c in r["coarse"]) for b, r in zip(bodies, ranked, strict=True)]
+    assert any(s != (0, 1, 2) for s in slots) and len(set(slots)) > 1  # shuffled, per query
+    assert not any(r["cached"] for r in ranked) and all(r["cached"] for r in rows(tmp_path / "again"))
+    assert [r["reranked"] for r in rows(tmp_path / "again")] == [r["reranked"] for r in ranked]
+    assert again["directions"]["I2T"]["cache"] == {"hits": 4, "misses": 0}
+    assert [shown_options(b) for b in asked_again] == [shown_options(b) for b in bodies]  # same orders, asked again
+    assert other["directions"]["I2T"]["cache"] == {"hits": 0, "misses": 4}
+    assert not any(r["cached"] for r in rows(tmp_path / "other"))
 
 
-def test_mmeb_refusals_and_coarse_only(mmeb: Path, embedder, index, tmp_path: Path) -> None:
+def test_mmeb_listwise_rounds_k_show_every_candidate_in_every_slot(mmeb: Path, embedder, index, tmp_path: Path) -> None:
+    """rounds == k: one call per round, each a cyclic shift of the seeded order, so every candidate sits in every
+    slot once, and a slot bias larger than any preference gap cancels: the option preference decides."""
+    ds = load_mmeb(mmeb, ["I2T"])
+    with fake_openai(Switches(slot_bias=4.0 + 1)) as fake:  # option_preference lies in [0, 4]
+        scorer = openai_scorer(fake)
+        res = mmeb_run(ds, embedder, index, scorer, tmp_path, "k3", listwise=True, rounds=3)
+        bodies = list(fake.pair_requests)
+        scorer.close()
+    text = texts(ds)
+    ranked = rows(tmp_path / "k3")
+    assert len(ranked) == 4 and len(bodies) == 3 * 4 and res["directions"]["I2T"]["mllm_calls_per_query"] == 3
+    fooled = 0
+    for i, r in enumerate(ranked):
+        first, *shifts = (shown_options(b) for b in bodies[3 * i : 3 * i + 3])
+        assert shifts == [first[1:] + first[:1], first[2:] + first[:2]]
+        assert sorted(first) == sorted(text[c] for c in r["coarse"])
+        assert r["reranked"] == sorted(r["coarse"], key=lambda c: -option_preference(text[c]))
+        fooled += first[0] != max(first, key=option_preference)  # what the first round alone would pick wrongly
+    assert fooled > 0  # so a single round would not give the preference order
+
+
+def test_mmeb_listwise_ties_keep_the_coarse_order(mmeb: Path, embedder, index, tmp_path: Path) -> None:
+    """A model that names its choice in words (no logprobs): the chosen candidate comes first and the others, tied
+    at probability 0, keep their coarse order behind it (not reversed, not by id)."""
+    ds = load_mmeb(mmeb, ["I2T"])
+    with fake_openai(Switches(logprobs=False)) as fake:
+        scorer = openai_scorer(fake)
+        mmeb_run(ds, embedder, index, scorer, tmp_path, "words", listwise=True)
+        bodies = list(fake.pair_requests)
+        scorer.close()
+    text = texts(ds)
+    ranked = rows(tmp_path / "words")
+    rests = []
+    for b, r in zip(bodies, ranked, strict=True):  # one request per query, in order
+        named = max(shown_options(b), key=option_preference)  # the option the fake names
+        chosen = next(c for c in r["coarse"] if text[c] == named)
+        rest = [c for c in r["coarse"] if c != chosen]
+        assert r["reranked"] == [chosen, *rest]
+        rests.append(rest)
+    # not vacuous: for some query the coarse order of the rest is neither the ids' order nor the preference's
+    assert any(rest != sorted(rest) for rest in rests)
+    assert any(rest != sorted(rest, key=lambda c: -option_preference(text[c])) for rest in rests)
+
+
+def test_listwise_cache_key_holds_the_fingerprint_the_query_and_the_order_shown(tmp_path: Path) -> None:
+    """A listwise answer is reused only for the same settings fingerprint, query (text and image content) and
+    options in the same order: anything else is a new request."""
+    a, b = rand_png(tmp_path / "a.png", 1), rand_png(tmp_path / "b.png", 2)
+    a_again = tmp_path / "copy" / "a.png"
+    a_again.parent.mkdir()
+    a_again.write_bytes(a.read_bytes())
+    options = ["a red square", "a blue circle", "two dots"]
+    with fake_openai() as fake:
+        scorer = openai_scorer(fake)
+
+        def requests(query: Query, fingerprint: str = "fp", shown: list[str] = options) -> int:
+            cached = CachedScorer(scorer, tmp_path / "scores.sqlite", fingerprint=fingerprint)
+            before = len(fake.pair_requests)
+            cached.choose(query, shown, seed=None)  # shown in the order given
+            cached.close()
+            return len(fake.pair_requests) - before
+
+        assert requests(Query(text="shapes")) == 1
+        assert requests(Query(text="shapes")) == 0
+        assert requests(Query(text="shapes"), fingerprint="fp2") == 1
+        assert requests(Query(text="shapes"), shown=options[::-1]) == 1
+        assert requests(Query(text="colours")) == 1
+        assert requests(Query(image=str(a))) == 1
+        assert requests(Query(image=str(b))) == 1
+        assert requests(Query(image=str(a_again))) == 0  # the same image content
+        assert requests(Query(text="shapes", image=str(a))) == 1
+        assert requests(Query(text="shapes"), fingerprint="fp2") == 0
+        scorer.close()
+
+
+def test_mmeb_refusals_before_any_work(mmeb: Path, embedder, index, tmp_path: Path) -> None:
     ds = load_mmeb(mmeb)
     with fake_openai() as fake:
         scorer = openai_scorer(fake)
@@ -350,10 +496,21 @@ def test_mmeb_refusals_and_coarse_only(mmeb: Path, embedder, index, tmp_path: Pa
             mmeb_run(load_mmeb(mmeb, ["I2T"]), embedder, index, scorer, tmp_path, "lw", k=11, listwise=True)
         assert fake.pair_requests == [] and index.list_collections() == []  # refused before any work
         scorer.close()
+
+
+def test_mmeb_coarse_only_is_the_naive_cosine_order(mmeb: Path, embedder, index, tmp_path: Path) -> None:
+    """Without a scorer: each query's top-k is its candidates by cosine, and P@1 is that order's."""
+    ds = load_mmeb(mmeb)
     res = mmeb_run(ds, embedder, index, None, tmp_path, "coarse")
-    for d in res["directions"].values():
+    ranked = {(r["direction"], r["query"]): r for r in rows(tmp_path / "coarse")}
+    for subset, sub in ds.subsets.items():
+        d = res["directions"][subset]
         assert d["reranked"] is None and d["cache"] is None and d["queries"] == 4
-    assert all(r["reranked"] is None for r in rows(tmp_path / "coarse"))
+        qs = sub.queries[:4]  # the fifth (T2I) names the corrupt candidate: skipped
+        naive = {q.id: naive_order(embedder, sub, q) for q in qs}
+        assert all(ranked[subset, q.id]["coarse"] == naive[q.id][:3] for q in qs)
+        assert d["coarse"]["P@1"] == pytest.approx(sum(naive[q.id][0] == q.candidates[0] for q in qs) / 4)
+    assert all(r["reranked"] is None and not r["cached"] for r in ranked.values())
     assert res["config"]["mode"] == "coarse"
     limited = mmeb_run(load_mmeb(mmeb, limit=2), embedder, index, None, tmp_path, "n2", limit=2)
     assert set(limited["config"]["collections"].values()).isdisjoint(res["config"]["collections"].values())
