@@ -1,8 +1,10 @@
 """Ingest throughput: batched, overlapped pipeline vs. a per-image loop, same model, same files.
 
-ViT-B-32 shape with random weights, fp32 on CPU, embedded qdrant-edge store.
+ViT-B-32 shape with random weights (``--model``: any open_clip architecture, e.g. the paper's ViT-L-14-336),
+fp32 on CPU or fp16 on a GPU (as ``OpenClipEmbedder.from_pretrained`` loads it), embedded qdrant-edge store.
 
-    .venv/bin/python bench/ingest_throughput.py --n 256
+    .venv/bin/python bench/ingest_throughput.py --n 256                                        # CPU
+    python3 bench/ingest_throughput.py --device cuda --model ViT-L-14-336 --n 1024 --batch 64 --workers 8
 """
 
 from __future__ import annotations
@@ -64,10 +66,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--model", default="ViT-B-32", help="open_clip architecture (random weights)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     args = ap.parse_args()
     torch.manual_seed(0)
-    model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
-    emb = OpenClipEmbedder(model, preprocess, open_clip.get_tokenizer("ViT-B-32"), batch_size=args.batch)
+    dev = torch.device(args.device)
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        args.model, pretrained=None, device=dev, precision="fp32" if dev.type == "cpu" else "fp16"
+    )
+    emb = OpenClipEmbedder(model, preprocess, open_clip.get_tokenizer(args.model), device=dev, batch_size=args.batch)
     with tempfile.TemporaryDirectory() as d:
         paths = make_images(Path(d) / "imgs", args.n)
         with EdgeIndex(Path(d) / "edge") as index:
@@ -75,7 +82,10 @@ def main() -> None:
             index.drop_collection("pipe")
             t_loop = per_image_loop(emb, index, paths)
             t_pipe = pipeline(emb, index, paths, args.workers)
-    print(f"torch threads {torch.get_num_threads()}, n={args.n}, batch={args.batch}, decode workers={args.workers}")
+    print(
+        f"{args.model} on {dev}, torch threads {torch.get_num_threads()}, n={args.n}, batch={args.batch}, "
+        f"decode workers={args.workers}"
+    )
     print(f"per-image loop : {args.n / t_loop:8.1f} items/s ({t_loop:.1f} s)")
     print(f"pipeline       : {args.n / t_pipe:8.1f} items/s ({t_pipe:.1f} s)")
     print(f"speed-up       : {t_loop / t_pipe:8.2f}x  (target >= 3x)")
