@@ -424,7 +424,10 @@ def evaluate(
         typer.Option("--k", "-k", min=1, help="Coarse pool size the MLLM re-ranks; repeat for a sweep (--k 3 --k 5)."),
     ] = None,
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Results folder (default DATA_DIR/eval/DATASET-SPLIT-kK[-limitN]).")
+        Path | None,
+        typer.Option(
+            "--out", help="Results folder (default DATA_DIR/eval/DATASET-SPLIT[-PRESET]-MODE[-limitN], MODE e.g. k5)."
+        ),
     ] = None,
     coarse_only: Annotated[bool, typer.Option("--coarse-only", help="Skip the MLLM fine stage.")] = False,
     preset: Annotated[
