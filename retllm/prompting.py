@@ -20,10 +20,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from retllm.errors import ConfigError
 
 Role = Literal["query", "candidate"]
-RENDER_VERSION = 2
-"""How untrusted text is put into a prompt (:func:`delimit`); part of the eval score cache's key, so a change
-here is a new key. 2: line breaks become spaces."""
-_CTRL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")  # line breaks too: data is one line
+# C0 and C1 control characters except tab, line feed and next line (a line break, like line feed)
+_CTRL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x84\x86-\x9f]")
 
 
 class Part(BaseModel):
@@ -94,12 +92,22 @@ class Rendered:
 _env = Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
 
 
-def delimit(text: str | None) -> str | None:
-    """Make untrusted text safe inside ``<...>``: angle brackets become ‹ ›, control characters and line breaks
-    become spaces, so the text stays on its line (a caption cannot start a fake ``3. <...>`` option line)."""
+def delimit(text: str | None, *, one_line: bool = False) -> str | None:
+    """Make untrusted text safe inside ``<...>``: angle brackets become ‹ ›, control characters spaces.
+
+    Line breaks stay in queries and captions (the research code's prompt shows a multi-line caption as it is);
+    ``one_line`` (listwise options) turns every run of whitespace, line breaks included, into one space, so an
+    option cannot start a line that reads as another option (``3. <...>``).
+    """
     if text is None:
         return None
-    return _CTRL.sub(" ", text.replace("<", "‹").replace(">", "›")).strip()
+    out = _CTRL.sub(" ", text.replace("<", "‹").replace(">", "›")).strip()
+    return " ".join(out.split()) if one_line else out
+
+
+RENDER_PROBE = "<a>\x00\t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x7f\x80\x85\x9f\u2028\u2029  b "
+"""Text with every character :func:`delimit` treats specially: what it makes of it is part of the eval score
+cache's key (:func:`retllm.eval.cache.prompts_hash`), so a change to how data enters a prompt is a new key."""
 
 
 @lru_cache(maxsize=32)
@@ -154,7 +162,7 @@ def render(
         "candidate_text": delimit(candidate_text),
         "query_image": query_image,
         "candidate_image": candidate_image,
-        "options": [delimit(o) for o in options or []],
+        "options": [delimit(o, one_line=True) for o in options or []],
     }
     parts: list[tuple[str, str]] = []
     for p in spec.parts:

@@ -56,11 +56,14 @@ CREATE TABLE IF NOT EXISTS choices (
 
 @lru_cache(maxsize=1)
 def prompts_hash() -> str:
-    """sha256 over the prompt files of ``retllm.prompts`` (name and content) and the version of how data is put
-    into them (:data:`~retllm.prompting.RENDER_VERSION`), so an edited prompt is a new key."""
-    from retllm.prompting import RENDER_VERSION
+    """sha256 over the prompt files of ``retllm.prompts`` (name and content) and what
+    :func:`~retllm.prompting.delimit` makes of :data:`~retllm.prompting.RENDER_PROBE`, so an edited prompt, or
+    another way of putting data into it, is a new key."""
+    from retllm.prompting import RENDER_PROBE, delimit
 
-    h = hashlib.sha256(f"render {RENDER_VERSION}\0".encode())
+    h = hashlib.sha256()
+    for rendered in (delimit(RENDER_PROBE), delimit(RENDER_PROBE, one_line=True)):
+        h.update(str(rendered).encode("utf-8", "surrogatepass") + b"\0")
     files = sorted(
         (p for p in resources.files("retllm.prompts").iterdir() if p.name.endswith(".yaml")), key=lambda p: p.name
     )

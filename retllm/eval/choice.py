@@ -45,7 +45,7 @@ from retllm.eval.choice_data import (
 )
 from retllm.images import ImageLimits
 from retllm.scorers.base import MAX_OPTIONS
-from retllm.types import Query, VectorName
+from retllm.types import VECTOR_NAMES, Query, VectorName
 
 if TYPE_CHECKING:
     from retllm.embedders.base import Embedder, Vectors
@@ -362,11 +362,36 @@ def _precision_at_1(positive: dict[str, str]) -> Callable[[str, list[str]], floa
     return lambda qid, ranking: precision_at_1(ranking, {positive[qid]})
 
 
-def _check_mmeb(data: MMEBSet, scorer: Scorer | None, k: int, listwise: bool, rounds: int) -> None:
+def _stores(item: Any, using: VectorName) -> bool:
+    """Whether a candidate's point holds the ``using`` vector (text, image, or fused: both)."""
+    has = {"text": item.text is not None, "image": item.image is not None}
+    return has["text"] and has["image"] if using == "fused" else has[using]
+
+
+def _check_mmeb(
+    data: MMEBSet, scorer: Scorer | None, k: int, listwise: bool, rounds: int, using: VectorName | None
+) -> list[str]:
+    """Refuse what cannot run (before any work); notes on subsets where ``using`` hides some candidates."""
     if k < 1:
         raise ConfigError(f"k must be at least 1, got {k}")
+    notes = []
+    if using is not None and using not in VECTOR_NAMES:
+        raise ConfigError(f"using must be None (auto) or one of {', '.join(VECTOR_NAMES)}, got {using!r}")
+    if using is not None:
+        for name, sub in data.subsets.items():
+            lacking = sum(not _stores(c, using) for c in sub.candidates.values())
+            if lacking == len(sub.candidates):
+                raise ConfigError(
+                    f"MMEB subset {name}: none of its {lacking} candidates has a {using!r} vector, so vector "
+                    f"{using!r} would find nothing; use auto, or the kind its candidates have"
+                )
+            if lacking:
+                notes.append(
+                    f"{name}: {lacking} of {len(sub.candidates)} candidates have no {using!r} vector and cannot be "
+                    "found in this run"
+                )
     if not listwise:
-        return
+        return notes
     if scorer is None:
         raise ConfigError("listwise re-ranking needs a scorer (it cannot be coarse only)")
     if not 2 <= k <= MAX_OPTIONS:
@@ -380,6 +405,7 @@ def _check_mmeb(data: MMEBSet, scorer: Scorer | None, k: int, listwise: bool, ro
                 f"listwise mode shows candidates as text options, but MMEB subset {name} has {images} candidate(s) "
                 "with an image; run it pointwise (without listwise), or leave the subset out"
             )
+    return notes
 
 
 def _mmeb_query(
@@ -458,16 +484,17 @@ def run_mmeb(
         extra_config: Recorded in ``config`` too (the CLI's preset).
 
     Raises:
-        ConfigError: ``k`` out of range, or listwise mode on a subset with image candidates (before any work).
+        ConfigError: ``k`` out of range, listwise mode on a subset with image candidates, or ``using`` a vector
+            kind that no candidate of a subset has (before any work; where only some lack it, ``problems`` says so).
     """
     from tqdm import tqdm
 
     from retllm.eval.runner import ensure_corpus, run_config
     from retllm.pipeline import Retriever
 
-    _check_mmeb(data, scorer, k, listwise, rounds)
+    notes = _check_mmeb(data, scorer, k, listwise, rounds, using)
     names = mmeb_collection_names(data, collection_prefix, limit=limit)
-    problems = list(data.problems)
+    problems = list(data.problems) + notes
     embedded: dict[str, int] = {}
     unusable: dict[str, set[str]] = {}
     for subset, sub in data.subsets.items():

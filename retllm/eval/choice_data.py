@@ -13,20 +13,26 @@ Layouts (``data`` is the folder given to the loader):
   bad rows counted); candidate id: a hash of what the candidate shows, so a candidate shared by many queries
   is embedded once.
 
-MMEB's texts are written for instruction-following embedding models: the ``<|image_1|>`` placeholder is
-removed, and the embedding model's instructions are dropped unless ``keep_instructions``, so CLIP embeds and
+MMEB's texts are written for instruction-following embedding models (VLM2Vec): the ``<|image_1|>`` placeholder
+is removed, and the embedding model's instructions are dropped unless ``keep_instructions``, so CLIP embeds and
 the MLLM reads only the content:
 
-- a text that every image-bearing query (or every image-bearing candidate) of a subset carries whole, e.g.
-  ``Represent the given image.``: the query is the image alone;
-- then an instruction that every query (or candidate) text of a subset opens with, up to its first colon, e.g.
-  MSCOCO_t2i's ``Find me an everyday image that matches the given caption: <caption>`` or the VQA subsets'
-  ``Represent the given image with the following question: <question>``: the text after it is kept. The
-  shared head must have 3 words or more, so a common ``Q:`` is content.
+1. MMEB's own instructions, text by text (:data:`MMEB_WHOLE_INSTRUCTIONS`, :data:`MMEB_INSTRUCTION_PREFIXES`):
+   a text that is one (``Represent the given image.``) leaves an image item its image alone; a text that opens
+   with one keeps what follows (MSCOCO_t2i's ``Find me an everyday image that matches the given caption:
+   <caption>``, the VQA subsets' ``Represent the given image with the following question: <question>``,
+   VisualNews_t2i's ``Retrieve an image of this news caption. <caption>``, RefCOCO's ``... follows the language
+   expressions. <expression>``, MSCOCO grounding's ``... isolates the object labeled as "<label>"`` without the
+   quotes). A text-only item whose whole text is an instruction keeps it (it would be empty).
+   HatefulMemes' ``Represent the given image for binary classification to determine whether it constitutes
+   hateful speech or not`` is the question its Yes/No candidates answer, so it stays.
+2. Then, for wordings not in those tables, an opening that every query (or candidate) text of a subset has (at
+   least :data:`MIN_SHARED` different texts, so a small file's coincidences are content), up to its first colon
+   followed by whitespace, with 3 words or more before it (so a common ``Q:`` is content). A whole text that
+   every query shares is not dropped by this rule: the same question asked of every image is still the question.
 
-What was dropped is in :attr:`MMEBSubset.instructions` (and the run's ``results.json``). Both are found over
-the whole file, so ``limit`` does not change what a query says. An instruction that differs from row to row
-(none in MMEB's eval subsets as released) is not found and stays.
+What was dropped is in :attr:`MMEBSubset.instructions` (and the run's ``results.json``). It is found over the
+whole file, so ``limit`` does not change what a query says.
 
 A bad entry (not an object, empty caption, missing image, unreadable row) is skipped and described in
 ``problems`` as ``"FILE: KEY: reason"`` (SugarCrepe), ``"FILE: row N: reason"`` (parquet) or
@@ -58,6 +64,54 @@ MMEB_IMAGE_DIRS = ("eval_images", "images", "")
 MMEB_COLUMNS = ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path")
 _PLACEHOLDER = re.compile(r"<\|image_\d+\|>")
 _INSTRUCTION_END = re.compile(r":(?:\s|$)")
+
+MMEB_WHOLE_INSTRUCTIONS = frozenset(
+    {
+        "Represent the given image",
+        "Represent the given image for classification",
+        "Represent the given cropped image of the object",
+        "Represent the given document screenshot",
+        "Find an image caption describing the given everyday image",
+        "Find a caption for the news in the given photo",
+        "Find a day-to-day image that looks similar to the provided image",
+        "Identify the scene shown in the image",
+        "Identify the object shown in the image",
+        "Identify the country depicted in the image",
+    }
+)
+"""MMEB's instructions that are a whole text (placeholders removed, trailing period and spaces ignored)."""
+
+MMEB_INSTRUCTION_PREFIXES = tuple(
+    sorted(
+        {
+            "Represent the given image with the following question:",
+            "Represent the given news image with the following caption for domain classification:",
+            "Represent the given dialogue about an image, which is used for image retrieval:",
+            "Represent the given Wikipedia image with related text information:",
+            "Represent the given image with related text information:",
+            "Find me an everyday image that matches the given caption:",
+            "Find an image to match the fashion image and style note:",
+            "Find a Wikipedia image that answers this question:",
+            "Find a news image that matches the provided caption:",
+            "Find the document image that can answer the given query:",
+            "Given an image, find a similar everyday image with the described changes:",
+            "Retrieve an image of this news caption.",
+            "Retrieve a Wikipedia image-description pair that provides evidence for the question of this image:",
+            "Select the portion of the image that isolates the object labeled as",
+            "Select the portion of the image that isolates the object of the given label:",
+            "Crop the image to to isolate the object labeled as",
+            "Select the portion of the image that follows the language expressions.",
+            "Select the portion of the image that follows the language expressions:",
+            "Select the portion of the image that answers the question",
+        },
+        key=len,
+        reverse=True,  # the longest first, so a longer instruction is never cut after a shorter one's end
+    )
+)
+"""MMEB's instructions that open a text, the content following (placeholders removed)."""
+
+MIN_SHARED = 5
+"""Different texts that must share an opening before it counts as an instruction not in the tables."""
 
 
 @dataclass(frozen=True)
@@ -300,23 +354,38 @@ def _parse_row(row: dict[str, Any]) -> tuple[str | None, str | None, list[tuple[
     return qt, qi, cands
 
 
-def _shared(texts: list[str | None]) -> str | None:
-    """The text all of ``texts`` carry, when there are at least two and they are one non-empty text."""
-    return texts[0] if len(texts) >= 2 and texts[0] is not None and len(set(texts)) == 1 else None
+def _known_instruction(text: str | None, has_image: bool) -> tuple[str | None, tuple[str, str] | None]:
+    """``text`` without MMEB's instruction, and ``("", instruction)`` (a whole text) or ``("_prefix",
+    instruction)`` for what was dropped; a text-only item keeps a text that is only an instruction."""
+    if text is None:
+        return None, None
+    if text.rstrip(" .") in MMEB_WHOLE_INSTRUCTIONS:
+        return (None, ("", text)) if has_image else (text, None)
+    for inst in MMEB_INSTRUCTION_PREFIXES:
+        if text.startswith(inst):
+            rest = text[len(inst) :].strip()
+            if len(rest) >= 2 and rest[0] == rest[-1] == '"':  # MSCOCO grounding's quoted label
+                rest = rest[1:-1].strip()
+            if rest or has_image:
+                return rest or None, ("_prefix", inst)
+            return text, None
+    return text, None
 
 
 def _shared_prefix(texts: Iterable[str]) -> str | None:
     """The instruction all of ``texts`` open with: their common start up to its first colon followed by
-    whitespace or by the end of that common start (``"Find me an everyday image that matches the given caption:"``),
-    when there are at least two different texts and that head has 3 words or more (so a shared ``"Q:"`` or
-    ``"Photo:"`` is content, not an instruction)."""
+    whitespace (in every text, or the text's end), when there are :data:`MIN_SHARED` or more different texts and
+    the head before the colon has 3 words or more (so a shared ``"Q:"`` or ``"Photo:"`` is content)."""
     distinct = set(texts)
-    if len(distinct) < 2:
+    if len(distinct) < MIN_SHARED:
         return None
     m = _INSTRUCTION_END.search(os.path.commonprefix(list(distinct)))
     if m is None or len(m.string[: m.start()].split()) < 3:
         return None
-    return m.string[: m.start() + 1]
+    head = m.string[: m.start() + 1]
+    if any(len(t) > len(head) and not t[len(head)].isspace() for t in distinct):
+        return None  # the colon is inside content, e.g. a score "2:1" / "2:0"
+    return head
 
 
 def _strip_prefix(text: str | None, prefix: str | None, has_image: bool) -> str | None:
@@ -328,24 +397,35 @@ def _strip_prefix(text: str | None, prefix: str | None, has_image: bool) -> str 
 
 
 def _drop_instructions(rows: list[_Row]) -> dict[str, str]:
-    """Remove the embedding model's instructions from ``rows`` in place; what was removed, by kind.
+    """Remove the embedding model's instructions from ``rows`` in place (module docstring); what was removed, by
+    kind (``query``/``candidate``: whole texts, ``query_prefix``/``candidate_prefix``: openings; several
+    different ones joined by `` | ``)."""
+    dropped: dict[str, list[str]] = {}
 
-    First a text every image-bearing query (candidate) carries whole (``query``/``candidate``), then an instruction
-    every remaining query (candidate) text opens with (``query_prefix``/``candidate_prefix``)."""
-    q_inst = _shared([r.text for r in rows if r.image is not None])
-    c_inst = _shared([t for r in rows for t, i in r.cands if i is not None])
-    for r in rows:
-        if q_inst is not None and r.image is not None:
-            r.text = None
-        if c_inst is not None:
-            r.cands = [(None if i is not None else t, i) for t, i in r.cands]
+    def note(key: str, inst: str | None) -> None:
+        if inst is not None and inst not in (seen := dropped.setdefault(key, [])):
+            seen.append(inst)
+
+    for r in rows:  # 1. MMEB's own instructions
+        r.text, found = _known_instruction(r.text, r.image is not None)
+        if found:
+            note("query" + found[0], found[1])
+        cands = []
+        for t, i in r.cands:
+            t, found = _known_instruction(t, i is not None)
+            if found:
+                note("candidate" + found[0], found[1])
+            cands.append((t, i))
+        r.cands = cands
+    # 2. an opening every text of the subset shares
     q_pre = _shared_prefix([r.text for r in rows if r.text is not None])
     c_pre = _shared_prefix([t for r in rows for t, _ in r.cands if t is not None])
     for r in rows:
         r.text = _strip_prefix(r.text, q_pre, r.image is not None)
         r.cands = [(_strip_prefix(t, c_pre, i is not None), i) for t, i in r.cands]
-    found = (("query", q_inst), ("candidate", c_inst), ("query_prefix", q_pre), ("candidate_prefix", c_pre))
-    return {k: v for k, v in found if v is not None}
+    note("query_prefix", q_pre)
+    note("candidate_prefix", c_pre)
+    return {k: " | ".join(v) for k, v in dropped.items() if v}
 
 
 def candidate_id(text: str | None, image: str | None) -> str:

@@ -263,7 +263,7 @@ def mmeb(tmp_path: Path) -> Path:
     inst = "<|image_1|>\nRepresent the given image."
     t2i = [
         {
-            "qry_text": f"Find an image: {CAPTIONS[i]}",
+            "qry_text": f"Find me an everyday image that matches the given caption: {CAPTIONS[i]}",
             "qry_img_path": "",
             "tgt_text": [inst] * 4,
             "tgt_img_path": [f"T2I/{(i + j) % 6}.png" for j in range(4)],
@@ -275,7 +275,7 @@ def mmeb(tmp_path: Path) -> Path:
     pq.write_table(pa.Table.from_pylist(t2i), root / "T2I" / "test-00000-of-00001.parquet")
     i2t = [
         {
-            "qry_text": "<|image_1|>\nFind a caption for the image.",
+            "qry_text": "<|image_1|>\nFind an image caption describing the given everyday image.",
             "qry_img_path": f"I2T/{i}.png",
             "tgt_text": [CAPTIONS[(i + 2 * j) % 6] for j in range(4)],
             "tgt_img_path": ["", "", "", ""],
@@ -370,8 +370,11 @@ def test_mmeb_pointwise_metrics_filter_and_a_rerun_without_calls(mmeb: Path, emb
         assert (a["coarse"], a["reranked"]) == (d["coarse"], d["reranked"])
         assert a["cache"]["misses"] == 0 and a["mllm_calls_per_query"] == 0 and a["cached_queries"] == 4
     assert res["config"]["instructions_dropped"] == {
-        "I2T": {"query": "Find a caption for the image."},
-        "T2I": {"candidate": "Represent the given image.", "query_prefix": "Find an image:"},
+        "I2T": {"query": "Find an image caption describing the given everyday image."},
+        "T2I": {
+            "candidate": "Represent the given image.",
+            "query_prefix": "Find me an everyday image that matches the given caption:",
+        },
     }
     assert all(q.text in CAPTIONS for q in ds.subsets["T2I"].queries)  # the caption alone is embedded and read
     assert (tmp_path / "run" / "report.md").read_text().count("| re-ranked |") == 2
@@ -494,8 +497,54 @@ def test_mmeb_refusals_before_any_work(mmeb: Path, embedder, index, tmp_path: Pa
             mmeb_run(ds, embedder, index, scorer, tmp_path, "lw", listwise=True)
         with pytest.raises(ConfigError, match="2 to 10 options"):
             mmeb_run(load_mmeb(mmeb, ["I2T"]), embedder, index, scorer, tmp_path, "lw", k=11, listwise=True)
+        # a vector kind that no candidate of a subset stores would find nothing: P@1 = 0 that measures nothing
+        with pytest.raises(ConfigError, match="I2T: none of its 6 candidates has a 'image' vector"):
+            mmeb_run(ds, embedder, index, scorer, tmp_path, "vi", using="image")
+        with pytest.raises(ConfigError, match="has a 'fused' vector"):
+            mmeb_run(load_mmeb(mmeb, ["T2I"]), embedder, index, scorer, tmp_path, "vf", using="fused")
+        with pytest.raises(ConfigError, match="using must be None"):
+            mmeb_run(ds, embedder, index, scorer, tmp_path, "vx", using="colour")
         assert fake.pair_requests == [] and index.list_collections() == []  # refused before any work
         scorer.close()
+
+
+def test_mmeb_a_vector_kind_that_some_candidates_lack_is_reported(tmp_path: Path, embedder, index) -> None:
+    """Candidates without the chosen vector cannot be found: the run says how many, per subset."""
+    root = tmp_path / "mix"
+    for i in range(2):
+        rand_png(root / "eval_images" / "Mix" / f"{i}.png", 200 + i)
+    rows_ = [
+        {"qry_text": f"a thing {i}", "qry_img_path": "", "tgt_text": ["a cat", "", "a dog"],
+         "tgt_img_path": ["", f"Mix/{i}.png", ""]}
+        for i in range(2)
+    ]  # fmt: skip
+    (root / "Mix").mkdir(parents=True)
+    (root / "Mix" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_))
+    res = mmeb_run(load_mmeb(root), embedder, index, None, tmp_path, "text", using="text")
+    assert "Mix: 2 of 4 candidates have no 'text' vector and cannot be found in this run" in res["problems"]["items"]
+    assert res["config"]["using"] == "text"
+    assert all(len(r["coarse"]) == 2 for r in rows(tmp_path / "text"))  # the two text candidates only
+
+
+def test_mmeb_runs_with_and_without_instructions_keep_each_others_collections(
+    mmeb: Path, embedder, index, tmp_path: Path
+) -> None:
+    """Kept instructions are other texts, so other candidate ids: their own collections, and neither run deletes
+    or re-embeds the other's points. The config records how the run was made."""
+    plain = mmeb_run(load_mmeb(mmeb), embedder, index, None, tmp_path, "plain")
+    kept = mmeb_run(load_mmeb(mmeb, keep_instructions=True), embedder, index, None, tmp_path, "kept")
+    assert kept["corpus"]["embedded_now"] == {"I2T": 6, "T2I": 6}
+    assert {n: c + "-inst" for n, c in plain["config"]["collections"].items()} == kept["config"]["collections"]
+    again = mmeb_run(load_mmeb(mmeb), embedder, index, None, tmp_path, "again")
+    assert again["corpus"]["embedded_now"] == {"I2T": 0, "T2I": 0}
+    assert [r["coarse"] for r in rows(tmp_path / "again")] == [r["coarse"] for r in rows(tmp_path / "plain")]
+    kept2 = mmeb_run(load_mmeb(mmeb, keep_instructions=True), embedder, index, None, tmp_path, "kept2")
+    assert kept2["corpus"]["embedded_now"] == {"I2T": 0, "T2I": 0}
+    cfg, kcfg = plain["config"], kept["config"]
+    assert (cfg["instructions_kept"], kcfg["instructions_kept"]) == (False, True)
+    assert kcfg["instructions_dropped"] == {} and cfg["instructions_dropped"]["I2T"]
+    assert (cfg["index"], cfg["vector_fusion"], cfg["fusion_weight"]) == ("EdgeIndex", index.fusion, 0.5)
+    assert (cfg["mode"], cfg["k"], cfg["using"], cfg["coarse_only"]) == ("coarse", 3, None, True)
 
 
 def test_mmeb_coarse_only_is_the_naive_cosine_order(mmeb: Path, embedder, index, tmp_path: Path) -> None:

@@ -453,7 +453,13 @@ def test_cut_offs_past_k_are_marked_coarse_and_the_config_is_recorded(
         cache_path=tmp_path / "s.sqlite", fingerprint='{"dtype": "float32"}', progress=False,
         extra_config={"preset": {"name": "small"}},
     )  # fmt: skip
-    assert res["config"]["fingerprint"] == '{"dtype": "float32"}' and res["config"]["preset"] == {"name": "small"}
+    cfg = res["config"]
+    assert cfg["fingerprint"] == '{"dtype": "float32"}' and cfg["preset"] == {"name": "small"}
+    assert cfg["collections"] == collection_names(flickr) and set(cfg["collections"].values()) <= set(
+        index.list_collections()
+    )
+    assert (cfg["k"], cfg["coarse_only"], cfg["scorer"], cfg["embedder"]) == (5, False, scorer.id, embedder.id)
+    assert cfg["cache"] == str(tmp_path / "s.sqlite") and {"retllm", "packages", "git_commit", "date"} <= set(cfg)
     for d in res["directions"].values():
         assert d["reranked_ks_beyond_k_are_coarse"] == [10] and d["pairs_per_query"] == 5
         assert d["reranked"]["R@10"] == d["coarse"]["R@10"]

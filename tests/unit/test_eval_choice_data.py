@@ -12,6 +12,7 @@ from PIL import Image
 
 from retllm.errors import ConfigError, MissingDependencyError
 from retllm.eval.choice import SUGARCREPE_CATEGORIES, load_mmeb, load_sugarcrepe
+from retllm.eval.choice_data import MIN_SHARED
 
 
 def png(path: Path, colour: tuple[int, int, int] = (200, 30, 30)) -> Path:
@@ -115,6 +116,9 @@ def test_sugarcrepe_limit_keeps_the_first_valid_questions_per_category(tmp_path:
 # --- MMEB ------------------------------------------------------------------------------------------------------
 
 COLUMNS = ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path")
+T2I_PREFIX = "Find me an everyday image that matches the given caption:"
+VQA_PREFIX = "<|image_1|>\nRepresent the given image with the following question:"
+WEBQA_CAND = "<|image_1|>\nRepresent the given Wikipedia image with related text information:"
 
 
 def mmeb_row(qt: str | None, qi: str, tt: list, ti: list | None) -> dict:
@@ -150,8 +154,8 @@ def t2i_rows() -> list[dict]:
     """Text query -> image candidates, each candidate text the embedding model's instruction."""
     cand = "<|image_1|>\nRepresent the given image."
     return [
-        mmeb_row("Find an image: a red thing", "", [cand] * 3, ["T2I/r.png", "T2I/g.png", "T2I/b.png"]),
-        mmeb_row("Find an image: a green thing", "", [cand] * 3, ["T2I/g.png", "T2I/b.png", "T2I/r.png"]),
+        mmeb_row(f"{T2I_PREFIX} a red thing", "", [cand] * 3, ["T2I/r.png", "T2I/g.png", "T2I/b.png"]),
+        mmeb_row(f"{T2I_PREFIX} a green thing", "", [cand] * 3, ["T2I/g.png", "T2I/b.png", "T2I/r.png"]),
     ]
 
 
@@ -202,7 +206,7 @@ def test_mmeb_parquet_layout_placeholders_and_shared_candidates(tmp_path: Path) 
     assert i2t.positive(i2t.queries[1]) == q0.candidates[1]
     # image candidates: placeholder stripped, the shared instruction dropped; the text query's shared opening too
     assert t2i.queries[0].text == "a red thing" and t2i.queries[0].image is None
-    assert t2i.instructions == {"candidate": "Represent the given image.", "query_prefix": "Find an image:"}
+    assert t2i.instructions == {"candidate": "Represent the given image.", "query_prefix": T2I_PREFIX}
     cands = [t2i.candidates[c] for c in t2i.queries[0].candidates]
     assert [c.text for c in cands] == [None, None, None]
     assert [Path(str(c.image)).name for c in cands] == ["r.png", "g.png", "b.png"]
@@ -269,10 +273,6 @@ def test_mmeb_without_pyarrow_names_the_install_line(tmp_path: Path) -> None:
 
 
 # --- MMEB: instructions written for embedding models --------------------------------------------------------------
-
-T2I_PREFIX = "Find me an everyday image that matches the given caption:"
-VQA_PREFIX = "<|image_1|>\nRepresent the given image with the following question:"
-WEBQA_CAND = "<|image_1|>\nRepresent the given Wikipedia image with related text information:"
 
 
 def test_mmeb_instruction_prefixes_are_dropped_and_the_content_kept(tmp_path: Path) -> None:
@@ -348,35 +348,138 @@ def test_mmeb_instruction_prefixes_are_dropped_and_the_content_kept(tmp_path: Pa
     assert all(s.instructions == {} for s in kept.subsets.values())
 
 
-def test_mmeb_shared_openings_that_are_content_are_kept(tmp_path: Path) -> None:
-    """A short shared head (``Q:``), a shared opening without a colon, texts that share nothing, and a text that is
-    only the instruction: a text query keeps it (it would be empty), an image query becomes the image alone."""
-    short = [mmeb_row(f"Q: {w}?", "", ["a", "b"], ["", ""]) for w in ("who", "why")]
-    nocolon = [mmeb_row(f"A photo of a {w}", "", ["a", "b"], ["", ""]) for w in ("cat", "dog")]
-    only = [
-        mmeb_row("Find the image for this caption: a red ball", "", ["a", "b"], ["", ""]),
-        mmeb_row("Find the image for this caption:", "", ["a", "b"], ["", ""]),
-        mmeb_row("<|image_1|>\nFind the image for this caption:", "O/a.png", ["a", "b"], ["", ""]),
-    ]
-    # one text repeated is one text, not an opening two texts share
-    same = [
-        mmeb_row("<|image_1|>\nWhich of these: pick one", f"S/{n}.png", ["Answer this one: yes"], [""]) for n in "ab"
-    ]
-    same.append(mmeb_row("<|image_1|>\nWhich of these: pick one", "S/c.png", ["Answer this one: yes"], [""]))
-    for name, rows in (("Short", short), ("NoColon", nocolon), ("Only", only), ("Same", same)):
+def test_mmeb_instructions_that_end_without_a_colon_or_wrap_the_label(tmp_path: Path) -> None:
+    """MMEB's instructions ending in a period or in nothing, and MSCOCO grounding's quoted label, found text by
+    text from the table (two rows are enough); HatefulMemes' question is what its candidates answer: it stays."""
+    crop = "<|image_1|>\nRepresent the given cropped image of the object"
+    subsets = {
+        "VisualNews_t2i": [
+            mmeb_row(
+                f"Retrieve an image of this news caption. {c}",
+                "",
+                ["<|image_1|>\nRepresent the given image."],
+                [f"V/{n}.png"],
+            )
+            for n, c in (("a", "LONDON ENGLAND The Prime Minister speaks."), ("b", "Fans cheer: 2:1 at home."))
+        ],
+        "RefCOCO": [
+            mmeb_row(
+                f"<|image_1|>\nSelect the portion of the image that follows the language expressions. {e}",
+                f"R/{n}.png",
+                [crop],
+                [f"R/c{n}.png"],
+            )
+            for n, e in (("a", "man in red shirt"), ("b", "left dog"))
+        ],
+        "Visual7W-Pointing": [
+            mmeb_row(
+                f"<|image_1|>\nSelect the portion of the image that answers the question {q}",
+                f"P/{n}.png",
+                [crop],
+                [f"P/c{n}.png"],
+            )
+            for n, q in (("a", "Which object is red?"), ("b", "Where is the cup?"))
+        ],
+        "MSCOCO": [
+            mmeb_row(
+                f'<|image_1|>\nSelect the portion of the image that isolates the object labeled as "{w}"',
+                f"M/{n}.png",
+                [crop],
+                [f"M/c{n}.png"],
+            )
+            for n, w in (("a", "dog"), ("b", "hot dog"))
+        ],
+        "HatefulMemes": [
+            mmeb_row(
+                "<|image_1|>\nRepresent the given image for binary classification to determine whether it "
+                "constitutes hateful speech or not",
+                f"H/{n}.png",
+                ["Yes", "No"],
+                ["", ""],
+            )
+            for n in "ab"
+        ],
+    }
+    for name, rows in subsets.items():
         write_jsonl(tmp_path / name / "test.jsonl", rows)
         images_for(tmp_path / "eval_images", rows)
     ds = load_mmeb(tmp_path)
-    assert [q.text for q in ds.subsets["Short"].queries] == ["Q: who?", "Q: why?"]
-    assert [q.text for q in ds.subsets["NoColon"].queries] == ["A photo of a cat", "A photo of a dog"]
-    assert ds.subsets["Short"].instructions == ds.subsets["NoColon"].instructions == {}
-    # the whole shared text of image queries is dropped; the candidate text repeated in every row is kept
-    assert [q.text for q in ds.subsets["Same"].queries] == [None, None, None]
-    assert ds.subsets["Same"].instructions == {"query": "Which of these: pick one"}
-    assert [c.text for c in ds.subsets["Same"].candidates.values()] == ["Answer this one: yes"]
-    oq = ds.subsets["Only"].queries
-    assert [q.text for q in oq] == ["a red ball", "Find the image for this caption:", None]
-    assert oq[2].image is not None
+    assert ds.problems == []
+    texts = {name: [q.text for q in sub.queries] for name, sub in ds.subsets.items()}
+    assert texts == {
+        "VisualNews_t2i": ["LONDON ENGLAND The Prime Minister speaks.", "Fans cheer: 2:1 at home."],
+        "RefCOCO": ["man in red shirt", "left dog"],
+        "Visual7W-Pointing": ["Which object is red?", "Where is the cup?"],
+        "MSCOCO": ["dog", "hot dog"],
+        "HatefulMemes": [
+            "Represent the given image for binary classification to determine whether it constitutes hateful "
+            "speech or not"
+        ]
+        * 2,
+    }
+    assert ds.subsets["MSCOCO"].instructions == {
+        "query_prefix": "Select the portion of the image that isolates the object labeled as",
+        "candidate": "Represent the given cropped image of the object",
+    }
+    assert all(c.text is None for c in ds.subsets["RefCOCO"].candidates.values())  # the cropped image alone
+    assert ds.subsets["VisualNews_t2i"].instructions == {
+        "query_prefix": "Retrieve an image of this news caption.",
+        "candidate": "Represent the given image.",
+    }
+    assert ds.subsets["HatefulMemes"].instructions == {}
+
+
+def test_mmeb_instructions_not_in_the_tables_are_found_by_what_the_texts_share(tmp_path: Path) -> None:
+    """Wordings MMEB does not use, over MIN_SHARED (5) texts: a shared opening up to its first colon followed by a
+    space (not the one inside "10:30"); a text that is only the opening stays for a text query and goes for an
+    image query. A whole text every image query shares is the question asked of each image: it stays."""
+    assert MIN_SHARED == 5
+    head = "Note 10:30 slot, find the picture for this caption:"
+    opened = [mmeb_row(f"{head} {w}", "", ["a", "b"], ["", ""]) for w in ("a red ball", "two cats", "a boat", "rain")]
+    opened += [
+        mmeb_row(head, "", ["a", "b"], ["", ""]),
+        mmeb_row(f"<|image_1|>\n{head}", "O/a.png", ["a", "b"], ["", ""]),
+    ]
+    whole = [mmeb_row("<|image_1|>\nWhich of these: pick one", f"W/{n}.png", ["yes", "no"], ["", ""]) for n in "abcde"]
+    for name, rows in (("Opened", opened), ("Whole", whole)):
+        write_jsonl(tmp_path / name / "test.jsonl", rows)
+        images_for(tmp_path / "eval_images", rows)
+    ds = load_mmeb(tmp_path)
+    assert [q.text for q in ds.subsets["Opened"].queries] == ["a red ball", "two cats", "a boat", "rain", head, None]
+    assert ds.subsets["Opened"].instructions == {"query_prefix": head}
+    assert [q.text for q in ds.subsets["Whole"].queries] == ["Which of these: pick one"] * 5
+    assert ds.subsets["Whole"].instructions == {}
+    # found over the whole file: a limit of one query still drops what the five share
+    one = load_mmeb(tmp_path, ["Opened", "Whole"], limit=1)
+    assert [q.text for q in one.subsets["Opened"].queries] == ["a red ball"]
+
+
+def test_mmeb_shared_texts_that_are_content_are_kept(tmp_path: Path) -> None:
+    """What texts share by chance is content: fewer than 5 texts, a short head (``Q:``), no colon, a colon inside
+    the content ("2:1"/"2:0"), one text repeated, and identical text-only queries."""
+    few = [mmeb_row(f"Find the image for this caption: {w}", "", ["a", "b"], ["", ""]) for w in "abcd"]
+    short = [mmeb_row(f"Q: {w}?", "", ["a", "b"], ["", ""]) for w in ("who", "why", "how", "what", "when")]
+    nocolon = [mmeb_row(f"A photo of a {w}", "", ["a", "b"], ["", ""]) for w in ("cat", "dog", "cow", "pig", "hen")]
+    scores = [
+        mmeb_row("<|image_1|>\nWhat was the final score?", f"S/{n}.png", [f"The final score was 2:{g}"], [""])
+        for n, g in zip("abcde", "01234", strict=True)
+    ]
+    same = [mmeb_row("What is in the picture: a cat?", "", ["yes", "no"], ["", ""]) for _ in range(6)]
+    for name, rows in (("Few", few), ("Short", short), ("NoColon", nocolon), ("Scores", scores), ("Same", same)):
+        write_jsonl(tmp_path / name / "test.jsonl", rows)
+        images_for(tmp_path / "eval_images", rows)
+    ds = load_mmeb(tmp_path)
+    assert ds.subsets["Few"].queries[0].text == "Find the image for this caption: a"
+    assert [q.text for q in ds.subsets["Short"].queries][:2] == ["Q: who?", "Q: why?"]
+    assert ds.subsets["NoColon"].queries[0].text == "A photo of a cat"
+    sc = ds.subsets["Scores"]
+    assert [sc.candidates[q.candidates[0]].text for q in sc.queries][:2] == [
+        "The final score was 2:0",
+        "The final score was 2:1",
+    ]
+    assert [q.text for q in sc.queries] == ["What was the final score?"] * 5  # a question, not an instruction
+    assert [q.text for q in ds.subsets["Same"].queries] == ["What is in the picture: a cat?"] * 6
+    assert all(sub.instructions == {} for sub in ds.subsets.values())
 
 
 def test_mmeb_a_null_tgt_text_or_tgt_img_path_means_one_kind_of_candidate(tmp_path: Path) -> None:
