@@ -96,8 +96,8 @@ def delimit(text: str | None, *, one_line: bool = False) -> str | None:
     """Make untrusted text safe inside ``<...>``: angle brackets become ‹ ›, control characters spaces.
 
     Line breaks stay in queries and captions (the research code's prompt shows a multi-line caption as it is);
-    ``one_line`` (listwise options) turns every run of whitespace, line breaks included, into one space, so an
-    option cannot start a line that reads as another option (``3. <...>``).
+    ``one_line`` (a listwise prompt's options and query) turns every run of whitespace, line breaks included, into
+    one space, so no text can start a line that reads as an option (``3. <...>``).
     """
     if text is None:
         return None
@@ -106,8 +106,9 @@ def delimit(text: str | None, *, one_line: bool = False) -> str | None:
 
 
 RENDER_PROBE = "<a>\x00\t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x7f\x80\x85\x9f\u2028\u2029  b "
-"""Text with every character :func:`delimit` treats specially: what it makes of it is part of the eval score
-cache's key (:func:`retllm.eval.cache.prompts_hash`), so a change to how data enters a prompt is a new key."""
+"""Text with every character :func:`delimit` treats specially: every scoring prompt rendered with it in every
+field is part of the eval score cache's key (:func:`retllm.eval.cache.prompts_hash`), so a change to how data
+enters a prompt is a new key."""
 
 
 @lru_cache(maxsize=32)
@@ -158,7 +159,7 @@ def render(
         "candidate_text": bool(candidate_text),
     }
     ctx = {
-        "query_text": delimit(query_text),
+        "query_text": delimit(query_text, one_line=bool(options)),  # listwise: no line can read as an option
         "candidate_text": delimit(candidate_text),
         "query_image": query_image,
         "candidate_image": candidate_image,

@@ -56,14 +56,13 @@ CREATE TABLE IF NOT EXISTS choices (
 
 @lru_cache(maxsize=1)
 def prompts_hash() -> str:
-    """sha256 over the prompt files of ``retllm.prompts`` (name and content) and what
-    :func:`~retllm.prompting.delimit` makes of :data:`~retllm.prompting.RENDER_PROBE`, so an edited prompt, or
-    another way of putting data into it, is a new key."""
-    from retllm.prompting import RENDER_PROBE, delimit
+    """sha256 over the prompt files of ``retllm.prompts`` (name and content) and every scoring prompt rendered
+    with :data:`~retllm.prompting.RENDER_PROBE` in every field, so an edited prompt, or another way of putting
+    data into one (:func:`~retllm.prompting.delimit`, :func:`~retllm.prompting.render`), is a new key."""
+    from retllm.errors import ConfigError
+    from retllm.prompting import RENDER_PROBE, load_prompt, render
 
     h = hashlib.sha256()
-    for rendered in (delimit(RENDER_PROBE), delimit(RENDER_PROBE, one_line=True)):
-        h.update(str(rendered).encode("utf-8", "surrogatepass") + b"\0")
     files = sorted(
         (p for p in resources.files("retllm.prompts").iterdir() if p.name.endswith(".yaml")), key=lambda p: p.name
     )
@@ -71,6 +70,20 @@ def prompts_hash() -> str:
         h.update(p.name.encode())
         h.update(b"\0")
         h.update(hashlib.sha256(p.read_bytes()).digest())
+        try:
+            spec = load_prompt(p.name.removesuffix(".yaml"))
+        except ConfigError:  # not a scoring prompt (the chat agent's system prompt): its bytes are enough
+            continue
+        for options in (None, [RENDER_PROBE, RENDER_PROBE]):
+            parts = render(
+                spec,
+                query_text=RENDER_PROBE,
+                query_image=True,
+                candidate_text=RENDER_PROBE,
+                candidate_image=True,
+                options=options,
+            ).parts
+            h.update(json.dumps(parts).encode())
     return h.hexdigest()
 
 

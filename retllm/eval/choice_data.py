@@ -22,8 +22,9 @@ the MLLM reads only the content:
    with one keeps what follows (MSCOCO_t2i's ``Find me an everyday image that matches the given caption:
    <caption>``, the VQA subsets' ``Represent the given image with the following question: <question>``,
    VisualNews_t2i's ``Retrieve an image of this news caption. <caption>``, RefCOCO's ``... follows the language
-   expressions. <expression>``, MSCOCO grounding's ``... isolates the object labeled as "<label>"`` without the
-   quotes). A text-only item whose whole text is an instruction keeps it (it would be empty).
+   expressions. <expression>``, MSCOCO grounding's ``Crop the image to to isolate the object labeled as
+   "<label>"`` without the quotes). A text-only item whose text is only an instruction has nothing to search
+   with or for: its row is reported in ``problems`` and skipped.
    HatefulMemes' ``Represent the given image for binary classification to determine whether it constitutes
    hateful speech or not`` is the question its Yes/No candidates answer, so it stays.
 2. Then, for wordings not in those tables, an opening that every query (or candidate) text of a subset has (at
@@ -152,8 +153,9 @@ class MMEBSubset:
     queries: list[MMEBQuery] = field(default_factory=list)
     candidates: dict[str, Item] = field(default_factory=dict)
     instructions: dict[str, str] = field(default_factory=dict)
-    """``"query"``/``"candidate"`` (a whole shared text) and ``"query_prefix"``/``"candidate_prefix"`` (a shared
-    opening) -> the instruction text that was dropped from that side."""
+    """``"query"``/``"candidate"`` (an instruction that was a whole text) and ``"query_prefix"``/
+    ``"candidate_prefix"`` (an instruction that opened the text) -> what was dropped from that side (several
+    different ones joined by `` | ``)."""
 
     def positive(self, query: MMEBQuery) -> str:
         return query.candidates[0]
@@ -354,21 +356,35 @@ def _parse_row(row: dict[str, Any]) -> tuple[str | None, str | None, list[tuple[
     return qt, qi, cands
 
 
+_QUOTED_LABEL = ("labeled as", "of the given label:")
+"""The grounding instructions whose content is a label in double quotes (``... labeled as "dog"``)."""
+
+
+class _OnlyInstruction(ValueError):
+    """A text-only item whose text is only one of MMEB's instructions: nothing is left to search with or for."""
+
+
 def _known_instruction(text: str | None, has_image: bool) -> tuple[str | None, tuple[str, str] | None]:
     """``text`` without MMEB's instruction, and ``("", instruction)`` (a whole text) or ``("_prefix",
-    instruction)`` for what was dropped; a text-only item keeps a text that is only an instruction."""
+    instruction)`` for what was dropped.
+
+    Raises:
+        _OnlyInstruction: The text is only an instruction and there is no image.
+    """
     if text is None:
         return None, None
     if text.rstrip(" .") in MMEB_WHOLE_INSTRUCTIONS:
-        return (None, ("", text)) if has_image else (text, None)
+        if not has_image:
+            raise _OnlyInstruction(f"its text is only the instruction {text!r} and it has no image")
+        return None, ("", text)
     for inst in MMEB_INSTRUCTION_PREFIXES:
         if text.startswith(inst):
             rest = text[len(inst) :].strip()
-            if len(rest) >= 2 and rest[0] == rest[-1] == '"':  # MSCOCO grounding's quoted label
+            if inst.endswith(_QUOTED_LABEL) and len(rest) >= 2 and rest[0] == rest[-1] == '"' and '"' not in rest[1:-1]:
                 rest = rest[1:-1].strip()
-            if rest or has_image:
-                return rest or None, ("_prefix", inst)
-            return text, None
+            if not rest and not has_image:
+                raise _OnlyInstruction(f"its text is only the instruction {inst!r} and it has no image")
+            return rest or None, ("_prefix", inst)
     return text, None
 
 
@@ -396,27 +412,40 @@ def _strip_prefix(text: str | None, prefix: str | None, has_image: bool) -> str 
     return text[len(prefix) :].strip() or (None if has_image else text)
 
 
-def _drop_instructions(rows: list[_Row]) -> dict[str, str]:
-    """Remove the embedding model's instructions from ``rows`` in place (module docstring); what was removed, by
-    kind (``query``/``candidate``: whole texts, ``query_prefix``/``candidate_prefix``: openings; several
-    different ones joined by `` | ``)."""
+def _drop_instructions(rows: list[_Row], problems: list[str]) -> tuple[list[_Row], dict[str, str]]:
+    """Remove the embedding model's instructions from ``rows`` (module docstring): the rows left (a row whose query
+    or candidate is only an instruction is described in ``problems`` and dropped), and what was removed, by kind
+    (``query``/``candidate``: whole texts, ``query_prefix``/``candidate_prefix``: openings; several different ones
+    joined by `` | ``)."""
     dropped: dict[str, list[str]] = {}
 
     def note(key: str, inst: str | None) -> None:
         if inst is not None and inst not in (seen := dropped.setdefault(key, [])):
             seen.append(inst)
 
+    kept: list[_Row] = []
     for r in rows:  # 1. MMEB's own instructions
-        r.text, found = _known_instruction(r.text, r.image is not None)
-        if found:
-            note("query" + found[0], found[1])
-        cands = []
-        for t, i in r.cands:
-            t, found = _known_instruction(t, i is not None)
-            if found:
-                note("candidate" + found[0], found[1])
-            cands.append((t, i))
-        r.cands = cands
+        found: list[tuple[str, tuple[str, str] | None]] = []
+        try:
+            text, f = _known_instruction(r.text, r.image is not None)
+            found.append(("query", f))
+            cands = []
+            for j, (t, i) in enumerate(r.cands):
+                try:
+                    t, f = _known_instruction(t, i is not None)
+                except _OnlyInstruction as e:
+                    raise _OnlyInstruction(f"candidate {j}: {e}") from None
+                found.append(("candidate", f))
+                cands.append((t, i))
+        except _OnlyInstruction as e:
+            problems.append(f"{r.where}: {e if str(e).startswith('candidate') else f'the query: {e}'}")
+            continue
+        r.text, r.cands = text, cands
+        for side, f in found:
+            if f is not None:
+                note(side + f[0], f[1])
+        kept.append(r)
+    rows = kept
     # 2. an opening every text of the subset shares
     q_pre = _shared_prefix([r.text for r in rows if r.text is not None])
     c_pre = _shared_prefix([t for r in rows for t, _ in r.cands if t is not None])
@@ -425,7 +454,7 @@ def _drop_instructions(rows: list[_Row]) -> dict[str, str]:
         r.cands = [(_strip_prefix(t, c_pre, i is not None), i) for t, i in r.cands]
     note("query_prefix", q_pre)
     note("candidate_prefix", c_pre)
-    return {k: " | ".join(v) for k, v in dropped.items() if v}
+    return rows, {k: " | ".join(v) for k, v in dropped.items() if v}
 
 
 def candidate_id(text: str | None, image: str | None) -> str:
@@ -481,7 +510,7 @@ def load_mmeb(
             continue
         sub = MMEBSubset(name)
         if not keep_instructions:
-            sub.instructions = _drop_instructions(rows)
+            rows, sub.instructions = _drop_instructions(rows, out.problems)
         for r in rows:
             if limit is not None and len(sub.queries) >= limit:
                 break

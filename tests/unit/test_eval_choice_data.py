@@ -12,7 +12,7 @@ from PIL import Image
 
 from retllm.errors import ConfigError, MissingDependencyError
 from retllm.eval.choice import SUGARCREPE_CATEGORIES, load_mmeb, load_sugarcrepe
-from retllm.eval.choice_data import MIN_SHARED
+from retllm.eval.choice_data import MIN_SHARED, MMEB_INSTRUCTION_PREFIXES, MMEB_WHOLE_INSTRUCTIONS
 
 
 def png(path: Path, colour: tuple[int, int, int] = (200, 30, 30)) -> Path:
@@ -441,12 +441,14 @@ def test_mmeb_instructions_not_in_the_tables_are_found_by_what_the_texts_share(t
         mmeb_row(f"<|image_1|>\n{head}", "O/a.png", ["a", "b"], ["", ""]),
     ]
     whole = [mmeb_row("<|image_1|>\nWhich of these: pick one", f"W/{n}.png", ["yes", "no"], ["", ""]) for n in "abcde"]
-    for name, rows in (("Opened", opened), ("Whole", whole)):
+    three = [mmeb_row(f"Find this picture: {w}", "", ["a", "b"], ["", ""]) for w in "vwxyz"]  # 3 words are enough
+    for name, rows in (("Opened", opened), ("Whole", whole), ("Three", three)):
         write_jsonl(tmp_path / name / "test.jsonl", rows)
         images_for(tmp_path / "eval_images", rows)
     ds = load_mmeb(tmp_path)
     assert [q.text for q in ds.subsets["Opened"].queries] == ["a red ball", "two cats", "a boat", "rain", head, None]
     assert ds.subsets["Opened"].instructions == {"query_prefix": head}
+    assert [q.text for q in ds.subsets["Three"].queries] == list("vwxyz")
     assert [q.text for q in ds.subsets["Whole"].queries] == ["Which of these: pick one"] * 5
     assert ds.subsets["Whole"].instructions == {}
     # found over the whole file: a limit of one query still drops what the five share
@@ -522,3 +524,104 @@ def test_mmeb_jsonl_with_a_bom_and_bytes_that_are_not_utf8(tmp_path: Path) -> No
     ds = load_mmeb(tmp_path)
     assert [q.id for q in ds.subsets["T2I"].queries] == ["0", "2"]
     assert ds.problems == ["T2I/test.jsonl:2: qry_text is not UTF-8"]
+
+
+# (subset, side, text as released, has an image, the content left): MMEB-eval's wordings, one per table entry
+REAL_MMEB = [
+    ("ImageNet-1K", "query", "<|image_1|>\nRepresent the given image for classification", True, None),
+    ("SUN397", "query", "<|image_1|>\nIdentify the scene shown in the image", True, None),
+    ("ObjectNet", "query", "<|image_1|>\nIdentify the object shown in the image", True, None),
+    ("Country211", "query", "<|image_1|>\nIdentify the country depicted in the image", True, None),
+    ("MSCOCO_i2t", "query", "<|image_1|>\nFind an image caption describing the given everyday image.", True, None),
+    ("VisualNews_i2t", "query", "<|image_1|>\nFind a caption for the news in the given photo.", True, None),
+    ("NIGHTS", "query", "<|image_1|>\nFind a day-to-day image that looks similar to the provided image.", True, None),
+    ("NIGHTS", "candidate", "<|image_1|>\nRepresent the given image", True, None),
+    ("MSCOCO", "candidate", "<|image_1|>\nRepresent the given cropped image of the object", True, None),
+    ("Wiki-SS-NQ", "candidate", "<|image_1|>\nRepresent the given document screenshot.", True, None),
+    ("OK-VQA", "query", '<|image_1|>\nRepresent the given image with the following question: What does "STOP" mean?',
+     True, 'What does "STOP" mean?'),
+    ("N24News", "query", "<|image_1|>\nRepresent the given news image with the following caption for domain "
+     "classification: Storm floods the coast", True, "Storm floods the coast"),
+    ("VisDial", "query", "Represent the given dialogue about an image, which is used for image retrieval: Q: is it "
+     "a dog?\nA: yes", False, "Q: is it a dog?\nA: yes"),
+    ("WebQA", "candidate", "<|image_1|>\nRepresent the given Wikipedia image with related text information: Big Ben. "
+     "Clock tower in London", True, "Big Ben. Clock tower in London"),
+    ("EDIS", "candidate", "<|image_1|>\nRepresent the given image with related text information: Rally in Paris",
+     True, "Rally in Paris"),
+    ("MSCOCO_t2i", "query", "Find me an everyday image that matches the given caption: Two dogs play in snow.", False,
+     "Two dogs play in snow."),
+    ("FashionIQ", "query", "<|image_1|>\nFind an image to match the fashion image and style note: is darker red",
+     True, "is darker red"),
+    ("WebQA", "query", "Find a Wikipedia image that answers this question: How tall is Big Ben?", False,
+     "How tall is Big Ben?"),
+    ("EDIS", "query", "Find a news image that matches the provided caption: Rally in Paris", False, "Rally in Paris"),
+    ("Wiki-SS-NQ", "query", "Find the document image that can answer the given query: who built big ben", False,
+     "who built big ben"),
+    ("CIRR", "query", "<|image_1|>\nGiven an image, find a similar everyday image with the described changes: "
+     "make it night", True, "make it night"),
+    ("VisualNews_t2i", "query", "Retrieve an image of this news caption. Fans cheer: 2:1 at home.", False,
+     "Fans cheer: 2:1 at home."),
+    ("OVEN", "query", "<|image_1|>\nRetrieve a Wikipedia image-description pair that provides evidence for the "
+     "question of this image: What breed is this?", True, "What breed is this?"),
+    ("MSCOCO", "query", '<|image_1|>\nCrop the image to to isolate the object labeled as "hot dog"', True, "hot dog"),
+    ("MSCOCO-train", "query", '<|image_1|>\nSelect the portion of the image that isolates the object labeled as '
+     '"a "tall" man"', True, '"a "tall" man"'),  # quotes inside: the label cannot be told apart, kept whole
+    ("MMEB-paper", "query", "<|image_1|>\nSelect the portion of the image that isolates the object of the given "
+     "label: red apple", True, "red apple"),
+    ("RefCOCO", "query", "<|image_1|>\nSelect the portion of the image that follows the language expressions. man "
+     "in red", True, "man in red"),
+    ("RefCOCO-Matching", "candidate", "<|image_1|>\nSelect the portion of the image that follows the language "
+     "expressions: left dog", True, "left dog"),
+    ("Visual7W-Pointing", "query", "<|image_1|>\nSelect the portion of the image that answers the question Which "
+     "cup is full?", True, "Which cup is full?"),
+]  # fmt: skip
+
+
+def test_every_mmeb_instruction_in_the_tables_leaves_the_content_of_a_real_text(tmp_path: Path) -> None:
+    """One released wording per table entry (so an entry removed or mistyped fails here), each as a query or a
+    candidate of one file; what is left is the content alone, quotes kept where they are content."""
+    rows = []
+    for n, (_, side, text, has_image, _) in enumerate(REAL_MMEB):
+        img = f"R/{n}.png" if has_image else ""
+        if side == "query":
+            rows.append(mmeb_row(text, img, [f"answer {n}", f"other {n}"], ["", ""]))
+        else:
+            rows.append(mmeb_row(f"query {n}", "", [text, f"other {n}"], [img, ""]))
+    write_jsonl(tmp_path / "Real" / "test.jsonl", rows)
+    images_for(tmp_path / "eval_images", rows)
+    ds = load_mmeb(tmp_path)
+    assert ds.problems == []
+    sub = ds.subsets["Real"]
+    for q, (subset, side, _, _, want) in zip(sub.queries, REAL_MMEB, strict=True):
+        got = q.text if side == "query" else sub.candidates[q.candidates[0]].text
+        assert got == want, subset
+    whole = {
+        t.rstrip(" .") for t in sub.instructions["query"].split(" | ") + sub.instructions["candidate"].split(" | ")
+    }
+    opened = set(sub.instructions["query_prefix"].split(" | ") + sub.instructions["candidate_prefix"].split(" | "))
+    assert whole == MMEB_WHOLE_INSTRUCTIONS and opened == set(MMEB_INSTRUCTION_PREFIXES)
+
+
+def test_mmeb_an_item_that_is_only_an_instruction_is_reported(tmp_path: Path) -> None:
+    """A text-only query or candidate whose text is only an instruction (an image path lost, say) has nothing to
+    search with or for: its row is reported and skipped, not searched as the words "Represent the given image"."""
+    rows = [
+        mmeb_row("Find me an everyday image that matches the given caption: a cat", "", ["<|image_1|>\nRepresent the "
+                 "given image."] * 2, ["T/a.png", "T/b.png"]),
+        mmeb_row("Find me an everyday image that matches the given caption: a dog", "", ["<|image_1|>\nRepresent the "
+                 "given image.", "<|image_1|>\nRepresent the given image."], ["T/b.png", ""]),
+        mmeb_row("Find me an everyday image that matches the given caption:", "", ["x", "y"], ["", ""]),
+        mmeb_row("a bird", "", ["a", "a", "b"], ["", "", ""]),  # a negative that is the positive again
+    ]  # fmt: skip
+    write_jsonl(tmp_path / "T" / "test.jsonl", rows)
+    images_for(tmp_path / "eval_images", rows)
+    ds = load_mmeb(tmp_path)
+    assert ds.problems == [
+        "T/test.jsonl:2: candidate 1: its text is only the instruction 'Represent the given image.' and it has "
+        "no image",
+        "T/test.jsonl:3: the query: its text is only the instruction 'Find me an everyday image that matches the "
+        "given caption:' and it has no image",
+    ]
+    sub = ds.subsets["T"]
+    assert [q.id for q in sub.queries] == ["0", "3"]
+    assert [sub.candidates[c].text for c in sub.queries[1].candidates] == ["a", "b"]  # the positive once
