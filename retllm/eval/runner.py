@@ -314,11 +314,19 @@ def run_config(
     scorer: Scorer | None,
     fingerprint: str,
     cache_path: Path,
+    index: Index | None = None,
+    fusion_weight: float | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """A run's ``config`` in ``results.json``: what was run, with what, and the versions (every benchmark's)."""
+    """A run's ``config`` in ``results.json``: what was run, with what (the store and how it fuses vector kinds,
+    when one was searched), and the versions (every benchmark's)."""
     from retllm import __version__
 
+    store = (
+        {"index": type(index).__name__, "vector_fusion": getattr(index, "fusion", None), "fusion_weight": fusion_weight}
+        if index is not None
+        else {}
+    )
     return {
         "dataset": dataset,
         "split": split,
@@ -333,6 +341,7 @@ def run_config(
         "packages": _versions(),
         "git_commit": _git_commit(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **store,
         **extra,
     }
 
@@ -417,10 +426,9 @@ def run_eval(
             scorer=scorer,
             fingerprint=fingerprint,
             cache_path=cache_path,
-            collections=names,
-            index=type(index).__name__,
-            vector_fusion=getattr(index, "fusion", None),
+            index=index,
             fusion_weight=fusion_weight,
+            collections=names,
             **(extra_config or {}),
         ),
         "corpus": {
