@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from langchain_core.messages import AIMessage, ToolMessage
 from retllm.agent.context import Context
 from retllm.agent.graph import build_graph, graph
@@ -103,6 +104,7 @@ def test_bad_requests_end_in_an_error_not_an_exception(cli_env, scene_images) ->
             assert isinstance(out["messages"][-1], ToolMessage) and out["messages"][-1].status == "error", request_
 
 
+@pytest.mark.slow  # two CLI searches and a local MLLM: CI's slow pass (keeps the default run under 10 min)
 def test_a_reused_thread_answers_each_request_afresh(cli_env, tiny_vlm_dirs, scene_images, tmp_path) -> None:
     from langgraph.checkpoint.memory import InMemorySaver
 

@@ -100,6 +100,7 @@ def test_errors_are_one_clear_line_and_change_nothing(cli_env: dict[str, str], t
     assert run(["index", "stats", "--json"], cli_env).stdout == before
 
 
+@pytest.mark.slow  # several CLI subprocesses: CI's slow pass (keeps the default run under 10 min)
 def test_add_exits_nonzero_only_when_nothing_could_be_added(cli_env: dict[str, str], tmp_path: Path) -> None:
     bad = write_bad_files(tmp_path / "bad")
     r = run(["index", "add", str(tmp_path / "bad")], cli_env)
