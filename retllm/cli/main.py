@@ -254,6 +254,15 @@ def _print_hits(hits: list[Hit], *, as_json: bool, title: str) -> None:
     out.print(t)
 
 
+def _vector_option(vector: str) -> VectorName | None:
+    """``--vector``'s value as the stored vector kind to match (``None``: auto); anything else is refused."""
+    if vector == "auto":
+        return None
+    if vector not in VECTOR_NAMES:
+        raise ConfigError(f"--vector must be auto or one of {', '.join(VECTOR_NAMES)}, got {vector!r}")
+    return vector  # type: ignore[return-value]
+
+
 @app.command("search")
 def search(
     text: Annotated[str | None, typer.Argument(help="Query text.")] = None,
@@ -285,9 +294,7 @@ def search(
     from retllm.registry import make_embedder, make_index, make_scorer
 
     query = Query(text=text, image=image)  # raises EmptyQueryError before any model loads
-    if vector != "auto" and vector not in VECTOR_NAMES:
-        raise ConfigError(f"--vector {vector!r}: use auto, {', '.join(VECTOR_NAMES)}")
-    using: VectorName | None = None if vector == "auto" else vector  # type: ignore[assignment]
+    using = _vector_option(vector)
     flt = _parse_filters(filters)
     s = settings()
     name = _collection(collection)
@@ -487,8 +494,7 @@ def evaluate(
         raise ConfigError("--coarse-only runs no model: --listwise and --rounds do not apply")
     if dataset != "mmeb" and (keep_instructions or vector != "auto"):
         raise ConfigError("--keep-instructions and --vector are for mmeb (the other benchmarks set them per direction)")
-    if vector != "auto" and vector not in VECTOR_NAMES:
-        raise ConfigError(f"--vector must be auto or one of {', '.join(VECTOR_NAMES)}, got {vector!r}")
+    using = _vector_option(vector)
     if data is None:
         raise ConfigError("--data is required: the folder holding the benchmark's files")
     if not data.is_dir():
@@ -536,7 +542,7 @@ def evaluate(
                     extra=extra,
                     listwise=listwise,
                     rounds=rounds,
-                    using=None if vector == "auto" else vector,
+                    using=using,
                 )
                 targets.append(target)
                 _print_eval(results, target, plots)
@@ -590,7 +596,7 @@ def _run_one_eval(
     extra: dict[str, Any],
     listwise: bool,
     rounds: int | None,
-    using: Any,
+    using: VectorName | None,
 ) -> dict[str, Any]:
     from retllm.eval.cache import default_cache_path, settings_fingerprint
     from retllm.eval.choice import MMEBSet, SugarCrepeSet, run_mmeb, run_sugarcrepe

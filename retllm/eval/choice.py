@@ -364,8 +364,9 @@ def _precision_at_1(positive: dict[str, str]) -> Callable[[str, list[str]], floa
 
 def _stores(item: Any, using: VectorName) -> bool:
     """Whether a candidate's point holds the ``using`` vector (text, image, or fused: both)."""
-    has = {"text": item.text is not None, "image": item.image is not None}
-    return has["text"] and has["image"] if using == "fused" else has[using]
+    if using == "fused":
+        return item.text is not None and item.image is not None
+    return getattr(item, using) is not None
 
 
 def _check_mmeb(
@@ -375,9 +376,9 @@ def _check_mmeb(
     if k < 1:
         raise ConfigError(f"k must be at least 1, got {k}")
     notes = []
-    if using is not None and using not in VECTOR_NAMES:
-        raise ConfigError(f"using must be None (auto) or one of {', '.join(VECTOR_NAMES)}, got {using!r}")
     if using is not None:
+        if using not in VECTOR_NAMES:
+            raise ConfigError(f"using must be None (auto) or one of {', '.join(VECTOR_NAMES)}, got {using!r}")
         for name, sub in data.subsets.items():
             lacking = sum(not _stores(c, using) for c in sub.candidates.values())
             if lacking == len(sub.candidates):

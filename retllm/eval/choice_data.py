@@ -333,16 +333,16 @@ def _parse_row(row: dict[str, Any]) -> tuple[str | None, str | None, list[tuple[
     qt, qi = clean(row.get("qry_text"), "qry_text"), clean(row.get("qry_img_path"), "qry_img_path")
     if qt is None and qi is None:
         raise ValueError("the query has neither text nor image")
-    tt, ti = row.get("tgt_text"), row.get("tgt_img_path")
+    tt: Any = row.get("tgt_text")  # checked below
+    ti: Any = row.get("tgt_img_path")
     if tt is None and ti is None:
         raise ValueError("no candidates (tgt_text and tgt_img_path are both missing)")
     for name, v in (("tgt_text", tt), ("tgt_img_path", ti)):
         if v is not None and not isinstance(v, list):
             raise ValueError(f"{name} is a {type(v).__name__}, not a list")
     # one side missing: the candidates are all image, or all text
-    tt = [None] * len(ti) if tt is None and isinstance(ti, list) else tt
-    ti = [None] * len(tt) if ti is None and isinstance(tt, list) else ti
-    assert isinstance(tt, list) and isinstance(ti, list)
+    tt = [None] * len(ti) if tt is None else tt
+    ti = [None] * len(tt) if ti is None else ti
     if len(ti) != len(tt):
         raise ValueError(f"tgt_img_path has {len(ti)} entries but tgt_text {len(tt)}: one per candidate each")
     if not tt:
@@ -424,21 +424,19 @@ def _drop_instructions(rows: list[_Row], problems: list[str]) -> tuple[list[_Row
             seen.append(inst)
 
     kept: list[_Row] = []
-    for r in rows:  # 1. MMEB's own instructions
-        found: list[tuple[str, tuple[str, str] | None]] = []
+    for r in rows:  # 1. MMEB's own instructions; noted only for the rows kept
+        who = "the query"
         try:
             text, f = _known_instruction(r.text, r.image is not None)
-            found.append(("query", f))
+            found = [("query", f)]
             cands = []
             for j, (t, i) in enumerate(r.cands):
-                try:
-                    t, f = _known_instruction(t, i is not None)
-                except _OnlyInstruction as e:
-                    raise _OnlyInstruction(f"candidate {j}: {e}") from None
+                who = f"candidate {j}"
+                t, f = _known_instruction(t, i is not None)
                 found.append(("candidate", f))
                 cands.append((t, i))
         except _OnlyInstruction as e:
-            problems.append(f"{r.where}: {e if str(e).startswith('candidate') else f'the query: {e}'}")
+            problems.append(f"{r.where}: {who}: {e}")
             continue
         r.text, r.cands = text, cands
         for side, f in found:

@@ -95,6 +95,10 @@ def test_errors_are_one_clear_line_and_change_nothing(cli_env: dict[str, str], t
 
     r = run(["search", "x", "--filter", "novalue", "--coarse-only"], cli_env)
     assert r.returncode == 1 and "key=value" in r.stderr
+    r = run(["search", "x", "--vector", "colour", "--coarse-only"], cli_env)
+    assert r.returncode == 1 and r.stderr.strip() == (
+        "error: --vector must be auto or one of image, text, fused, got 'colour'"
+    )
     r = run(["search", "x"], {**cli_env, "RETLLM_BATCH_SIZE": "0"})
     assert r.returncode == 1 and r.stderr.startswith("error: invalid setting batch_size")
     assert run(["index", "stats", "--json"], cli_env).stdout == before
