@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+from pydantic import ValidationError
 
 from retllm.embedders.base import Embedder, fuse
 from retllm.errors import BadItemError
-from retllm.images import IMAGE_EXTENSIONS, ImageLimits, decode_image, decode_text, is_url, keep_bytes
+from retllm.images import IMAGE_EXTENSIONS, ImageLimits, decode_text, is_url, keep_bytes
 from retllm.index.base import Index, Record
+from retllm.payload import check_record_payload, check_string
 from retllm.types import Item, VectorName, content_id
 
 log = logging.getLogger(__name__)
@@ -89,7 +91,17 @@ def _row_to_source(row: dict[str, Any], base: Path, origin: str) -> Source:
     meta = {k: v for k, v in row.items() if k not in _RESERVED}
     if text is None and image is None:
         return Source(origin, error="row has neither 'text' nor 'image'")
-    return Source(origin, Item(id=None if item_id is None else str(item_id), text=text, image=image, payload=meta))
+    return _item_source(origin, id=None if item_id is None else str(item_id), text=text, image=image, payload=meta)
+
+
+def _item_source(origin: str, **fields: Any) -> Source:
+    """A source for an item built from ``fields``, or one that carries why the item cannot be used."""
+    try:
+        return Source(origin, Item(**fields))
+    except BadItemError as e:
+        return Source(origin, error=str(e))
+    except ValidationError as e:
+        return Source(origin, error="; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors()))
 
 
 def _manifest_sources(path: Path) -> Iterator[Source]:
@@ -108,6 +120,12 @@ def _manifest_sources(path: Path) -> Iterator[Source]:
                 except json.JSONDecodeError as e:
                     yield Source(origin, error=f"invalid JSON: {e.msg}")
                     continue
+                except RecursionError:
+                    yield Source(origin, error="invalid JSON: nested too deeply to read")
+                    continue
+                except ValueError as e:  # an integer of thousands of digits (int_max_str_digits)
+                    yield Source(origin, error=f"invalid JSON: {e}")
+                    continue
                 if not isinstance(row, dict):
                     yield Source(origin, error="line is not a JSON object")
                     continue
@@ -119,7 +137,14 @@ def _manifest_sources(path: Path) -> Iterator[Source]:
             yield Source(str(path), error="CSV manifest is not valid UTF-8")
             return
         reader = csv.DictReader(io.StringIO(text, newline=""))
-        for row in reader:
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:  # a field over csv.field_size_limit(): this row only; the reader goes on
+                yield Source(f"{path}:{reader.line_num + 1}", error=f"bad CSV row: {e}")  # not yet counted
+                continue
             # line_num is where the row ends, so quoted multi-line fields still get a findable origin.
             yield _row_to_source(dict(row), base, f"{path}:{reader.line_num}")
 
@@ -127,7 +152,7 @@ def _manifest_sources(path: Path) -> Iterator[Source]:
 def _file_source(path: Path) -> Source:
     ext = path.suffix.lower()
     if ext in IMAGE_EXTENSIONS:
-        return Source(str(path), Item(image=str(path), payload={}))
+        return _item_source(str(path), image=str(path))
     if ext in TEXT_EXTENSIONS:
         return Source(str(path), text_path=path)
     return Source(str(path), error=f"unsupported format {ext or '(no extension)'}")
@@ -187,6 +212,7 @@ class Ingestor:
         """Read, decode and preprocess one source (runs in a worker thread)."""
         if src.error is not None:
             raise BadItemError(src.error)
+        check_string(src.origin, "the file name")  # stored with the item: the store takes UTF-8 only
         if src.text_path is not None:
             try:
                 data = src.text_path.read_bytes()
@@ -199,7 +225,7 @@ class Ingestor:
         image_input = image_ref = image_bytes = None
         if item.image is not None:
             image_bytes = self.limits.read(item.image)
-            im = decode_image(image_bytes, max_pixels=self.limits.max_pixels)
+            im = self.limits.decode(image_bytes, min_side=self.embedder.input_side)
             image_input = self.embedder.prepare_image(im)
             image_ref = self._image_ref(item.image, image_bytes)
         if item.text is not None and not item.text.strip():
@@ -253,7 +279,15 @@ class Ingestor:
             if "image" in vecs and "text" in vecs:
                 vecs["fused"] = fuse(vecs["image"], vecs["text"], self.fusion_weight)
             payload = {"retllm_id": p.id, "text": p.text, "image": p.image_ref, "source": p.origin, "meta": p.meta}
+            try:  # the index refuses the whole batch for one record it cannot store: leave that one out here
+                check_record_payload(p.id, payload)
+            except BadItemError as e:
+                report.skipped.append((p.origin, str(e)))
+                report.ids.pop(p.origin, None)
+                continue
             records.append(Record(p.id, vecs, payload))
+        if not records:
+            return
         self.index.upsert(self.collection, records)
         report.added += len(records)
         log.info("stored %d items (%d so far)", len(records), report.added)

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from retllm.errors import EmptyQueryError
+from retllm.payload import MAX_ID_CHARS, check_payload, check_string, check_text
 
 ImageSource = str | Path | bytes
 """A local path, an http(s) URL, or encoded image bytes."""
@@ -43,7 +44,11 @@ class Item(BaseModel):
         id: Caller's id; when ``None`` ingest derives it from the content (see :func:`content_id`).
         text: Optional text.
         image: Optional image as a local path, an http(s) URL, or encoded bytes.
-        payload: Any JSON-serialisable fields, stored and returned with hits, usable in filters.
+        payload: JSON fields, stored and returned with hits, usable in filters.
+
+    Raises:
+        BadItemError: at construction, for an id, text or payload outside :mod:`retllm.payload`'s
+            bounds (every face builds its items here, so one check covers them all).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -57,6 +62,13 @@ class Item(BaseModel):
     def _not_empty(self) -> Item:
         if self.text is None and self.image is None:
             raise ValueError("an item needs text, an image, or both")
+        if self.id is not None:
+            check_text(self.id, "id", limit=MAX_ID_CHARS)
+        if self.text is not None:
+            check_text(self.text)
+        if isinstance(self.image, str):
+            check_string(self.image, "image")
+        check_payload(self.payload)
         return self
 
 
@@ -72,6 +84,8 @@ class Query(BaseModel):
     def _not_empty(self) -> Query:
         if (self.text is None or not self.text.strip()) and self.image is None:
             raise EmptyQueryError("empty query: give query text, --image, or both")
+        if self.text is not None:
+            check_string(self.text, "query text")
         return self
 
     @property

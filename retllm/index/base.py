@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-from retllm.errors import ConfigError, DimensionMismatchError
+from retllm.errors import ConfigError, DimensionMismatchError, FilterError
+from retllm.payload import check_record_payload
 from retllm.types import VECTOR_NAMES, VectorName, point_id
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 FilterSpec = Mapping[str, Any]
 """Payload filter: every ``key=value`` must match (``meta.<key>`` equals value)."""
@@ -29,11 +30,36 @@ FilterSpec = Mapping[str, Any]
 
 def check_collection_name(name: str) -> str:
     """Reject names that are unsafe as folder names or Qdrant collection names."""
-    if not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise ConfigError(
             f"invalid collection name {name!r}: use 1-64 letters, digits, '_', '-' or '.', starting alnum"
         )
     return name
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def field_path(key: str) -> str:
+    """The store's JSON path of user field ``key`` (``a.b`` is field ``b`` inside ``a``): every part quoted,
+    so no key can reach outside ``meta`` or break the path syntax.
+
+    Raises:
+        FilterError: an empty part (``..``, a leading dot), a quote, a control character or over 256 characters.
+    """
+    parts = key.split(".") if isinstance(key, str) else [""]
+    bad_part = any(not p or '"' in p or "\\" in p or any(ord(c) < 32 for c in p) for p in parts)
+    if not _utf8(key) or len(key) > 256 or bad_part:
+        raise FilterError(
+            f"filter key {key[:80]!r}: use a stored field's name (a.b for field b inside a), in valid Unicode, "
+            "without empty parts, quotes, backslashes or control characters"
+        )
+    return "meta." + ".".join(f'"{p}"' for p in parts)
 
 
 def filter_alternatives(value: Any, *, bools: bool = True) -> list[Any]:
@@ -43,6 +69,8 @@ def filter_alternatives(value: Any, *, bools: bool = True) -> list[Any]:
         return [alt for v in value for alt in filter_alternatives(v, bools=bools)]
     if not isinstance(value, str):
         return [value]
+    if not _utf8(value):
+        raise FilterError(f"filter value {value[:80]!r} is not valid Unicode (a lone surrogate)")
     alts: list[Any] = [value]
     if re.fullmatch(r"[+-]?\d+", value):
         alts.append(int(value))
@@ -59,6 +87,13 @@ def group_matches(match_value: Any, match_any: Any, values: list[Any]) -> list[A
     rest = [v for v in values if not isinstance(v, str | int) or isinstance(v, bool)]
     out = [match_value(vs[0]) if len(vs) == 1 else match_any(vs) for vs in (strs, ints) if vs]
     return out + [match_value(v) for v in rest]
+
+
+def check_records(records: Sequence[Record]) -> None:
+    """Every record's payload within what the store can read back (:func:`check_record_payload`); backends
+    call this before any write, so nothing is half-written when one record is refused."""
+    for r in records:
+        check_record_payload(r.id, r.payload)
 
 
 @dataclass
@@ -184,6 +219,22 @@ class Index(ABC):
     @abstractmethod
     def scroll(self, collection: str, *, with_vectors: bool = False, batch: int = 256) -> Iterator[Record]:
         """Every point, in id order."""
+
+    def broken(self, collection: str) -> str | None:
+        """Why an existing collection cannot be used (``None``: it can, as far as opening it tells)."""
+        return None
+
+    def salvage(self, collection: str, skip: Callable[[str, str], None]) -> Iterator[Record]:
+        """Every readable item with its vectors; what cannot be read goes to ``skip(what, why)`` (the embedded
+        store reads around a broken shard; a server's own reads are all-or-nothing)."""
+        return self.scroll(collection, with_vectors=True)
+
+    def repair(self, collection: str) -> Any:
+        """Rebuild a collection from its readable items (the embedded store only)."""
+        raise ConfigError(
+            f"index repair is for the embedded store; {self.name} collections are repaired by the server's own "
+            "tools (snapshots, replicas)"
+        )
 
     def optimize(self, collection: str) -> bool:
         """Build the vector index (HNSW) now; ``False`` where the backend manages it on its own."""

@@ -20,7 +20,18 @@ from typing import Any
 import numpy as np
 
 from retllm.errors import CollectionLockedError, CollectionNotFoundError, ConfigError
-from retllm.index.base import RRF_K, FilterSpec, Fusion, Index, Record, SearchResult, filter_alternatives, group_matches
+from retllm.index.base import (
+    RRF_K,
+    FilterSpec,
+    Fusion,
+    Index,
+    Record,
+    SearchResult,
+    check_records,
+    field_path,
+    filter_alternatives,
+    group_matches,
+)
 from retllm.types import VECTOR_NAMES, VectorName, point_id
 
 log = logging.getLogger(__name__)
@@ -37,7 +48,7 @@ def client_filter(flt: FilterSpec | None) -> Any:
         matches = group_matches(
             lambda v: m.MatchValue(value=v), lambda vs: m.MatchAny(any=vs), filter_alternatives(value)
         )
-        alts: list[Any] = [m.FieldCondition(key=f"meta.{key}", match=x) for x in matches]
+        alts: list[Any] = [m.FieldCondition(key=field_path(key), match=x) for x in matches]
         must.append(alts[0] if len(alts) == 1 else m.Filter(should=alts))
     return m.Filter(must=must)
 
@@ -195,6 +206,7 @@ class QdrantIndex(Index):
             return
         from qdrant_client import models as m
 
+        check_records(records)
         self._require(collection)
         points = [
             m.PointStruct(

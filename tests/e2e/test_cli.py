@@ -43,7 +43,7 @@ def test_add_search_stats_delete_export(cli_env: dict[str, str], tmp_path: Path)
     assert r.returncode == 1 and "no collection 'nope'" in r.stderr
 
     r = run(["index", "stats", "--json"], cli_env)
-    assert json.loads(r.stdout)["collections"] == [{"collection": "pics", "points": 6, "dim": 32}]
+    assert json.loads(r.stdout)["collections"] == [{"collection": "pics", "points": 6, "dim": 32, "broken": None}]
 
     r = run(["index", "delete", hits[0]["id"], "no-such-id", "-c", "pics"], cli_env)
     assert r.returncode == 0 and "deleted 1 of 2" in r.stdout
@@ -125,7 +125,7 @@ def test_migrate_to_qdrant_client_local_mode(cli_env: dict[str, str], tmp_path: 
     assert "migrated 5 items" in r.stdout
     env = {**cli_env, "RETLLM_QDRANT_URL": str(target)}
     r = run(["index", "stats", "--json"], env)
-    assert json.loads(r.stdout)["collections"] == [{"collection": "default", "points": 5, "dim": 32}]
+    assert json.loads(r.stdout)["collections"] == [{"collection": "default", "points": 5, "dim": 32, "broken": None}]
     r = run(["search", "--image", str(tmp_path / "in" / "img_001.png"), "--coarse-only", "--json", "-k", "1"], env)
     assert json.loads(r.stdout)[0]["image"].endswith("img_001.png")
 
