@@ -33,10 +33,17 @@ def register(app: typer.Typer) -> None:
     def mcp(
         http: Annotated[
             str | None,
-            typer.Option("--http", help="Serve streamable HTTP on HOST:PORT instead of stdio (loopback only)."),
+            typer.Option(
+                "--http",
+                help="Serve streamable HTTP on HOST:PORT instead of stdio (non-loopback: needs RETLLM_API_TOKEN).",
+            ),
         ] = None,
         insecure: Annotated[
-            bool, typer.Option("--insecure", help="Allow --http on a non-loopback address (no authentication!).")
+            bool,
+            typer.Option(
+                "--insecure",
+                help="Allow --http on a non-loopback address without RETLLM_API_TOKEN (no authentication!).",
+            ),
         ] = False,
     ) -> None:
         """Serve the search, add, delete and list-collections tools over MCP (stdio by default)."""

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from typing import Annotated, Any, BinaryIO, Literal
 from urllib.parse import quote, unquote
 
+import anyio
 import anyio.to_thread
 from mcp.server.fastmcp import FastMCP
 from mcp.server.fastmcp.exceptions import ResourceError, ToolError
@@ -46,9 +47,20 @@ from retllm.tools.schemas import (
     SearchOut,
 )
 
+from retllm.access import (
+    BEARER_REFUSED,
+    AccessSettings,
+    bearer_ok,
+    check_bind,
+    host_allowed,
+    host_refused,
+    is_loopback,
+    refuse,
+)
 from retllm.errors import ConfigError
 from retllm.images import encode_thumbnail, image_mime
-from retllm.settings import Settings
+from retllm.redact import redact, redact_data
+from retllm.settings import Settings, from_env
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +131,7 @@ def thumbnail(deps: Deps, hit: HitOut) -> ImageContent | None:
     if not hit.image:
         return None
     try:
-        im = deps.settings.image_limits.load(hit.image)
+        im = deps.settings.image_limits.load(hit.image, fit_side=deps.settings.thumbnail_size)
     except ops.RECOVERABLE as e:  # a moved file or a dead URL costs the thumbnail, not the search
         log.warning("no thumbnail for %s: %s", hit.id, e)
         return None
@@ -189,7 +201,7 @@ def _guarded(work: Callable[..., CallToolResult], kwargs: dict[str, Any]) -> Cal
         raise ToolError(str(e)) from e
     except Exception as e:
         log.exception("tool call failed")
-        raise ToolError(f"{SERVER_FAULT} {type(e).__name__}: {e}") from e
+        raise ToolError(f"{SERVER_FAULT} {type(e).__name__}: {redact(str(e))}") from e  # the log has the paths
 
 
 # --- the server ------------------------------------------------------------------------------------------------
@@ -265,18 +277,51 @@ class _ImageRefs:
         return str(ref)
 
 
-def build_server(deps: Deps, *, host: str = "127.0.0.1", port: int = 8000) -> FastMCP:
-    """The MCP server over ``deps`` (models load on the first tool call). ``host``/``port``: streamable HTTP."""
-    security = None
-    if _loopback(host):  # FastMCP guards only the exact names 127.0.0.1, localhost, ::1 against DNS rebinding
-        from mcp.server.transport_security import TransportSecuritySettings
+def _transport_security(host: str, names: frozenset[str] = frozenset()) -> Any:
+    """FastMCP's own DNS-rebinding check on a loopback bind (its exact loopback names, plus ``names``: the
+    allow-list's and the public URL's hosts); None elsewhere, where the token and :class:`HttpGuard` stand."""
+    if not is_loopback(host):
+        return None
+    from mcp.server.transport_security import TransportSecuritySettings
 
-        shown = f"[{host}]" if ":" in host else host
-        security = TransportSecuritySettings(
-            enable_dns_rebinding_protection=True,
-            allowed_hosts=[f"{shown}:*", "127.0.0.1:*", "localhost:*", "[::1]:*"],
-            allowed_origins=[f"http://{shown}:*", "http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
-        )
+    if "*" in names:  # the operator turned Host checks off
+        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    shown = f"[{host}]" if ":" in host else host
+    hosts = [f"{shown}:*", "127.0.0.1:*", "localhost:*", "[::1]:*"]
+    hosts += [n if ":" in n else f"{n}:*" for n in sorted(names)] + [n for n in sorted(names) if ":" not in n]
+    origins = [f"http://{shown}:*", "http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
+
+
+class HttpGuard:
+    """The streamable-HTTP app behind the rules of :mod:`retllm.access`, as ``retllm serve`` applies them:
+    a ``Host`` that is not a name of this server gets 421 (DNS rebinding), a request without the bearer
+    token (when ``RETLLM_API_TOKEN`` is set) gets 401 with the service's message."""
+
+    def __init__(self, app: Any, access: AccessSettings) -> None:
+        self.app = app
+        self.token = access.token
+        self.names = access.host_names
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            host = headers.get("host")
+            if not host_allowed(host, self.names):
+                await refuse(send, 421, host_refused(host))
+                return
+            if not bearer_ok(headers.get("authorization"), self.token):
+                await refuse(send, 401, BEARER_REFUSED, www_authenticate="Bearer")
+                return
+        await self.app(scope, receive, send)
+
+
+def build_server(
+    deps: Deps, *, host: str = "127.0.0.1", port: int = 8000, access: AccessSettings | None = None
+) -> FastMCP:
+    """The MCP server over ``deps`` (models load on the first tool call). ``host``/``port``: streamable HTTP
+    (served by :func:`serve_http`, which applies ``access``; here only its host names are read)."""
+    security = _transport_security(host, access.host_names if access is not None else frozenset())
     server = RetllmMCP(
         "retllm",
         instructions=INSTRUCTIONS,
@@ -333,6 +378,8 @@ def build_server(deps: Deps, *, host: str = "127.0.0.1", port: int = 8000) -> Fa
         hints: ToolAnnotations,
         meta: dict[str, Any] | None = None,
     ) -> None:
+        if access is not None:  # over HTTP the caller is remote: no server path in what goes back (as the service)
+            work = _hide_paths(work)
         server.add_tool(_tool_fn(work, sig), title=title, description=description, annotations=hints, meta=meta)
 
     def returns(model: type[BaseModel]) -> Any:
@@ -396,6 +443,21 @@ def build_server(deps: Deps, *, host: str = "127.0.0.1", port: int = 8000) -> Fa
     return server
 
 
+def _hide_paths(work: Callable[..., CallToolResult]) -> Callable[..., CallToolResult]:
+    """``work`` whose text and structured results pass :func:`retllm.redact.redact_data`."""
+
+    @functools.wraps(work)
+    def hidden(**kw: Any) -> CallToolResult:
+        out = work(**kw)
+        content = [
+            c.model_copy(update={"text": redact(c.text)}) if isinstance(c, TextContent) else c for c in out.content
+        ]
+        structured = redact_data(out.structuredContent) if out.structuredContent is not None else None
+        return out.model_copy(update={"content": content, "structuredContent": structured})
+
+    return hidden
+
+
 def _log_level() -> Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]:
     """The root logger's level (``retllm -v`` sets it) for the SDK and uvicorn: no access log by default."""
     level = logging.getLogger().getEffectiveLevel()
@@ -407,36 +469,40 @@ def _result(text: str, out: BaseModel) -> CallToolResult:
     return CallToolResult(content=[TextContent(type="text", text=text)], structuredContent=out.model_dump(mode="json"))
 
 
-def _loopback(host: str) -> bool:
-    import ipaddress
+async def serve_http(server: FastMCP, access: AccessSettings) -> None:
+    """Serve ``server`` over streamable HTTP on its host and port (FastMCP's own runner, with :class:`HttpGuard`
+    in front of the app)."""
+    import uvicorn
 
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    app = HttpGuard(server.streamable_http_app(), access)
+    s = server.settings
+    await uvicorn.Server(uvicorn.Config(app, host=s.host, port=s.port, log_level=s.log_level.lower())).serve()
 
 
 def serve(settings: Settings, http: str | None = None, *, insecure: bool = False) -> None:
     """Serve over stdio (default) or streamable HTTP on ``http="HOST:PORT"``, until the client or a signal ends it.
 
-    Models load on the first tool call, so ``initialize`` and ``tools/list`` answer at once."""
+    HTTP follows ``retllm serve``'s rules: ``RETLLM_API_TOKEN``, without it no non-loopback address unless
+    ``insecure``, and paths in requests confined to ``RETLLM_FILE_ROOTS`` (unset: no server file at all; stdio,
+    the host's own child process, reads any path). Models load on the first tool call, so ``initialize`` and
+    ``tools/list`` answer at once."""
     address = parse_http(http) if http is not None else None
-    if address is not None and not insecure and not _loopback(address[0]):
-        raise ConfigError(
-            f"--http {http}: the MCP server has no authentication and its tools read local files; serve it on "
-            "127.0.0.1 (or ::1, localhost), or pass --insecure to expose it anyway"
-        )
+    access = from_env(AccessSettings) if address is not None else None
+    if address is not None and access is not None:
+        check_bind(address[0], "--http", token=access.token is not None, insecure=insecure)
+        if access.token is None:
+            log.warning("RETLLM_API_TOKEN is not set: the MCP server has no authentication")
+        if settings.file_roots is None:  # a caller over the network neither reads nor probes server files
+            settings = settings.model_copy(update={"file_roots": []})
     deps = Deps(settings)
     try:
         with _stop_on_sigterm():
-            if address is None:
+            if address is None or access is None:
                 with _stdout_for_protocol_only():
                     build_server(deps).run("stdio")
             else:
                 host, port = address
-                build_server(deps, host=host, port=port).run("streamable-http")
+                anyio.run(serve_http, build_server(deps, host=host, port=port, access=access), access)
     finally:
         deps.close()
 

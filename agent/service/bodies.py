@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import re
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from fastapi import HTTPException, Request
 from pydantic import BaseModel, ValidationError
 from retllm.tools import ops
+
+from retllm.redact import protect, redact  # noqa: F401 - their old home: the rule lives in retllm.redact
 
 if TYPE_CHECKING:
     from retllm.agent.service.app import Service
@@ -20,19 +20,30 @@ M = TypeVar("M", bound=BaseModel)
 BIG = 256 * 1024  # bodies past this are parsed on a worker thread, not the event loop
 
 
-def _loads(raw: bytes) -> Any:
+def loads(raw: bytes | str, what: str = "the body") -> Any:
+    """JSON from a request, or 400 in one line: malformed, nested past the parser's depth (RecursionError),
+    or a number past Python's digit limit (a ValueError that is no JSONDecodeError)."""
     try:
         return json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise HTTPException(400, f"the body is not valid JSON: {e}") from e
+    except RecursionError as e:
+        raise HTTPException(400, f"{what} is not valid JSON: nested too deeply") from e
+    except json.JSONDecodeError as e:
+        raise HTTPException(400, f"{what} is not valid JSON: {e}") from e
+    except ValueError as e:  # UnicodeDecodeError, or int() past sys.get_int_max_str_digits()
+        why = f"bad UTF-8 at byte {e.start}" if isinstance(e, UnicodeDecodeError) else "a number has too many digits"
+        raise HTTPException(400, f"{what} is not valid JSON: {why}") from e
+
+
+def content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
 async def _json(request: Request) -> tuple[dict[str, Any], int]:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype not in ("application/json", ""):
-        raise HTTPException(415, f"send application/json, not {ctype}")
+    ctype = content_type(request)
+    if ctype != "application/json":  # no type, or a type a web page may send cross-site without asking
+        raise HTTPException(415, f"send Content-Type: application/json, not {ctype or 'none'}")
     raw = await request.body()
-    body = await anyio.to_thread.run_sync(_loads, raw) if len(raw) > BIG else _loads(raw)
+    body = await anyio.to_thread.run_sync(loads, raw) if len(raw) > BIG else loads(raw)
     if not isinstance(body, dict):
         raise HTTPException(422, "the body must be a JSON object")
     return body, len(raw)
@@ -53,10 +64,12 @@ async def parse(request: Request, model: type[M]) -> M:
 
 async def read_body(request: Request, svc: Service) -> tuple[dict[str, Any], dict[str, list[UploadFile]]]:
     """A JSON object, or a multipart form's text fields and files (limits: RETLLM_MAX_UPLOAD_FILES, body size)."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    ctype = content_type(request)
     if ctype != "multipart/form-data":
-        if ctype not in ("application/json", ""):
-            raise HTTPException(415, f"send application/json or multipart/form-data, not {ctype}")
+        if ctype != "application/json":
+            raise HTTPException(
+                415, f"send Content-Type: application/json or multipart/form-data, not {ctype or 'none'}"
+            )
         return (await _json(request))[0], {}
     form = await request.form(
         max_files=svc.conf.max_upload_files, max_fields=200, max_part_size=svc.conf.max_body_bytes
@@ -74,10 +87,7 @@ async def read_body(request: Request, svc: Service) -> tuple[dict[str, Any], dic
 def json_field(fields: dict[str, Any], name: str) -> None:
     """A multipart text field holding JSON (``filter``, ``payload``), parsed in place."""
     if isinstance(fields.get(name), str):
-        try:
-            fields[name] = json.loads(fields[name])
-        except json.JSONDecodeError as e:
-            raise HTTPException(422, f"{name}: not valid JSON ({e.msg})") from e
+        fields[name] = loads(fields[name], name)
 
 
 def openapi_body(model: type[BaseModel], multipart: str | None = None) -> dict[str, Any]:
@@ -86,23 +96,3 @@ def openapi_body(model: type[BaseModel], multipart: str | None = None) -> dict[s
     if multipart is not None:
         content["multipart/form-data"] = {"schema": {"type": "object", "description": multipart}}
     return {"requestBody": {"required": True, "content": content}}
-
-
-_PATH = re.compile(r"(?<![\w.:/…])(?:/[^/\s'\"(),\[\]]+)+/([^/\s'\"(),\[\]]+)")
-_ROOTS: set[str] = set()
-
-
-def protect(*folders: object) -> None:
-    """Folders whose names never reach a caller, however they are written (relative, with spaces): the data
-    dir, the file roots, the working directory. Process-wide: every app in the process adds its own."""
-    for f in folders:
-        for form in {str(f), str(Path(str(f)).resolve())}:
-            if form not in ("", ".", "/"):
-                _ROOTS.add(form.rstrip("/"))
-
-
-def redact(text: str) -> str:
-    """``text`` with server file paths cut to their file name (error messages reach remote callers)."""
-    for root in sorted(_ROOTS, key=len, reverse=True):  # a whole folder name only: /app, not /apple.png
-        text = re.sub(re.escape(root) + r"(?=/|$|[\s'\"),\]:])", "…", text)
-    return _PATH.sub(r"…/\1", text)

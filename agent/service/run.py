@@ -12,18 +12,14 @@ from contextlib import contextmanager
 from typing import Any
 
 from retllm.agent.service.config import ServeSettings
-from retllm.agent.service.security import check_bind
 
-from retllm.errors import ConfigError
-from retllm.settings import Settings
+from retllm.access import check_bind
+from retllm.settings import Settings, from_env
 
 
 def run(settings: Settings, *, host: str, port: int, insecure: bool = False) -> None:
-    try:
-        conf = ServeSettings()
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
-    check_bind(host, token=conf.api_token is not None, insecure=insecure)
+    conf = from_env(ServeSettings)  # a bad value: one line, before anything loads
+    check_bind(host, "--host", token=conf.token is not None, insecure=insecure)
     if conf.api_token is None:
         logging.getLogger(__name__).warning("RETLLM_API_TOKEN is not set: the service has no authentication")
     import uvicorn

@@ -17,12 +17,13 @@ import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 import jsonschema
 import numpy as np
 import pytest
@@ -241,19 +242,26 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60
     raise AssertionError(f"port {port} never opened")
 
 
-def test_streamable_http(served, tmp_path) -> None:
-    text, k, top = QUERY
+@contextmanager
+def mcp_http(env: dict[str, str], errlog: Path) -> Iterator[str]:
+    """`retllm mcp --http` on a free loopback port until the block ends; yields the endpoint's URL."""
     port = _free_port()
-    with (tmp_path / "server.err").open("w") as err:
-        proc = subprocess.Popen([RETLLM, "mcp", "--http", f"127.0.0.1:{port}"], env=served.env, stderr=err)
+    with errlog.open("w") as err:
+        proc = subprocess.Popen([RETLLM, "mcp", "--http", f"127.0.0.1:{port}"], env=env, stderr=err)
     try:
         _wait_for_port(port, proc)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+
+
+def test_streamable_http(served, tmp_path) -> None:
+    text, k, top = QUERY
+    with mcp_http(served.env, tmp_path / "server.err") as url:
 
         async def session() -> None:
-            async with (
-                streamablehttp_client(f"http://127.0.0.1:{port}/mcp") as (read, write, _),
-                ClientSession(read, write) as s,
-            ):
+            async with streamablehttp_client(url) as (read, write, _), ClientSession(read, write) as s:
                 await s.initialize()
                 assert {t.name for t in (await s.list_tools()).tools} == TOOLS
                 r = await s.call_tool("search", {"query": text, "k": k, "top": top})
@@ -261,16 +269,84 @@ def test_streamable_http(served, tmp_path) -> None:
                 same_ranking(r.structuredContent, served.want)
 
         asyncio.run(session())
-    finally:
-        proc.terminate()
-        assert proc.wait(timeout=30) == 0
+
+
+TOKEN = "mcp-token-0123456789abcdef"
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}},
+}
+MCP_HEADERS = {"Accept": "application/json, text/event-stream"}
+
+
+def test_http_takes_the_token_refuses_foreign_hosts_and_reads_no_server_file(served, tmp_path) -> None:
+    """The HTTP transport under `retllm serve`'s rules: the bearer token (same message), a Host that names this
+    server (DNS rebinding), and no server file named by a caller without RETLLM_FILE_ROOTS, whatever the file."""
+    from retllm.access import BEARER_REFUSED
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "secret.png")  # a real image outside any root
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    probes = [tmp_path / "secret.png", tmp_path / "missing.png", tmp_path / "notes.txt", tmp_path / "loop", tmp_path]
+    env = {**served.env, "RETLLM_API_TOKEN": TOKEN, "RETLLM_ALLOWED_HOSTS": "mcp.example"}
+    with mcp_http(env, tmp_path / "server.err") as url:
+        port = url.split(":")[2].split("/")[0]
+        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": f"Basic {TOKEN}"}, {"X": TOKEN}):
+            r = httpx.post(url, json=INITIALIZE, headers={**MCP_HEADERS, **headers})
+            assert r.status_code == 401 and r.json() == {"detail": BEARER_REFUSED}, r.text
+            assert r.headers["WWW-Authenticate"] == "Bearer"
+        good = {**MCP_HEADERS, "Authorization": f"Bearer {TOKEN}"}
+        for host in (f"attacker.example:{port}", "mcp.example.attacker.example"):
+            r = httpx.post(url, json=INITIALIZE, headers={**good, "Host": host})
+            assert r.status_code == 421 and "RETLLM_ALLOWED_HOSTS" in r.json()["detail"], r.text
+        for host in (f"localhost:{port}", f"mcp.example:{port}"):
+            assert httpx.post(url, json=INITIALIZE, headers={**good, "Host": host}).status_code == 200, host
+
+        async def session() -> list[str]:
+            async with (
+                streamablehttp_client(url, headers={"Authorization": f"Bearer {TOKEN}"}) as (read, write, _),
+                ClientSession(read, write) as s,
+            ):
+                await s.initialize()
+                r = await s.call_tool("search", {"query": QUERY[0], "k": 2})
+                assert not r.isError and len(r.structuredContent["hits"]) == 2, text_of(r)
+                said = []
+                for p in probes:
+                    r = await s.call_tool("search", {"image": str(p), "k": 2})
+                    assert r.isError, text_of(r)
+                    said.append(text_of(r).replace(str(p), "<path>"))
+                    r = await s.call_tool("add_items", {"items": [{"image": str(p)}]})
+                    assert r.structuredContent["added"] == 0, text_of(r)
+                    reason = r.structuredContent["skipped"][0]["reason"]  # over HTTP: paths cut to their last part
+                    said.append(reason.replace(str(p), "<path>").replace(f"…/{p.name}", "<path>"))
+                return said
+
+        said = asyncio.run(session())
+    assert set(said) == {
+        "Error executing tool search: path is outside the allowed folders (RETLLM_FILE_ROOTS): <path>",
+        "path is outside the allowed folders (RETLLM_FILE_ROOTS): <path>",
+    }, said
 
 
 def test_a_malformed_http_address_is_a_clear_error(cli_env) -> None:
     r = subprocess.run([RETLLM, "mcp", "--http", "localhost"], env=cli_env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "expected HOST:PORT" in r.stderr
     exposed = subprocess.run([RETLLM, "mcp", "--http", "0.0.0.0:8765"], env=cli_env, capture_output=True, text=True)
-    assert exposed.returncode == 1 and "no authentication" in exposed.stderr and "--insecure" in exposed.stderr
+    assert exposed.returncode == 1 and "without authentication" in exposed.stderr and "--insecure" in exposed.stderr
+
+
+def test_a_token_allows_a_non_loopback_address(cli_env) -> None:
+    """As `retllm serve`: with RETLLM_API_TOKEN the address is accepted. The port is held on 127.0.0.1 here, so
+    the server gets past the check and then fails to bind, without listening beyond loopback even briefly."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        env = {**cli_env, "RETLLM_API_TOKEN": TOKEN}
+        r = subprocess.run([RETLLM, "mcp", "--http", f"0.0.0.0:{port}"], env=env, capture_output=True, text=True)
+    assert "refusing" not in r.stderr and "address already in use" in r.stderr.lower(), r.stderr
 
 
 GALLERY_HOST = r"""

@@ -6,7 +6,9 @@ import io
 import json
 import struct
 import threading
+import time
 import zlib
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -37,13 +39,44 @@ def png_bomb(width: int, height: int) -> bytes:
 def test_refuses_a_public_address_without_a_token(cli_env) -> None:
     r = run(["serve", "--host", "0.0.0.0", "--port", "1"], cli_env, timeout=60)
     assert r.returncode == 1 and "RETLLM_API_TOKEN" in r.stderr and "--insecure" in r.stderr
-    r = run(["serve", "--host", "::", "--port", "1"], {**cli_env, "RETLLM_API_TOKEN": "short"}, timeout=60)
-    assert r.returncode == 1 and "at least 16 characters" in r.stderr
-    from retllm.agent.service.security import check_bind
+    from retllm.access import check_bind, is_loopback
 
-    check_bind("0.0.0.0", token=True, insecure=False)
-    check_bind("0.0.0.0", token=False, insecure=True)
-    check_bind("::1", token=False, insecure=False)
+    check_bind("0.0.0.0", "--host", token=True, insecure=False)
+    check_bind("0.0.0.0", "--host", token=False, insecure=True)
+    for host in ("::1", "[::1]", "127.0.0.2", "localhost", "LOCALHOST", "::ffff:127.0.0.1"):
+        assert is_loopback(host), host
+        check_bind(host, "--host", token=False, insecure=False)
+    for host in ("0.0.0.0", "::", "10.0.0.1", "localhost.evil.example", "::ffff:10.0.0.1", "127.0.0.1.nip.io"):
+        assert not is_loopback(host), host
+    from pydantic import ValidationError
+
+    from retllm.access import AccessSettings
+
+    with pytest.raises(ValidationError, match="RETLLM_ALLOWED_HOSTS=\\* turns off the DNS-rebinding check"):
+        AccessSettings(allowed_hosts=["*"])  # without a token a rebound page could write again
+    assert AccessSettings(allowed_hosts=["*"], api_token="t" * 16).allowed_hosts == ["*"]
+
+
+@pytest.mark.parametrize(
+    ("env", "faces"),
+    [
+        ({"RETLLM_API_TOKEN": "short"}, ("serve", "mcp")),
+        ({"RETLLM_PUBLIC_URL": "ftp://x"}, ("serve", "mcp")),
+        ({"RETLLM_ALLOWED_HOSTS": "a/b"}, ("serve", "mcp")),
+        ({"RETLLM_MAX_QUEUE": "-1"}, ("serve",)),
+        ({"RETLLM_API_TOKEN": "short", "RETLLM_SERVE_WORKERS": "0"}, ("serve",)),
+    ],
+)
+def test_configuration_errors_are_one_line(cli_env, env, faces) -> None:
+    """A bad setting is one line naming it, never pydantic's report (which echoed the token's value)."""
+    commands = {"serve": ["serve", "--port", "1"], "mcp": ["mcp", "--http", "127.0.0.1:1"]}
+    for face in faces:
+        r = run(commands[face], {**cli_env, **env}, timeout=60)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: invalid setting "), r.stderr
+        assert "pydantic" not in r.stderr and "short" not in r.stderr, r.stderr
+        name = next(iter(env)).removeprefix("RETLLM_").lower()
+        assert name in lines[0], lines[0]
 
 
 def test_bearer_token_on_every_route_and_signed_image_links(scenes_env) -> None:
@@ -86,6 +119,33 @@ def test_bearer_token_on_every_route_and_signed_image_links(scenes_env) -> None:
             assert httpx.get(bad).status_code == 401, bad
         exp = int(link.split("exp=")[1].split("&")[0])
         assert httpx.get(link.replace(f"exp={exp}", f"exp={exp + 10}")).status_code == 401
+
+
+def _with(link: str, **params: str) -> str:
+    parts = urlsplit(link)
+    return urlunsplit(parts._replace(query=urlencode({**dict(parse_qsl(parts.query)), **params})))
+
+
+def test_signed_links_check_the_whole_signature_and_the_expiry(scenes_env) -> None:
+    """Kills two mutants of Auth.image_ok: a signature compared on its first characters only, and a correctly
+    signed link accepted after its expiry."""
+    with running(scenes_env, api_token=TOKEN) as (url, svc):
+        good = {"Authorization": f"Bearer {TOKEN}"}
+        search = {"query": "a street", "coarse_only": True, "top": 1}
+        [hit] = httpx.post(f"{url}/search", json=search, headers=good).json()["hits"]
+        link = hit["thumbnail"]
+        sig = dict(parse_qsl(urlsplit(link).query))["sig"]
+        assert httpx.get(link).status_code == 200
+        last = "0" if sig[-1] != "0" else "1"
+        for forged in (sig[:-1] + last, sig[:8], sig[:-1], sig + "0", sig.upper(), "é" + sig[1:]):
+            assert httpx.get(_with(link, sig=forged)).status_code == 401, forged
+
+        def signed(exp: int) -> str:
+            return _with(link, exp=str(exp), sig=svc.auth._sig("default", hit["id"], svc.settings.thumbnail_size, exp))
+
+        assert httpx.get(signed(int(time.time()) + 3600)).status_code == 200  # the link is built right...
+        r = httpx.get(signed(int(time.time()) - 5))  # ...and is refused only for having expired
+        assert r.status_code == 401 and "expired image link" in r.json()["detail"]
 
 
 def test_body_upload_and_pixel_limits_write_nothing(scenes_env, scene_images) -> None:
