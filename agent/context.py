@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,9 +15,12 @@ class Context:
 
     ``Context()`` falls back to the environment, so ``RETLLM_SCORER=hf:...`` or ``openai:...`` swaps the MLLM
     with no code change; pass ``Context(deps=Deps(settings, scorer=...))`` to inject built objects.
+    ``cancel``: set when the run's caller has gone (a client that disconnected); the search tools pass it on, so
+    the remaining model work is dropped.
     """
 
     deps: Deps = field(default_factory=default_deps)
+    cancel: threading.Event | None = None
 
 
 def deps_of(context: Any, bound: Deps | None = None) -> Deps:

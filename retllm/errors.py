@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import threading
+
 
 class RetllmError(Exception):
     """Base class: the CLI prints these as one line and exits non-zero."""
@@ -27,6 +32,10 @@ class CollectionLockedError(RetllmError):
     """The embedded collection is open in another process."""
 
 
+class CollectionBrokenError(RetllmError):
+    """A collection exists but its store cannot be opened or read (the message names the repair)."""
+
+
 class DimensionMismatchError(RetllmError):
     """The collection's vector size differs from the embedder's."""
 
@@ -49,3 +58,16 @@ class EndpointError(RetllmError):
 
 class FilterError(ConfigError):
     """A payload filter the index cannot apply (the message says what to change)."""
+
+
+class Cancelled(RetllmError):
+    """The caller went away; the remaining model work was dropped."""
+
+    def __init__(self, message: str = "the caller went away; the remaining model work was dropped") -> None:
+        super().__init__(message)
+
+    @classmethod
+    def check(cls, cancel: threading.Event | None) -> None:
+        """Raise when ``cancel`` is set (the request's client disconnected)."""
+        if cancel is not None and cancel.is_set():
+            raise cls()

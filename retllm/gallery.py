@@ -30,7 +30,7 @@ def _thumb(src: str | None, size: int = 320) -> str | None:
     if not src:
         return None
     try:
-        im = load_image(src)
+        im = load_image(src, fit_side=size)  # decoded reduced towards the thumbnail
     except BadItemError as e:
         log.warning("no thumbnail for %s: %s", src, e)
         return None

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from retllm import events
 from retllm.embedders.base import Embedder
-from retllm.errors import ConfigError
+from retllm.errors import Cancelled, ConfigError
 from retllm.events import EventSink
 from retllm.images import ImageLimits, is_url
 from retllm.index.base import FilterSpec, Index, SearchResult
@@ -60,7 +61,7 @@ class Retriever:
         self.index.check_dim(self.collection, self.embedder.dim)
         image = None
         if query.image is not None:
-            image = self.limits.load(query.image)
+            image = self.limits.load(query.image, min_side=self.embedder.input_side)
         vectors = self.embedder.embed_query(
             query.text if query.text and query.text.strip() else None, image, self.fusion_weight
         )
@@ -78,6 +79,7 @@ class Retriever:
         coarse_only: bool = False,
         min_score: float | None = None,
         on_event: EventSink | None = None,
+        cancel: threading.Event | None = None,
     ) -> list[Hit]:
         """Coarse top-k, then (unless ``coarse_only`` or no scorer) fine scores and re-ranking.
 
@@ -87,10 +89,12 @@ class Retriever:
             min_score: Drop hits whose fine score is below it (two-way P(True); see :mod:`retllm.ranking`),
                 so a query with no good match returns nothing. Needs the fine stage.
             on_event: Receives the progress events of :mod:`retllm.events` (stage, candidate, revisit, final).
+            cancel: Set when the caller has gone: no more model work starts for this search.
 
         Raises:
             ScoringError: The fine stage failed for every candidate.
             EndpointError: The scorer's endpoint refused the request (bad key, unknown model, ...).
+            Cancelled: ``cancel`` was set before the search finished.
         """
         scorer = None if coarse_only else self.scorer
         if min_score is not None and scorer is None:
@@ -99,10 +103,13 @@ class Retriever:
         fetched = query
         if scorer is not None and is_url(query.image):  # download the query image once for both stages
             fetched = query.model_copy(update={"image": self.limits.read(query.image)})
+        Cancelled.check(cancel)
         hits = self.coarse(fetched, k=k, flt=flt, using=using)
         emit(events.stage("coarse", len(hits)))
         if scorer is not None:
-            hits = self.rerank(query if scorer.prefers_urls else fetched, hits, min_score=min_score, on_event=on_event)
+            hits = self.rerank(
+                query if scorer.prefers_urls else fetched, hits, min_score=min_score, on_event=on_event, cancel=cancel
+            )
         hits = hits[:top] if top else hits
         emit(events.final(hits))
         return hits
@@ -115,6 +122,7 @@ class Retriever:
         candidate_text: bool = True,
         min_score: float | None = None,
         on_event: EventSink | None = None,
+        cancel: threading.Event | None = None,
     ) -> list[Hit]:
         """Fine-score coarse hits and re-rank them (needs a scorer).
 
@@ -122,6 +130,7 @@ class Retriever:
             candidate_text: Show the MLLM each candidate's text; ``False`` judges images alone
                 (text-to-image retrieval over captioned images, as in the demo).
             min_score: Drop hits below it (see :meth:`search`).
+            cancel: Set when the caller has gone (:class:`~retllm.errors.Cancelled`).
         """
         if self.scorer is None:
             raise ConfigError("re-ranking needs a scorer (RETLLM_SCORER)")
@@ -130,10 +139,12 @@ class Retriever:
         if on_event is not None:
             on_event(events.stage("fine", len(hits)))
         cands = candidates_of(hits, candidate_text=candidate_text)
+        Cancelled.check(cancel)
         if type(self.scorer).score is Scorer.score:
-            scores = self.scorer.score(query, cands, on_event=on_event)
-        else:  # a scorer written against the older API (score() only): no per-candidate events
+            scores = self.scorer.score(query, cands, on_event=on_event, cancel=cancel)
+        else:  # a scorer written against the older API (score() only): no per-candidate events, cancel after it
             scores = self.scorer.score(query, cands)
+            Cancelled.check(cancel)
         return finish_rerank(hits, scores, min_score=min_score)
 
 

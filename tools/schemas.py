@@ -20,7 +20,14 @@ from pydantic.json_schema import SkipJsonSchema
 FilterValue = StrictStr | StrictInt | StrictBool  # what a payload match takes (no floats: exact match only)
 VectorChoice = Literal["auto", "image", "text", "fused"]
 
-_QUERY = "What to find, in plain words (e.g. 'a red bicycle at night'). Optional when an image is given."
+MAX_QUERY_CHARS = 2000
+"""Most characters of query text a request takes: a description of what to find (~300 English words), not a
+document. The MLLM sees at most RETLLM_MAX_QUERY_TOKENS of it (see :mod:`retllm.scorers.base`)."""
+
+_QUERY = (
+    f"What to find, in plain words (e.g. 'a red bicycle at night'), at most {MAX_QUERY_CHARS} characters. "
+    "Optional when an image is given."
+)
 _IMAGE = (
     "An image to search with: a local file path or an http(s) URL, or 'attached' for the image the user "
     "attached most recently in this conversation ('attached:2' for the second image of that message)."
@@ -45,12 +52,22 @@ class NoArgs(_Args):
 class CoarseSearchArgs(_Args):
     """Arguments of ``coarse_search``."""
 
-    query: str | None = Field(default=None, description=_QUERY)
+    query: str | None = Field(default=None, max_length=MAX_QUERY_CHARS, description=_QUERY)
     image: str | None = Field(default=None, description=_IMAGE)
     k: int = Field(default=10, ge=1, le=1000, description=_K)
     collection: str | None = Field(default=None, description=_COLLECTION)
     filter: dict[str, FilterValue | list[FilterValue]] | None = Field(default=None, description=_FILTER)
     vector: VectorChoice = Field(default="auto", description=_VECTOR)
+
+    @field_validator("query", mode="before")
+    @classmethod
+    def _bounded_query(cls, v: Any) -> Any:
+        if isinstance(v, str) and len(v) > MAX_QUERY_CHARS:
+            raise ValueError(
+                f"the query is {len(v):,} characters; at most {MAX_QUERY_CHARS:,} are taken: describe what to find "
+                "in fewer words"
+            )
+        return v
 
     @field_validator("filter", mode="before")
     @classmethod
@@ -186,8 +203,11 @@ class SearchOut(BaseModel):
 
 class CollectionInfo(BaseModel):
     name: str
-    items: int
+    items: int | None = Field(description="Items stored (null: the collection is broken).")
     dim: int | None = None
+    broken: str | None = Field(
+        default=None, description="Why the collection cannot be used, and how to recover it (null: it works)."
+    )
 
 
 class CollectionsOut(BaseModel):

@@ -39,6 +39,9 @@ class Embedder(ABC):
     id: str = "embedder"
     dim: int = 0
     batch_size: int = 32
+    input_side: int | None = None
+    """The shorter side (px) the model's preprocessing resizes images to; images are decoded reduced towards it
+    (None: at full size)."""
 
     def prepare_image(self, image: Image.Image) -> Any:
         """Model input for one RGB image (e.g. a preprocessed tensor). Thread-safe."""

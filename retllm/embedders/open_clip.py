@@ -97,6 +97,8 @@ class OpenClipEmbedder(Embedder):
         self.device = device or torch.device("cpu")
         self.id = model_id
         self.batch_size = batch_size
+        side = getattr(getattr(model, "visual", None), "image_size", None)
+        self.input_side = min(side) if isinstance(side, tuple | list) else side if isinstance(side, int) else None
         with torch.inference_mode():
             self.dim = int(self.embed_texts(["dimension probe"]).shape[1])
 

@@ -199,7 +199,14 @@ class CachedScorer(Scorer):
 
     # --- scoring ---------------------------------------------------------------------------------
 
-    def score(self, query: Query, candidates: Sequence[Candidate], *, on_event: EventSink | None = None) -> list[Score]:
+    def score(
+        self,
+        query: Query,
+        candidates: Sequence[Candidate],
+        *,
+        on_event: EventSink | None = None,
+        cancel: threading.Event | None = None,
+    ) -> list[Score]:
         """Scores in the candidates' order: cached ones looked up, the rest from one inner call, then stored."""
         keys = [self.key(query, c) for c in candidates]
         with self._lock:
@@ -211,8 +218,8 @@ class CachedScorer(Scorer):
             with self._lock:
                 self.misses += len(todo)
             batch = [candidates[i] for i in todo]
-            if on_event is not None and type(self.inner).score is Scorer.score:
-                fresh = self.inner.score(query, batch, on_event=on_event)
+            if (on_event is not None or cancel is not None) and type(self.inner).score is Scorer.score:
+                fresh = self.inner.score(query, batch, on_event=on_event, cancel=cancel)
             else:  # a scorer written against the older API takes no on_event
                 fresh = self.inner.score(query, batch)
             for i, sc in zip(todo, fresh, strict=True):
@@ -272,8 +279,18 @@ class CachedScorer(Scorer):
     def prefers_urls(self) -> bool:
         return self.inner.prefers_urls
 
-    def load(self, src: ImageSource) -> Image.Image:
-        return self.inner.load(src)
+    def load(
+        self,
+        src: ImageSource,
+        *,
+        min_side: int | None = None,
+        fit_side: int | None = None,
+        min_pixels: int | None = None,
+    ) -> Image.Image:
+        return self.inner.load(src, min_side=min_side, fit_side=fit_side, min_pixels=min_pixels)
+
+    def bounded(self, query: Query) -> Query:
+        return self.inner.bounded(query)  # the inner model's RETLLM_MAX_QUERY_TOKENS and tokenizer (listwise calls)
 
     def close(self) -> None:
         """Close the cache file (not the inner scorer)."""

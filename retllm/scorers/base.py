@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import random
+import threading
 from abc import ABC
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -11,13 +13,20 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from retllm.errors import ConfigError, ScoringError
+from retllm.errors import Cancelled, ConfigError, ScoringError
 from retllm.images import ImageLimits
 from retllm.types import ImageSource, Query
 
 if TYPE_CHECKING:
     from retllm.events import EventSink
     from retllm.scorers.turns import ToolCall, Turn
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_QUERY_TOKENS = 512
+"""Most query tokens the MLLM sees (RETLLM_MAX_QUERY_TOKENS). A query describes what to find: retrieval captions
+run 10-30 tokens and MMEB's instruction plus query under 100; 512 is about a request's 2,000 characters of
+English, so the bound only cuts text that would cost a pair several times its image tokens."""
 
 
 def _box_arg(call: ToolCall) -> object:
@@ -126,14 +135,23 @@ class Scorer(ABC):  # noqa: B024 - step() or score(): either one makes a backend
     id: str = "scorer"
     limits: ImageLimits = ImageLimits()
     max_revisits: int = 0
+    max_query_tokens: int | None = DEFAULT_MAX_QUERY_TOKENS
 
-    def score(self, query: Query, candidates: Sequence[Candidate], *, on_event: EventSink | None = None) -> list[Score]:
+    def score(
+        self,
+        query: Query,
+        candidates: Sequence[Candidate],
+        *,
+        on_event: EventSink | None = None,
+        cancel: threading.Event | None = None,
+    ) -> list[Score]:
         """One :class:`Score` per candidate, in the candidates' order: the step loop of :mod:`retllm.scorers.turns`.
 
         A pair that cannot be judged (unreadable image, transient endpoint fault) falls back
         (:meth:`Score.fallback`) and the others are scored; a configuration problem (wrong key, unknown
         model) raises. Callers that re-rank use :func:`check_not_all_failed`. ``on_event`` receives the
-        ``candidate`` and ``revisit`` events of :mod:`retllm.events` as they happen.
+        ``candidate`` and ``revisit`` events of :mod:`retllm.events` as they happen. Once ``cancel`` is set, no
+        more model work starts for this call and it raises :class:`~retllm.errors.Cancelled`.
         """
         from retllm import events
 
@@ -142,8 +160,9 @@ class Scorer(ABC):  # noqa: B024 - step() or score(): either one makes a backend
         for _ in range(self.max_revisits + 2):  # a step ends a turn or asks for revisits, up to the bound
             if all(t.done for t in turns):
                 break
+            Cancelled.check(cancel)
             was = [t.done for t in turns]
-            self.step(turns)
+            self.step(turns, cancel=cancel)
             for event in events.scored(turns, was):
                 emit(event)
             for t in turns:
@@ -162,17 +181,41 @@ class Scorer(ABC):  # noqa: B024 - step() or score(): either one makes a backend
         from retllm.scorers.turns import Turn
 
         self.check_query(query, candidates)
+        query = self.bounded(query)
         return [Turn(key=i, query=query, candidate=c) for i, c in enumerate(candidates)]
+
+    def bounded(self, query: Query) -> Query:
+        """``query`` with its text cut to :attr:`max_query_tokens` (RETLLM_MAX_QUERY_TOKENS), logged when it is:
+        the one place the bound is applied, for every pair and every listwise call of every scorer."""
+        n = self.max_query_tokens
+        if n is None or not query.text:
+            return query
+        cut = self.cut_text(query.text, n)
+        if cut == query.text:
+            return query
+        log.warning(
+            "query text cut to %d tokens (RETLLM_MAX_QUERY_TOKENS): %d of its %d characters kept",
+            n,
+            len(cut),
+            len(query.text),
+        )
+        return query.model_copy(update={"text": cut})
+
+    def cut_text(self, text: str, max_tokens: int) -> str:
+        """``text`` cut to at most ``max_tokens`` tokens of this scorer's model: here by :func:`estimated_cut`
+        (hosted models' tokenizers are not at hand); local backends count with their tokenizer."""
+        return estimated_cut(text, max_tokens)
 
     def check_query(self, query: Query, candidates: Sequence[Candidate]) -> None:  # noqa: B027 - optional hook
         """Raise :class:`ConfigError` when no pair of this query can be judged (a text-only model, images)."""
 
-    def step(self, turns: Sequence[Turn]) -> None:
+    def step(self, turns: Sequence[Turn], *, cancel: threading.Event | None = None) -> None:
         """Advance every ready turn (neither done nor waiting on a revisit) by one model call, in place.
 
         Every stepped turn either finishes (``turn.score`` set: scored or fallen back) or waits on revisit calls
         (``turn.pending``); a turn never waits past :attr:`max_revisits` revisits. A configuration problem
-        raises, as :meth:`score` does.
+        raises, as :meth:`score` does; once ``cancel`` is set, :class:`~retllm.errors.Cancelled` (no more model
+        calls start).
 
         Backends implement this (ours do). A scorer written against the older API that overrides only
         :meth:`score` still works: its turns are scored per query with one :meth:`score` call each.
@@ -186,6 +229,7 @@ class Scorer(ABC):  # noqa: B024 - step() or score(): either one makes a backend
             if t.ready:
                 groups.setdefault((id(t.query), query_key(t.query)), []).append(t)
         for group in groups.values():
+            Cancelled.check(cancel)
             scores = self.score(group[0].query, [t.candidate for t in group])
             for t, sc in zip(group, scores, strict=True):
                 t.steps += 1
@@ -224,6 +268,7 @@ class Scorer(ABC):  # noqa: B024 - step() or score(): either one makes a backend
         n = len(options)
         if not 2 <= n <= MAX_OPTIONS:
             raise ConfigError(f"listwise mode takes 2 to {MAX_OPTIONS} options, got {n}")
+        query = self.bounded(query)
         if not 1 <= rounds <= n:
             raise ConfigError(f"rounds must be between 1 and the number of options ({n}), got {rounds}")
         base = list(range(n))
@@ -258,12 +303,35 @@ class Scorer(ABC):  # noqa: B024 - step() or score(): either one makes a backend
         """Whether http(s) images are best passed on as URLs (the scorer's endpoint fetches them itself)."""
         return False
 
-    def load(self, src: ImageSource) -> Image.Image:
-        """Load an image for scoring (RGB), within :attr:`limits`."""
-        return self.limits.load(src)
+    def load(
+        self,
+        src: ImageSource,
+        *,
+        min_side: int | None = None,
+        fit_side: int | None = None,
+        min_pixels: int | None = None,
+    ) -> Image.Image:
+        """Load an image for scoring (RGB), within :attr:`limits`, reduced as far as the sizes the model needs
+        allow (see :func:`retllm.images.decode_image`)."""
+        return self.limits.load(src, min_side=min_side, fit_side=fit_side, min_pixels=min_pixels)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and models."""
+
+
+def estimated_cut(text: str, max_tokens: int) -> str:
+    """``text`` cut where an estimate without a tokenizer reaches ``max_tokens``: an ASCII letter or space
+    counts a quarter token (OpenAI's rule of thumb for English words), other ASCII (digits, punctuation,
+    base64) half a token, any other character a whole one (CJK and most other scripts take one or more
+    tokens per character), so the estimate rarely undercounts."""
+    if len(text) <= max_tokens:  # fits even at one token per character
+        return text
+    budget, used = 4 * max_tokens, 0
+    for i, ch in enumerate(text):
+        used += 4 if ch >= "\x80" else 1 if ch.isalpha() or ch == " " else 2
+        if used > budget:
+            return text[:i]
+    return text
 
 
 def position_bias(scorer: Scorer, query: Query, options: Sequence[str], *, trials: int = 8) -> dict[str, object]:

@@ -9,7 +9,8 @@ them, so scores are bit-identical to sequential scoring whatever else is running
 
 Only the worker thread touches the model, so per-forward state (retracing hooks, the vision cache)
 never sees two forwards at once. A batch that raises (an image the processor rejects, out of memory)
-is split in halves and retried down to the failing pair, which alone gets the error.
+is split in halves and retried down to the failing pair, which alone gets the error. A call whose
+``cancel`` event is set leaves at once; its pairs not yet in a forward are dropped when their turn comes.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from retllm.errors import ScoringError
+from retllm.errors import Cancelled, ScoringError
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,11 @@ class _Unit(Generic[P, R]):
     futures: list[Future[R]]
     group: object
     mergeable: bool
+    cancel: threading.Event | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
 
 
 class BatchWorker(Generic[P, R]):
@@ -77,17 +83,20 @@ class BatchWorker(Generic[P, R]):
         self._closed = False
         self.batches = 0  # forwards run (splits included), for tests and benchmarks
 
-    def run(self, pairs: Sequence[P], groups: Sequence[object]) -> list[R | BaseException]:
+    def run(
+        self, pairs: Sequence[P], groups: Sequence[object], *, cancel: threading.Event | None = None
+    ) -> list[R | BaseException]:
         """Score ``pairs`` (``groups[i]``: pairs may only share a forward within one group); blocks until done.
 
         Returns one result per pair, in order: the pair's result, or the exception that pair alone raised.
+        Raises :class:`~retllm.errors.Cancelled` once ``cancel`` is set (checked every 50 ms).
         """
         if len(pairs) != len(groups):
             raise ValueError(f"{len(pairs)} pairs but {len(groups)} groups")
         futures: list[Future[R]] = [Future() for _ in pairs]
         units: list[_Unit[P, R]] = []
         if self.cross_query:
-            units = [_Unit([p], [f], g, True) for p, f, g in zip(pairs, futures, groups, strict=True)]
+            units = [_Unit([p], [f], g, True, cancel) for p, f, g in zip(pairs, futures, groups, strict=True)]
         else:  # the batches a query running alone would get: per group, in order, batch_size at a time
             by_group: dict[object, list[int]] = {}
             for i, g in enumerate(groups):
@@ -95,7 +104,7 @@ class BatchWorker(Generic[P, R]):
             for g, idx in by_group.items():
                 for s in range(0, len(idx), self.batch_size):
                     chunk = idx[s : s + self.batch_size]
-                    units.append(_Unit([pairs[i] for i in chunk], [futures[i] for i in chunk], g, False))
+                    units.append(_Unit([pairs[i] for i in chunk], [futures[i] for i in chunk], g, False, cancel))
         with self._cond:
             if self._closed:
                 raise ScoringError("this scorer is closed; build a new one")
@@ -104,6 +113,9 @@ class BatchWorker(Generic[P, R]):
                 self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
                 self._thread.start()
             self._cond.notify()
+        while cancel is not None and not all(f.done() for f in futures):
+            wait(futures, timeout=0.05)
+            Cancelled.check(cancel)  # the worker drops this call's queued pairs when it reaches them
         out: list[R | BaseException] = []
         for f in futures:
             exc = f.exception()
@@ -111,14 +123,21 @@ class BatchWorker(Generic[P, R]):
         return out
 
     def _take(self) -> list[_Unit[P, R]]:
-        """The next batch's units: the oldest unit, topped up with later mergeable units of its group."""
+        """The next batch's units: the oldest unit, topped up with later mergeable units of its group (units of a
+        cancelled call are dropped, their futures failed); empty when only cancelled units were left."""
+        while self._queue and self._queue[0].cancelled:
+            _drop(self._queue.popleft())
+        if not self._queue:
+            return []
         first = self._queue.popleft()
         units, n = [first], len(first.pairs)
         if first.mergeable:
             rest: deque[_Unit[P, R]] = deque()
             while self._queue:
                 u = self._queue.popleft()
-                if n < self.batch_size and u.mergeable and u.group == first.group:
+                if u.cancelled:
+                    _drop(u)
+                elif n < self.batch_size and u.mergeable and u.group == first.group:
                     units.append(u)
                     n += len(u.pairs)
                 else:
@@ -137,6 +156,8 @@ class BatchWorker(Generic[P, R]):
                         return
                     self._cond.wait(left)
                 units = self._take()
+            if not units:
+                continue
             pairs = [p for u in units for p in u.pairs]
             futures = [f for u in units for f in u.futures]
             try:
@@ -174,3 +195,10 @@ class BatchWorker(Generic[P, R]):
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
+
+
+def _drop(unit: _Unit[P, R]) -> None:
+    """Fail a cancelled unit's pairs without running them."""
+    for f in unit.futures:
+        if not f.done():
+            f.set_exception(Cancelled())

@@ -14,7 +14,7 @@ from typing import Any
 from PIL import Image
 
 from retllm.errors import ScoringError
-from retllm.images import decode_image
+from retllm.images import ACCEPTED_FORMATS, ImageLimits
 from retllm.scorers.base import Score, two_way
 
 _WEB_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
@@ -90,14 +90,19 @@ def parse_verbalized(text: str | None, positive: str = "True", negative: str = "
     return Score(value=v, p_true=None, entropy=None, method="verbalized")
 
 
-def image_data_url(data: bytes, max_pixels: int, limit: int = 64_000_000) -> str:
-    """A data URL for encoded image bytes; re-encoded as PNG when the format is not web-safe or over
-    ``max_pixels`` (the budget sent); images over ``limit`` (RETLLM_MAX_IMAGE_PIXELS) are refused."""
-    im = decode_image(data, max_pixels=limit)
-    fmt = Image.open(io.BytesIO(data)).format or ""
-    if fmt in _WEB_FORMATS and im.width * im.height <= max_pixels:
+def image_data_url(data: bytes, max_pixels: int, limits: ImageLimits | None = None) -> str:
+    """A data URL for encoded image bytes; re-encoded when the format is not web-safe or over ``max_pixels``
+    (the budget sent), from a decode reduced towards that budget; what ``limits`` refuses raises."""
+    lim = limits or ImageLimits()
+    try:
+        head = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        fmt, pixels = head.format or "", head.width * head.height
+    except Exception:  # the decode below says what is wrong with it
+        fmt, pixels = "", 0
+    if fmt in _WEB_FORMATS and pixels <= max_pixels:
+        lim.check(data)  # sent as it is, once it decodes
         return f"data:{_WEB_FORMATS[fmt]};base64,{base64.b64encode(data).decode()}"
-    return compact_data_url(_fit(im, max_pixels))
+    return compact_data_url(_fit(lim.decode(data, min_pixels=max_pixels), max_pixels))
 
 
 def compact_data_url(im: Image.Image) -> str:
@@ -122,15 +127,17 @@ def _fit(im: Image.Image, max_pixels: int, max_upscale: float = 1.0) -> Image.Im
     return im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.LANCZOS)
 
 
-def crop_for_revisit(data: bytes, box: Any, max_pixels: int, limit: int = 64_000_000) -> Image.Image:
-    """The revisited view: the whole image, or a crop ``[x0, y0, x1, y1]`` (fractions) upscaled up to 4x."""
-    im = decode_image(data, max_pixels=limit)
+def crop_for_revisit(data: bytes, box: Any, max_pixels: int, limits: ImageLimits | None = None) -> Image.Image:
+    """The revisited view: the whole image, or a crop ``[x0, y0, x1, y1]`` (fractions) upscaled up to 4x; the image
+    is decoded reduced as far as the view's ``max_pixels`` allow."""
+    lim = limits or ImageLimits()
     if box is None:
-        return _fit(im, max_pixels)
+        return _fit(lim.decode(data, min_pixels=max_pixels), max_pixels)
     if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, int | float) for v in box)):
         raise ScoringError(f"box must be [x0, y0, x1, y1] fractions, got {box!r}")
     x0, y0, x1, y1 = (min(max(float(v), 0.0), 1.0) for v in box)
     if x1 - x0 < 0.01 or y1 - y0 < 0.01:
         raise ScoringError(f"box {box!r} is empty")
+    im = lim.decode(data, min_pixels=math.ceil(max_pixels / ((x1 - x0) * (y1 - y0))))  # the crop keeps the budget
     crop = im.crop((round(x0 * im.width), round(y0 * im.height), round(x1 * im.width), round(y1 * im.height)))
     return _fit(crop, max_pixels, max_upscale=4.0)

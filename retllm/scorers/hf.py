@@ -27,7 +27,7 @@ from retllm.errors import BadItemError, ConfigError, ModelUnavailableError, Scor
 from retllm.hub import require_hub
 from retllm.images import ImageLimits
 from retllm.prompting import Rendered, load_prompt, prompt_for, render
-from retllm.scorers.base import Candidate, Score, Scorer, two_way
+from retllm.scorers.base import DEFAULT_MAX_QUERY_TOKENS, Candidate, Score, Scorer, two_way
 from retllm.scorers.batching import BatchWorker
 from retllm.scorers.families import FAMILIES, Family, answer_token_ids, family_of, resolve_attr
 from retllm.scorers.retrace import RetraceConfig, visual_retracing
@@ -100,6 +100,7 @@ class HFScorer(Scorer):
             moves with its batch neighbours at the ~1e-6 level, as it does with k). ``False``: each call
             is batched alone, bit-identical to running the calls one at a time.
         limits: How candidate and query images are read.
+        max_query_tokens: Query text past this many tokens (of this model's tokenizer) is cut; None: never.
     """
 
     def __init__(
@@ -116,8 +117,10 @@ class HFScorer(Scorer):
         image_tokens: tuple[int | None, int | None] | None = PAPER_IMAGE_TOKENS,
         cross_query: bool = True,
         limits: ImageLimits | None = None,
+        max_query_tokens: int | None = DEFAULT_MAX_QUERY_TOKENS,
     ) -> None:
         self.model = model.eval()
+        self.max_query_tokens = max_query_tokens
         self.processor = processor
         self.family: Family = family_of(model)
         self.id = model_id
@@ -136,13 +139,20 @@ class HFScorer(Scorer):
             )
         self.image_side = image_side
         self._proc_kwargs: dict[str, Any] = {}
-        if image_side is not None and self.family.tiled:
-            ip = processor.image_processor
+        # The least image the processor uses, so decoding may reduce towards it (nothing known: the full image).
+        self._need: dict[str, int] = {"fit_side": image_side} if image_side is not None else {}
+        ip = processor.image_processor
+        if self.family.tiled:
             tile = int(ip.max_image_size["longest_edge"])
             own = int(ip.size["longest_edge"]) if ip.do_image_splitting else tile
-            self._proc_kwargs["size"] = {"longest_edge": min(own, max(1, -(-image_side // tile)) * tile)}
-        if self.family.token_budget and image_tokens is not None:
-            self._proc_kwargs["size"] = self._token_budget(*image_tokens)
+            if image_side is not None:
+                self._proc_kwargs["size"] = {"longest_edge": min(own, max(1, -(-image_side // tile)) * tile)}
+            self._need = {"fit_side": int(self._proc_kwargs.get("size", {}).get("longest_edge", own))}
+        if self.family.token_budget:
+            if image_tokens is not None:
+                self._proc_kwargs["size"] = self._token_budget(*image_tokens)
+            most = (self._proc_kwargs.get("size") or getattr(ip, "size", None) or {}).get("longest_edge")
+            self._need = {"min_pixels": int(most)} if most else {}  # Qwen's longest_edge is a pixel count
         use_cache = vision_cache_size > 0 and self.family.vision_cache
         max_bytes = int(vision_cache_mb * 2**20) if vision_cache_mb is not None else None
         self.vision_cache: VisionCache | None = VisionCache(vision_cache_size, max_bytes) if use_cache else None
@@ -214,6 +224,7 @@ class HFScorer(Scorer):
             image_tokens=(settings.scorer_min_image_tokens, settings.scorer_max_image_tokens),
             cross_query=settings.scorer_cross_query,
             limits=settings.image_limits,
+            max_query_tokens=settings.max_query_tokens,
         )
 
     @property
@@ -238,12 +249,12 @@ class HFScorer(Scorer):
                 images.append(q_img)
             else:
                 assert c.image is not None
-                images.append(self._fit(self.load(c.image)))
+                images.append(self._fit(self.load(c.image, **self._need)))
         return r, images
 
     def _query_image(self, query: Query) -> Image.Image | None:
         """The query's image, loaded and fitted once per query (it goes into every pair)."""
-        return self._fit(self.load(query.image)) if query.image is not None else None
+        return self._fit(self.load(query.image, **self._need)) if query.image is not None else None
 
     def _fit(self, im: Image.Image) -> Image.Image:
         """Downscale to ``image_side`` (untiled families; tiled ones are sized by the processor)."""
@@ -252,6 +263,19 @@ class HFScorer(Scorer):
             return im
         scale = side / max(im.size)
         return im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BICUBIC)
+
+    def cut_text(self, text: str, max_tokens: int) -> str:
+        """``text`` cut after its ``max_tokens``-th token of this model's tokenizer (no token spans 64
+        characters, so the tokenizer never sees more than ``64 * max_tokens`` of a huge text)."""
+        head = text[: 64 * max_tokens]
+        with self._model_lock:  # the tokenizer's state is not safe against the worker's padded batch call
+            try:
+                enc = self.tokenizer(head, add_special_tokens=False, return_offsets_mapping=True)
+                ends = [int(e) for _, e in enc["offset_mapping"]]
+            except NotImplementedError:  # a slow tokenizer has no offsets: decode the kept tokens instead
+                ids = self.tokenizer(head, add_special_tokens=False)["input_ids"]
+                return str(self.tokenizer.decode(ids[:max_tokens])) if len(ids) > max_tokens else head
+        return text[: ends[max_tokens - 1]] if len(ends) > max_tokens else head
 
     def _chat_text(self, r: Rendered) -> str:
         content = [{"type": "image"} if k == "image" else {"type": "text", "text": v} for k, v in r.parts]
@@ -453,8 +477,9 @@ class HFScorer(Scorer):
                 "use a vision model for images (RETLLM_SCORER=hf:Qwen/Qwen2.5-VL-7B-Instruct)"
             )
 
-    def step(self, turns: Sequence[Turn]) -> None:
-        """One batched forward over every ready turn (retracing inside it); every turn ends here."""
+    def step(self, turns: Sequence[Turn], *, cancel: threading.Event | None = None) -> None:
+        """One batched forward over every ready turn (retracing inside it); every turn ends here. Once ``cancel``
+        is set, no further forward of these turns runs (:class:`~retllm.errors.Cancelled`)."""
         ready = [t for t in turns if t.ready]
         if not ready:
             return
@@ -474,7 +499,7 @@ class HFScorer(Scorer):
             ids = self._answer_ids(prompt_for(t.query.modality, t.candidate.modality).answer_words)
             todo.append((t, _Pair(self._chat_text(r), ims, ids)))
         # Pairs with different image counts never share a forward: processors need it, and padding stays small.
-        rows = self._worker.run([p for _, p in todo], [len(p.images) for _, p in todo])
+        rows = self._worker.run([p for _, p in todo], [len(p.images) for _, p in todo], cancel=cancel)
         for (t, _), row in zip(todo, rows, strict=True):
             if isinstance(row, BaseException):
                 log.info("candidate %s not scored: %s: %s", t.candidate.id, type(row).__name__, row)

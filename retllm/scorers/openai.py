@@ -29,10 +29,10 @@ from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any
 
-from retllm.errors import EndpointError, ScoringError
+from retllm.errors import Cancelled, EndpointError, ScoringError
 from retllm.images import ImageLimits, is_url
 from retllm.prompting import Rendered, load_prompt, prompt_for, render
-from retllm.scorers.base import Candidate, Score, Scorer
+from retllm.scorers.base import DEFAULT_MAX_QUERY_TOKENS, Candidate, Score, Scorer
 from retllm.scorers.chat import (
     crop_for_revisit,
     image_data_url,
@@ -74,6 +74,9 @@ class OpenAIScorer(EndpointProbes, Scorer):
         revisit: ``auto`` offers the revisit tool until the endpoint rejects tools; ``on``/``off`` force it.
         max_revisits: Revisit calls allowed per pair.
         send_image_urls: Send http(s) image URLs as URLs instead of inlining the bytes.
+        probe: Check the endpoint's capabilities once (:mod:`retllm.scorers.probes`); ``False`` assumes images
+            reach a vision encoder and, with ``revisit="auto"``, offers no tool.
+        max_query_tokens: Query text past about this many tokens (estimated: :func:`estimated_cut`) is cut.
     """
 
     def __init__(
@@ -93,8 +96,10 @@ class OpenAIScorer(EndpointProbes, Scorer):
         pixel_budget: int = 1024 * 1024,
         limits: ImageLimits | None = None,
         probe: bool = True,
+        max_query_tokens: int | None = DEFAULT_MAX_QUERY_TOKENS,
     ) -> None:
         self.client = client.with_options(max_retries=0)
+        self.max_query_tokens = max_query_tokens
         self.model = model
         self.id = f"openai:{model}"
         self.concurrency = concurrency
@@ -109,7 +114,8 @@ class OpenAIScorer(EndpointProbes, Scorer):
         self.pixel_budget = pixel_budget
         self.limits = limits or ImageLimits()
         self.probe = probe
-        self._tools_state: bool | None = {"on": True, "off": False}.get(revisit)  # auto: probed once
+        # auto: probed once; without probes (a gateway whose usage counts mislead) no tool unless asked for
+        self._tools_state: bool | None = {"on": True, "off": False}.get(revisit, None if probe else False)
         self._vision_state: bool | None = None
         self._probe_lock = threading.Lock()
         self._logprobs_ok = True
@@ -138,6 +144,8 @@ class OpenAIScorer(EndpointProbes, Scorer):
             max_revisits=settings.max_revisits,
             send_image_urls=settings.send_image_urls,
             limits=settings.image_limits,
+            probe=settings.openai_probe != "off",
+            max_query_tokens=settings.max_query_tokens,
         )
 
     # --- requests --------------------------------------------------------------------------------
@@ -322,7 +330,7 @@ class OpenAIScorer(EndpointProbes, Scorer):
             data = self.limits.read(src)
         return {
             "type": "image_url",
-            "image_url": {"url": image_data_url(data, self.pixel_budget, self.limits.max_pixels)},
+            "image_url": {"url": image_data_url(data, self.pixel_budget, self.limits)},
         }
 
     def _content(self, r: Rendered, images: dict[str, tuple[ImageSource, bytes | None]]) -> str | list[dict[str, Any]]:
@@ -362,9 +370,10 @@ class OpenAIScorer(EndpointProbes, Scorer):
 
     # --- scoring: the step of retllm.scorers.turns --------------------------------------------------
 
-    def step(self, turns: Sequence[Turn]) -> None:
+    def step(self, turns: Sequence[Turn], *, cancel: threading.Event | None = None) -> None:
         """One request per ready turn, concurrently: a turn ends scored (or fallen back), or waits on the
-        ``revisit_image`` calls of the model's reply. A configuration error stops the other requests and raises."""
+        ``revisit_image`` calls of the model's reply. A configuration error stops the other requests and raises;
+        so does ``cancel`` (:class:`~retllm.errors.Cancelled`): requests on the wire finish, no other starts."""
         ready = [t for t in turns if t.ready]
         if not ready:
             return
@@ -378,10 +387,14 @@ class OpenAIScorer(EndpointProbes, Scorer):
         stop = threading.Event()
         try:
             futures = [pool.submit(self._step_turn, t, q_imgs[query_key(t.query)], stop) for t in ready]
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            failed = next((f.exception() for f in done if f.exception() is not None), None)
-            if failed is not None:  # an EndpointError: no other pair can succeed; stop the rest at once
-                raise failed
+            while True:
+                done, left = wait(futures, timeout=0.05 if cancel is not None else None, return_when=FIRST_EXCEPTION)
+                failed = next((f.exception() for f in done if f.exception() is not None), None)
+                if failed is not None:  # an EndpointError: no other pair can succeed; stop the rest at once
+                    raise failed
+                if not left:
+                    break
+                Cancelled.check(cancel)  # leaving sets stop: queued pairs and retries never send
         finally:
             stop.set()
             pool.shutdown(wait=False, cancel_futures=True)
@@ -515,7 +528,7 @@ class OpenAIScorer(EndpointProbes, Scorer):
                 box = None if entry["view"] == "all" else entry["view"]
                 src, data = images["candidate"]
                 data = data if data is not None else self.limits.read(src)
-                view = crop_for_revisit(data, box, self.pixel_budget, self.limits.max_pixels)
+                view = crop_for_revisit(data, box, self.pixel_budget, self.limits)
                 views.append({"type": "text", "text": entry["content"].removesuffix(": shown below.")})
                 views.append({"type": "image_url", "image_url": {"url": png_data_url(view)}})
         flush()

@@ -12,7 +12,8 @@
   forced ``tool_choice`` would prove nothing: llama.cpp grammar-forces a call the model never saw.
 
 Probe requests are not retried; a transient failure leaves the answer open for a later pair, and after
-three such failures the scorer goes on with images assumed to work and tools off.
+three such failures the scorer goes on with images assumed to work and tools off. ``probe=False``
+(``RETLLM_OPENAI_PROBE=off``, for a gateway whose usage counts mislead) sends none and assumes the same.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 PROBE_TEXT = "Capability check from the retllm scorer. Answer with one word: True or False."
 MAX_INCONCLUSIVE = 3
+PROBE_OFF = "a gateway that reports token usage its own way misleads this check: RETLLM_OPENAI_PROBE=off skips it"
 
 
 def _png_url(im: Image.Image) -> str:
@@ -137,12 +139,13 @@ class EndpointProbes:
                 assert a is not None and b is not None
                 if a <= plain and b <= plain:
                     raise EndpointError(
-                        f"{self.endpoint} ignored an image ({a} prompt tokens with it, {plain} without); {fix}"
+                        f"{self.endpoint} ignored an image ({a} prompt tokens with it, {plain} without); {fix}; "
+                        + PROBE_OFF
                     )
                 if a != b:
                     raise EndpointError(
                         f"{self.endpoint} reads images as text (two images of one size cost {a} and {b} prompt tokens: "
-                        f"its chat template prints them); {fix}"
+                        f"its chat template prints them); {fix}; {PROBE_OFF}"
                     )
             self._vision_state = True
         finally:

@@ -163,7 +163,7 @@ def check_revisit(candidate: Candidate, args: dict[str, Any], limits: ImageLimit
         box = [x0, y0, x1, y1]
     lim = limits or ImageLimits()
     try:
-        crop_for_revisit(lim.read(candidate.image), box, 64 * 64, lim.max_pixels)
+        crop_for_revisit(lim.read(candidate.image), box, 64 * 64, lim)
     except (BadItemError, ScoringError, OSError) as e:
         raise RevisitError(f"candidate {candidate.id!r}: {e}") from e
     return box

@@ -167,6 +167,25 @@ def test_retracing_equals_reference(tiny_vlm_dirs, candidate_images, fam: str, c
         assert armed is not None
 
 
+def test_the_window_stops_before_layer_end(tiny_vlm_dirs, candidate_images) -> None:
+    """``start < l < end``: with ``end`` below the last layer and a threshold that only the entropy after layer
+    ``end`` exceeds, nothing fires; one layer more and it fires (at ``end + 1``). The tiny models have 4 layers, so
+    ``end=3`` (the other tests) cannot tell ``l < end`` from ``l <= end``: layer 3 has no next layer to arm."""
+    s = scorer(tiny_vlm_dirs, "qwen2_5_vl", vision_cache_size=0)
+    q, cs = Query(text="a yellow star"), cands(candidate_images)
+    after1, after2 = _probe_entropies(s, q, cs, 1), _probe_entropies(s, q, cs, 2)
+    gap, i = max((e2 - e1, i) for i, (e1, e2) in enumerate(zip(after1, after2, strict=True)))
+    assert gap > 2e-5, "the tiny model no longer has a sample whose entropy rises from layer 1 to layer 2"
+    threshold, c = (after1[i] + after2[i]) / 2, cs[i]  # exceeded after layer 2 only
+    for end, want in ((2, None), (3, 3)):
+        cfg = RetraceConfig(start=0, end=end, threshold=threshold)
+        s = scorer(tiny_vlm_dirs, "qwen2_5_vl", cfg, vision_cache_size=0)
+        assert s.score(q, [c])[0].retraced == want, end
+        ref, armed = reference_logits(s, plain_inputs(s, q, c), cfg)
+        got, fired = s._forward([s._chat_text(s._pair(q, None, c)[0])], [[s.load(c.image)]])
+        assert fired == [armed] == [want] and (got[0] - ref).abs().max().item() <= 1e-5
+
+
 def test_hooks_leave_no_state_behind(tiny_vlm_dirs, candidate_images) -> None:
     s = scorer(tiny_vlm_dirs, "qwen2_vl", RetraceConfig(start=0, end=3, threshold=-1.0), vision_cache_size=0)
     q, c = Query(text="a red circle"), cands(candidate_images, 1)[0]
@@ -338,3 +357,51 @@ def test_mixed_text_and_image_candidates_in_one_call(tiny_vlm_dirs, candidate_im
     assert [o.retraced for o in out] == [None, 2, 2, None]
     single = [s.score(Query(text="red"), [c])[0] for c in cs]
     assert max_diff(out, single, "value") <= 1e-5
+
+
+# --- bounded work per request (issue 18, item 3) -------------------------------------------------------------
+
+
+def test_a_cancelled_search_stops_the_local_scorer_within_a_batch(tiny_vlm_dirs) -> None:
+    import threading
+
+    from retllm.errors import Cancelled
+
+    s = scorer(tiny_vlm_dirs, "qwen2_vl", batch_size=1)
+    cancel = threading.Event()
+    forwards = []
+
+    def hang_up_at_the_first_forward(_module: Any, _args: Any) -> None:
+        forwards.append(1)
+        cancel.set()  # the client leaves while the first batch runs
+
+    cs = [Candidate(f"t{i}", text=f"caption number {i}") for i in range(6)]
+    hook = s.model.register_forward_pre_hook(hang_up_at_the_first_forward)
+    try:
+        with pytest.raises(Cancelled, match="the caller went away"):
+            s.score(Query(text="a red circle"), cs, cancel=cancel)
+    finally:
+        hook.remove()
+    assert 1 <= len(forwards) <= 2  # the batch running when it was cancelled, not the other 5 pairs
+    assert s._worker.batches == len(forwards)
+    assert [o.method for o in s.score(Query(text="a red circle"), cs)] == ["logits"] * 6  # serves the next one
+
+
+def test_a_long_query_is_cut_to_max_query_tokens(tiny_vlm_dirs, caplog: pytest.LogCaptureFixture) -> None:
+    s = scorer(tiny_vlm_dirs, "qwen2_vl", max_query_tokens=16)
+    lengths = []
+    hook = s.model.register_forward_pre_hook(
+        lambda _m, _a, kw: lengths.append(kw["input_ids"].shape[1]), with_kwargs=True
+    )
+    long = "a red circle on a white wall " * 3000
+    cut = s.cut_text(long, 16)
+    try:
+        with caplog.at_level("WARNING"):
+            got = s.score(Query(text=long), [Candidate("t", text="a circle")])[0]
+        ref = s.score(Query(text=cut), [Candidate("t", text="a circle")])[0]
+    finally:
+        hook.remove()
+    assert len(s.tokenizer(cut, add_special_tokens=False)["input_ids"]) == 16 and long.startswith(cut)
+    assert lengths[0] == lengths[1] < 100  # the model saw the cut query, not 21,000 tokens
+    assert got.value == ref.value
+    assert "RETLLM_MAX_QUERY_TOKENS" in caplog.text and "cut" in caplog.text

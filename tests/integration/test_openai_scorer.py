@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -273,3 +274,45 @@ def test_models_that_take_only_max_completion_tokens_and_no_temperature(candidat
         last = fake.requests[-1]
     assert all(s.method == "logprobs" for s in out)
     assert last["max_completion_tokens"] == 1 and "max_tokens" not in last and "temperature" not in last
+
+
+# --- bounded work per request (issue 18, item 3) -------------------------------------------------------------
+
+
+def test_a_cancelled_search_sends_none_of_its_remaining_pairs() -> None:
+    import threading
+    import time
+
+    from retllm.errors import Cancelled
+
+    cs = [Candidate(f"t{i}", text=f"caption {i}") for i in range(8)]
+    with fake_openai(Switches(delay=0.3)) as fake:
+        sc = make(fake.url, revisit="off", concurrency=1)
+        cancel = threading.Event()
+
+        def hang_up() -> None:
+            for _ in range(1000):  # bounded: until the first pair is on the wire
+                if fake.pair_requests:
+                    break
+                time.sleep(0.01)
+            cancel.set()
+
+        threading.Thread(target=hang_up).start()
+        with pytest.raises(Cancelled):
+            sc.score(Query(text="x"), cs, cancel=cancel)
+        for _ in range(1000):  # bounded: until the request on the wire has been answered
+            if not fake.in_flight:
+                break
+            time.sleep(0.01)
+        sent = len(fake.pair_requests)
+        assert sc.score(Query(text="x"), cs[:2])[1].method == "logprobs"  # the scorer serves the next search
+    assert 1 <= sent <= 2  # not the 8 the search had
+
+
+def test_a_long_query_is_cut_by_a_token_estimate() -> None:
+    with fake_openai() as fake:
+        make(fake.url, revisit="off", max_query_tokens=32).score(
+            Query(text="word " * 50_000), [Candidate("t", text="a")]
+        )
+        sent = json.dumps(fake.pair_requests[0]["messages"])
+    assert 20 <= sent.count("word") <= 32 * 4 // 5 + 1  # 32 tokens at 4 characters each, not 50,000 words

@@ -305,10 +305,12 @@ def test_the_tools_confine_caller_paths_to_the_file_roots(embedder, tmp_path: Pa
         assert out.skipped == [
             {"item": "items[1]", "reason": f"path is outside the allowed folders (RETLLM_FILE_ROOTS): {escape}"}
         ]
-        # a confined path is read once and kept by content: a later swap of the file (a symlink out) changes nothing
-        kept = ops.query_image_ref(deps, str(tmp_path / "pics" / "red.png"), fine=False)
-        assert kept is not None and Path(kept).parent == s.blob_dir
-        assert Path(kept).read_bytes() == (tmp_path / "pics" / "red.png").read_bytes()
+        # a confined path is read once: searched from those bytes (nothing written), or kept by content where a
+        # reference must outlive the call; either way a later swap of the file (a symlink out) changes nothing
+        red = (tmp_path / "pics" / "red.png").read_bytes()
+        assert ops.query_image_ref(deps, str(tmp_path / "pics" / "red.png"), fine=False) == red
+        kept = ops.query_image_ref(deps, str(tmp_path / "pics" / "red.png"), fine=False, keep=deps.keep_image)
+        assert isinstance(kept, str) and Path(kept).parent == s.blob_dir and Path(kept).read_bytes() == red
         stored = next(iter(index.payloads("c", [out.ids[0]]).values()))["image"]
         assert Path(stored).parent == s.blob_dir
         with pytest.raises(BadItemError, match="outside the allowed folders"):
