@@ -89,3 +89,24 @@ def ranking(direction: str, query: str, latency: float | None = None, cached: bo
     if cached is not None:
         row["cached"] = cached
     return row
+
+
+def write_karpathy_set(root: Path, name: str, folder: str, n: int = 3, *, coco_names: bool = False) -> Path:
+    """A Karpathy split file ``dataset_<name>.json`` with ``n`` test images stored in ``root/folder/`` (the
+    folder an official archive unpacks to); ``coco_names``: COCO's ``COCO_val2014_<id>.jpg`` names with
+    ``filepath: val2014``, as in Karpathy's ``dataset_coco.json``."""
+    import numpy as np
+    from PIL import Image
+
+    (root / folder).mkdir(parents=True)
+    entries = []
+    for i in range(n):
+        filename = f"COCO_val2014_{i:012d}.jpg" if coco_names else f"{1000 + i}.jpg"
+        arr = np.random.default_rng(i).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(root / folder / filename, "JPEG")
+        sents = [{"raw": f"picture number {i} with colour {c}"} for c in ("red", "blue")]
+        entries.append({"filename": filename, "split": "test", "sentences": sents})
+        if coco_names:
+            entries[-1]["filepath"] = "val2014"
+    (root / f"dataset_{name}.json").write_text(json.dumps({"images": entries}))
+    return root

@@ -43,6 +43,7 @@ from retllm.eval.choice_data import (
     load_mmeb,
     load_sugarcrepe,
 )
+from retllm.eval.datasets import nothing_to_evaluate
 from retllm.images import ImageLimits
 from retllm.scorers.base import MAX_OPTIONS
 from retllm.types import VECTOR_NAMES, Query, VectorName
@@ -208,7 +209,7 @@ def _caption_cosines(
     for q in questions:
         if q.image not in images and q.image not in todo and q.image not in bad:
             try:
-                todo[q.image] = embedder.prepare_image(limits.load(q.image))
+                todo[q.image] = embedder.prepare_image(limits.load(q.image, min_side=embedder.input_side))
             except BadItemError as e:
                 bad[q.image] = str(e)
         if q.image in bad:
@@ -303,6 +304,8 @@ def run_sugarcrepe(
                 s.latencies[q.id] += time.perf_counter() - t0
                 if cached.misses == misses and q.id not in s.failed:
                     s.cached.add(q.id)
+            if questions and not s.latencies:
+                raise nothing_to_evaluate(data.name, data.root, s.skipped, f"every {cat} question was skipped")
             costs.finish(s)
     finally:
         if cached is not None:
@@ -543,6 +546,8 @@ def run_mmeb(
                     s.failed.append(q.id)
                 elif cached is not None and cached.misses == misses:
                     s.cached.add(q.id)
+            if sub.queries and not s.latencies:
+                raise nothing_to_evaluate(data.name, data.root, s.skipped, f"every {subset} query was skipped")
             costs.finish(s)
     finally:
         if cached is not None:

@@ -38,7 +38,8 @@ whole file, so ``limit`` does not change what a query says.
 A bad entry (not an object, empty caption, missing image, unreadable row) is skipped and described in
 ``problems`` as ``"FILE: KEY: reason"`` (SugarCrepe), ``"FILE: row N: reason"`` (parquet) or
 ``"FILE:LINE: reason"`` (JSONL); FILE is relative to ``data``. A missing category file or subset is reported
-too; only when none is left is it an error. ``limit`` keeps the first N good questions per category/subset.
+too; only when no question is left is it an error (one line: the folder, the count skipped and the first reason).
+``limit`` keeps the first N good questions per category/subset.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retllm.errors import ConfigError, MissingDependencyError
-from retllm.eval.datasets import iter_json_records, not_utf8
+from retllm.errors import BadItemError, ConfigError, MissingDependencyError
+from retllm.eval.datasets import iter_json_records, not_utf8, nothing_to_evaluate
 from retllm.types import Item
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,8 @@ class SugarCrepeSet:
     problems: list[str] = field(default_factory=list)
     name: str = "sugarcrepe"
     split: str = "test"
+    root: Path | None = None
+    """The folder it was loaded from (named in the errors of a run left with nothing to evaluate)."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,8 @@ class MMEBSet:
     problems: list[str] = field(default_factory=list)
     name: str = "mmeb"
     split: str = "test"
+    root: Path | None = None
+    """The folder it was loaded from (named in the errors of a run left with nothing to evaluate)."""
     instructions_kept: bool = False
     """Loaded with ``keep_instructions``: the texts (so the candidate ids) differ from a default load's."""
 
@@ -215,13 +220,14 @@ def load_sugarcrepe(data: Path, *, categories: Sequence[str] | None = None, limi
         limit: Keep the first N good questions of each category, in file order.
 
     Raises:
-        ConfigError: Missing folder, unknown category, negative limit, or no category file at all.
+        ConfigError: Missing folder, unknown category, negative limit, no category file at all, or no usable
+            question in any (:func:`~retllm.eval.datasets.nothing_to_evaluate`).
     """
     data = _check(data, limit, "sugarcrepe")
     wanted = list(categories or SUGARCREPE_CATEGORIES)
     if bad := [c for c in wanted if c not in SUGARCREPE_CATEGORIES]:
         raise ConfigError(f"unknown SugarCrepe category {bad[0]!r}; valid: {', '.join(SUGARCREPE_CATEGORIES)}")
-    out = SugarCrepeSet()
+    out = SugarCrepeSet(root=data)
     found: dict[str, Path | None] = {}
 
     def image(name: str) -> Path | None:
@@ -256,6 +262,8 @@ def load_sugarcrepe(data: Path, *, categories: Sequence[str] | None = None, limi
         out.categories[cat] = kept
     if not files:
         raise ConfigError(f"no SugarCrepe category file ({', '.join(f'{c}.json' for c in wanted)}) in {data}")
+    if not any(out.categories.values()):
+        raise nothing_to_evaluate(out.name, data, out.problems)
     if out.problems:
         log.warning("sugarcrepe: %d problem(s), e.g. %s", len(out.problems), out.problems[0])
     return out
@@ -472,7 +480,7 @@ def load_mmeb(
             default).
 
     Raises:
-        ConfigError: Missing folder, negative limit, or no subset to read.
+        ConfigError: Missing folder, negative limit, or no subset with a usable query.
         MissingDependencyError: A subset is parquet and pyarrow is not installed.
     """
     data = _check(data, limit, "mmeb")
@@ -485,7 +493,7 @@ def load_mmeb(
             found[rel] = next((p for r in roots if (p := r / rel).is_file()), None)
         return found[rel]
 
-    out = MMEBSet(instructions_kept=keep_instructions)
+    out = MMEBSet(instructions_kept=keep_instructions, root=data)
     for name in names:
         files = _subset_files(data / name)
         if not files:
@@ -520,16 +528,20 @@ def load_mmeb(
                 out.problems.append(f"{r.where}: candidate image {gone[0]} not found ({len(gone)} missing)")
                 continue
             ids: list[str] = []
-            for t, i in r.cands:
-                cid = candidate_id(t, i)
-                if cid not in sub.candidates:
-                    sub.candidates[cid] = Item(id=cid, text=t, image=str(image(i)) if i is not None else None)
-                if cid not in ids:  # a negative identical to the positive is the positive
-                    ids.append(cid)
+            try:
+                for t, i in r.cands:
+                    cid = candidate_id(t, i)
+                    if cid not in sub.candidates:
+                        sub.candidates[cid] = Item(id=cid, text=t, image=str(image(i)) if i is not None else None)
+                    if cid not in ids:  # a negative identical to the positive is the positive
+                        ids.append(cid)
+            except BadItemError as e:  # a candidate no item may be (retllm.payload): this question only
+                out.problems.append(f"{r.where}: {e}")
+                continue
             sub.queries.append(MMEBQuery(str(r.index), r.text, q_img, tuple(ids)))
         out.subsets[name] = sub
-    if not out.subsets:
-        raise ConfigError(f"no MMEB subset could be read from {data}: {'; '.join(out.problems[:3]) or 'no subsets'}")
+    if not any(sub.queries for sub in out.subsets.values()):
+        raise nothing_to_evaluate(out.name, data, out.problems, "" if out.subsets else "no MMEB subset could be read")
     if out.problems:
         log.warning("mmeb: %d problem(s), e.g. %s", len(out.problems), out.problems[0])
     return out

@@ -3,17 +3,19 @@
 Layouts (``data`` is the folder given to :func:`load`):
 
 - ``flickr30k`` / ``coco``: Karpathy's split file, ``data/dataset_<name>.json`` (or the only
-  ``dataset_*.json`` there). An image file is looked up in ``data/images/``, then
-  ``data/<filepath>/`` (COCO's ``val2014``), then ``data/``; the first that exists is used. Image id:
-  the file stem (``imgid`` where an entry has no filename); text id: ``"<image id>#<n>"``, ``n`` the
-  caption's index in the entry. The test split is 1,000 images x 5 captions (Flickr30K), 5,000 x 5
-  (COCO).
-- ``urban1k``: ``data/image/<stem>.<ext>`` and ``data/caption/<stem>.txt``, paired by file stem and
-  ordered by stem (numbers numerically); text id ``"<stem>#0"``.
+  ``dataset_*.json`` there). An image file is looked up in ``data/images/``, ``data/<filepath>/`` and
+  ``data/images/<filepath>/`` (Karpathy's ``filepath``: COCO's ``val2014``), then the folders the official
+  archives unpack to (:data:`ARCHIVE_DIRS`; COCO 2017's ``val2017/``/``train2017/`` under the name without
+  the ``COCO_val2014_`` prefix), then ``data/``; the first that exists is used. Image id: the file stem
+  (``imgid`` where an entry has no filename); text id: ``"<image id>#<n>"``, ``n`` the caption's index in
+  the entry. The test split is 1,000 images x 5 captions (Flickr30K), 5,000 x 5 (COCO).
+- ``urban1k``: ``data/image/<stem>.<ext>`` and ``data/caption/<stem>.txt`` (or both under ``data/Urban1k/``,
+  as ``Urban1k.zip`` unpacks), paired by file stem and ordered by stem (numbers numerically); text id
+  ``"<stem>#0"``.
 - ``sharegpt4v``: the first 1,000 entries of the share-captioner JSON list (or JSON Lines) file in
-  ``data``; image paths relative to ``data``; the caption is the first ``gpt`` turn; image id the
-  entry's ``id``, text id ``"<id>#0"``. The file is read incrementally, so only the head of the
-  1.2M-entry file is parsed.
+  ``data`` (or ``data/sharegpt4v/``, ShareGPT4V's own ``data/`` layout); image paths relative to ``data``;
+  the caption is the first ``gpt`` turn; image id the entry's ``id``, text id ``"<id>#0"``. The file is read
+  incrementally, so only the head of the 1.2M-entry file is parsed.
 
 - ``flickr30k`` / ``coco`` saved by Hugging Face ``datasets`` (``save_to_disk``; the ``eval`` extra): see
   :func:`load_hf_saved`. Used when ``data`` holds a ``state.json`` or ``dataset_dict.json``.
@@ -25,7 +27,9 @@ caption word for word (the standard protocol; the duplicate is a miss for the ot
 
 A bad entry (malformed JSON line, missing image file, no usable caption, undecodable caption file) is
 skipped and described in :attr:`EvalSet.problems` as ``"FILE:LINE: reason"`` or ``"FILE: reason"``
-(FILE relative to ``data``); the load goes on. ``limit`` keeps the first N images that load, in file
+(FILE relative to ``data``); the load goes on. A load left with nothing to evaluate (no image, no query)
+is an error naming the folder, the number of entries skipped and the first reason
+(:func:`nothing_to_evaluate`), never an empty run. ``limit`` keeps the first N images that load, in file
 order, after the split filter; entries after the N-th are not read.
 """
 
@@ -42,7 +46,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from retllm.errors import ConfigError
+from retllm.errors import BadItemError, ConfigError
+from retllm.payload import check_text
 from retllm.types import Item, Query, VectorName
 
 log = logging.getLogger(__name__)
@@ -55,6 +60,26 @@ _MAX_RECORD = 1 << 24  # a record this long without parsing is bad JSON, not a c
 
 CAPTIONS_PER_IMAGE = 5
 """Captions per image in the Karpathy test splits (METHOD.md §4: 1K / 5K images x 5 captions)."""
+
+ARCHIVE_DIRS = {
+    "flickr30k": ("flickr30k-images", "flickr30k_images", "flickr30k_images/flickr30k_images"),
+    "coco": ("val2014", "train2014"),
+}
+"""Folders the official image archives unpack to (``flickr30k-images.tar.gz``; the Kaggle copy; COCO's
+``val2014.zip``/``train2014.zip``), tried after ``images/`` and Karpathy's ``filepath``."""
+COCO_2017_DIRS = ("val2017", "train2017")
+_COCO_2014_NAME = re.compile(r"COCO_(?:train|val)2014_(\d+\.jpg)")
+URBAN1K_DIR = "Urban1k"
+SHAREGPT4V_DIR = "sharegpt4v"
+
+
+def nothing_to_evaluate(name: str, data: Path | None, skipped: Sequence[str], what: str = "") -> ConfigError:
+    """The error of a load or run left with no corpus item or no query, in one line: the folder, how many
+    entries were skipped and the first reason (``what``: which part ended up empty, when not the whole set)."""
+    n = len(skipped)
+    msg = f"{name}: nothing to evaluate" + (f" in {data}" if data is not None else "") + (f": {what}" if what else "")
+    msg += f"; {n} {'entry' if n == 1 else 'entries'} skipped" + (f", first: {skipped[0]}" if skipped else "")
+    return ConfigError(msg.replace("\r", "\\r").replace("\n", "\\n"))
 
 
 @dataclass
@@ -93,9 +118,23 @@ class EvalSet:
     problems: list[str] = field(default_factory=list)
     pools: dict[str, list[Item]] = field(default_factory=dict)
     tasks: list[Section] = field(default_factory=list)
+    root: Path | None = None
+    """The folder it was loaded from (named in the errors of a run left with nothing to evaluate)."""
 
     def add(self, image_id: str, path: Path, captions: list[tuple[str, str]]) -> None:
-        """Adds one image and its ``(text id, caption)`` pairs as mutual positives."""
+        """Adds one image and its ``(text id, caption)`` pairs as mutual positives; a caption no item may hold
+        (:mod:`retllm.payload`: a NUL, a lone surrogate, past the length) is skipped and listed, and an image
+        left with none is skipped too."""
+        kept = []
+        for text_id, caption in captions:
+            try:
+                check_text(caption, f"caption {text_id!r}")
+                kept.append((text_id, caption))
+            except BadItemError as e:
+                self.problems.append(f"{image_id}: {e}")
+        if not kept:
+            return
+        captions = kept
         self.images[image_id] = path
         self.image_to_texts[image_id] = {t for t, _ in captions}
         for text_id, caption in captions:
@@ -162,6 +201,9 @@ def load(
     if tasks is not None and name != "mbeir":
         raise ConfigError(f"{name} has no tasks; --task is for mbeir")
     out = DATASETS[name](data, split=split, limit=limit, **({"tasks": tasks} if name == "mbeir" else {}))
+    out.root = data
+    if not out.images and not any(t.queries for t in out.tasks):
+        raise nothing_to_evaluate(name, data, out.problems)
     if out.problems:
         log.warning("%s: skipped %d entries, e.g. %s", name, len(out.problems), out.problems[0])
     log.info("%s/%s: %d images, %d texts", name, split, len(out.images), len(out.texts))
@@ -231,12 +273,9 @@ def load_karpathy(data: Path, *, name: str, split: str = "test", limit: int | No
         if image_id in out.images:
             out.problems.append(f"{where}: duplicate image id {image_id!r}")
             continue
-        sub = entry.get("filepath")
-        dirs = [data / "images", *([data / sub] if isinstance(sub, str) and sub else []), data]
-        image = next((d / filename for d in dirs if (d / filename).is_file()), None)
-        if image is None:
-            looked = ", ".join(_rel(d, data) + "/" for d in dirs)
-            out.problems.append(f"{where}: image {filename} not found in {looked}")
+        image = karpathy_image(data, name, filename, entry.get("filepath"))
+        if isinstance(image, str):
+            out.problems.append(f"{where}: {image}")
             continue
         sentences = entry.get("sentences")
         if not isinstance(sentences, list):
@@ -259,6 +298,22 @@ def load_karpathy(data: Path, *, name: str, split: str = "test", limit: int | No
             captions = captions[:CAPTIONS_PER_IMAGE]
         out.add(image_id, image, captions)
     return out
+
+
+def karpathy_image(data: Path, name: str, filename: str, filepath: object = None) -> Path | str:
+    """A Karpathy entry's image file (lookup order in the module docstring), or why there is none: the
+    folders looked in."""
+    sub = filepath if isinstance(filepath, str) and filepath else None
+    tries = [("images", filename), *([(sub, filename), (f"images/{sub}", filename)] if sub else [])]
+    tries += [(d, filename) for d in ARCHIVE_DIRS.get(name, ())]
+    if name == "coco" and (m := _COCO_2014_NAME.fullmatch(filename)):  # the 2017 archives: number alone
+        tries += [(d, m.group(1)) for d in COCO_2017_DIRS]
+    tries.append((".", filename))
+    for folder, file in dict.fromkeys(tries):
+        if (data / folder / file).is_file():
+            return data / folder / file
+    looked = ", ".join(dict.fromkeys(f"{f}/" if f != "." else "./" for f, _ in tries))
+    return f"image {filename} not found in {looked}"
 
 
 def _natural(stem: str) -> tuple[Any, ...]:
@@ -285,10 +340,13 @@ def _by_stem(folder: Path, data: Path, out: EvalSet) -> dict[str, Path]:
 def load_urban1k(data: Path, *, split: str = "test", limit: int | None = None) -> EvalSet:
     """Loads Urban1k from ``data/image/`` and ``data/caption/``, pairing files by stem."""
     _only_test("urban1k", split)
-    image_dir, caption_dir = data / "image", data / "caption"
+    base = data / URBAN1K_DIR if not (data / "image").is_dir() and (data / URBAN1K_DIR).is_dir() else data
+    image_dir, caption_dir = base / "image", base / "caption"
     for d in (image_dir, caption_dir):
         if not d.is_dir():
-            raise ConfigError(f"urban1k: no {d.name}/ folder in {data} (expected image/ and caption/)")
+            raise ConfigError(
+                f"urban1k: no {d.name}/ folder in {base} (expected image/ and caption/, or {URBAN1K_DIR}/ holding them)"
+            )
     out = EvalSet("urban1k", split)
     images, captions = _by_stem(image_dir, data, out), _by_stem(caption_dir, data, out)
     for stem in sorted(images.keys() | captions.keys(), key=_natural):
@@ -400,10 +458,15 @@ def not_utf8(text: str) -> bool:
     return False
 
 
+def _json_here(folder: Path) -> bool:
+    return any(p.is_file() for pattern in ("*.json", "*.jsonl") for p in folder.glob(pattern))
+
+
 def load_sharegpt4v(data: Path, *, split: str = "test", limit: int | None = None) -> EvalSet:
     """Loads the first 1,000 entries of the ShareGPT4V share-captioner file (see the module docstring)."""
     _only_test("sharegpt4v", split)
-    path = _one_file(data, "sharegpt4v", SHAREGPT4V_FILE, ("share-captioner*.json*", "*.json", "*.jsonl"))
+    home = data / SHAREGPT4V_DIR if (data / SHAREGPT4V_DIR).is_dir() and not _json_here(data) else data
+    path = _one_file(home, "sharegpt4v", SHAREGPT4V_FILE, ("share-captioner*.json*", "*.json", "*.jsonl"))
     fname = _rel(path, data)
     out = EvalSet("sharegpt4v", split)
     for index, (line, rec) in enumerate(iter_json_records(path)):
@@ -506,7 +569,7 @@ def load_hf_saved(data: Path, *, name: str, split: str = "test", limit: int | No
         if image_id in out.images:
             out.problems.append(f"{where}: duplicate image id {image_id!r}")
             continue
-        image = _hf_image(row, data, cache, image_id)
+        image = _hf_image(row, data, cache, image_id, name)
         if isinstance(image, str):
             out.problems.append(f"{where}: {image}")
             continue
@@ -524,7 +587,7 @@ def load_hf_saved(data: Path, *, name: str, split: str = "test", limit: int | No
     return out
 
 
-def _hf_image(row: dict[str, Any], data: Path, cache: Path, image_id: str) -> Path | str:
+def _hf_image(row: dict[str, Any], data: Path, cache: Path, image_id: str, name: str) -> Path | str:
     """The row's image as a file path, or why there is none."""
     from retllm.images import image_mime
 
@@ -550,10 +613,7 @@ def _hf_image(row: dict[str, Any], data: Path, cache: Path, image_id: str) -> Pa
         return "no image"
     filename = row.get("filename")
     if isinstance(filename, str) and filename:
-        sub = row.get("filepath")
-        dirs = [data / "images", *([data / sub] if isinstance(sub, str) and sub else []), data]
-        found = next((d / filename for d in dirs if (d / filename).is_file()), None)
-        return found if found is not None else f"image {filename} not found"
+        return karpathy_image(data, name, filename, row.get("filepath"))
     return "no image"
 
 
@@ -603,9 +663,6 @@ def load_mbeir(
         section = Section(task, task, None)
         _mbeir_queries(found[task], data, set(pool), section, out, limit)
         out.tasks.append(section)
-    if not any(t.queries for t in out.tasks):
-        why = "; ".join(out.problems[-3:]) or "no query"
-        raise ConfigError(f"mbeir: nothing to evaluate in {data} ({len(out.problems)} problem(s), e.g. {why})")
     return out
 
 
@@ -660,7 +717,10 @@ def _mbeir_pool(path: Path, data: Path, out: EvalSet) -> dict[str, Item]:
             out.problems.append(f"{where}: {got}")
             continue
         did, text, image = got
-        pool[did] = Item(id=did, text=text, image=image)
+        try:
+            pool[did] = Item(id=did, text=text, image=image)
+        except BadItemError as e:  # a candidate no item may be (retllm.payload): this one only
+            out.problems.append(f"{where}: {e}")
     return pool
 
 

@@ -376,7 +376,12 @@ def run_eval(
 
     Returns:
         The results, as written to ``out_dir / "results.json"``.
+
+    Raises:
+        ConfigError: A corpus with no item embedded, or a query set with every query skipped (nothing to
+            measure: one line naming the folder, the count skipped and the first reason; no report written).
     """
+    from retllm.eval.datasets import nothing_to_evaluate
     from retllm.eval.report import write_report
 
     names = collection_names(evalset, collection_prefix, limit=limit)
@@ -389,6 +394,9 @@ def run_eval(
         )
         embedded[corpus] = n
         problems += skipped
+        if items and not (index.exists(names[corpus]) and index.count(names[corpus])):
+            what = f"no item of corpus {corpus!r} could be embedded"
+            raise nothing_to_evaluate(evalset.name, evalset.root, skipped, what)
 
     cached = CachedScorer(scorer, cache_path, fingerprint=fingerprint) if scorer is not None else None
     depth = max(k, max(KS))
@@ -410,6 +418,9 @@ def run_eval(
                 desc=section.name,
                 progress=progress,
             )
+            if queries and not d.latencies:
+                what = f"every {section.name} query was skipped"
+                raise nothing_to_evaluate(evalset.name, evalset.root, d.skipped, what)
             rankings[section.name] = d
             directions[section.name] = _summary(d, section.positives, k, fine=cached is not None)
     finally:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.cli import run
+from tests.eval_runs import write_karpathy_set
 from tests.fakes.openai_server import fake_openai
 from tests.integration.test_eval_runner import write_flickr
 
@@ -41,6 +42,34 @@ def test_bad_input_is_one_line_and_exit_1(cli_env: dict[str, str], tmp_path: Pat
         r = run([*args, "--coarse-only"], cli_env)
         assert r.returncode == 1, r.stderr
         assert r.stderr.strip().count("\n") == 0 and words in r.stderr, r.stderr
+
+
+@pytest.mark.slow  # two eval runs as subprocesses: CI's slow pass
+def test_the_official_folder_names_are_found(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """Karpathy's split file beside the folder the official archive unpacks to, as a new user has it."""
+    for name, folder, coco in (("flickr30k", "flickr30k-images", False), ("coco", "val2017", True)):
+        data = write_karpathy_set(tmp_path / name, name, folder, coco_names=coco)
+        if coco:  # the 2017 archive names files by number alone
+            for p in (data / folder).iterdir():
+                p.rename(p.with_name(p.name.removeprefix("COCO_val2014_")))
+        out = tmp_path / f"{name}-run"
+        r = run(["eval", name, "--data", str(data), "--coarse-only", "--no-plots", "--out", str(out)], cli_env)
+        assert r.returncode == 0, r.stderr
+        res = json.loads((out / "results.json").read_text())
+        assert res["corpus"]["images"] == 3 and res["problems"]["count"] == 0
+        assert res["directions"]["text_to_image"]["queries"] == 6 and res["directions"]["image_to_text"]["queries"] == 3
+
+
+def test_a_run_with_nothing_to_evaluate_exits_1_with_one_line(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """The images in a folder no loader knows: every entry skipped. Not a report of "Corpus: none" and exit 0."""
+    data = write_karpathy_set(tmp_path / "f", "flickr30k", "flickr30k-pictures", n=2)
+    r = run(["eval", "flickr30k", "--data", str(data), "--coarse-only", "--no-plots"], cli_env)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip().count("\n") == 0, r.stderr
+    assert f"flickr30k: nothing to evaluate in {data}" in r.stderr and "2 entries skipped" in r.stderr
+    first = "first: dataset_flickr30k.json: images[0]: image 1000.jpg not found in images/, flickr30k-images/"
+    assert first in r.stderr
+    assert not (Path(cli_env["RETLLM_DATA_DIR"]) / "eval").exists()  # no report written
 
 
 @pytest.mark.slow  # two eval runs as subprocesses: CI's slow pass

@@ -60,6 +60,7 @@ class Switches:
     max_body: int | None = None  # a proxy's body limit (nginx: 1 MiB): larger requests get 413
     images_as_text: bool = False  # a template that prints the content list as text (Llama-3, Gemma)
     faults_hit_probes: bool = False  # fail_5xx / rate_limit also hit the scorer's capability probes
+    fixed_prompt_tokens: int | None = None  # a gateway reporting this prompt_tokens for every request, whatever sent
     whole_prompt: bool = False  # P(True) from every image and all the text (image->text candidates differ)
     revisit_box: Any = field(default_factory=lambda: [0.0, 0.0, 0.5, 0.5])  # the zoom the fake asks for
     revisit_id: str | None = None  # the candidate id the fake's revisit call names (default: the offered one)
@@ -531,6 +532,8 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 n_prompt = _prompt_tokens(body["messages"], count_images=not sw.text_only, as_text=sw.images_as_text)
                 if body.get("tools") and not sw.ignore_tools:  # the template renders the tool schemas
                     n_prompt += len(json.dumps(body["tools"])) // 4
+                if sw.fixed_prompt_tokens is not None:
+                    n_prompt = sw.fixed_prompt_tokens
                 n_out = 1
                 if body.get("model") in sw.chat_models:
                     n_out = len(json.dumps(choice["message"])) // 4 + 1

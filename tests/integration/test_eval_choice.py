@@ -563,3 +563,19 @@ def test_mmeb_coarse_only_is_the_naive_cosine_order(mmeb: Path, embedder, index,
     assert res["config"]["mode"] == "coarse"
     limited = mmeb_run(load_mmeb(mmeb, limit=2), embedder, index, None, tmp_path, "n2", limit=2)
     assert set(limited["config"]["collections"].values()).isdisjoint(res["config"]["collections"].values())
+
+
+def test_a_category_whose_every_image_fails_to_decode_fails_the_run_with_one_line(embedder, tmp_path: Path) -> None:
+    """Files there, none decodable: the loader keeps them (it checks they exist), the run skips them all. An
+    empty category measures nothing: one line naming the folder, the count and the first reason, no report."""
+    root = tmp_path / "sugar"
+    (root / "val2017").mkdir(parents=True)
+    for i in range(2):
+        (root / "val2017" / f"{i:012d}.jpg").write_bytes(b"not an image")
+    entries = {str(i): {"filename": f"{i:012d}.jpg", "caption": "a", "negative_caption": "b"} for i in range(2)}
+    (root / "add_obj.json").write_text(json.dumps(entries))
+    with pytest.raises(ConfigError) as e:
+        sugar_run(load_sugarcrepe(root, categories=["add_obj"]), embedder, None, tmp_path, "run")
+    msg = str(e.value)
+    assert msg.startswith(f"sugarcrepe: nothing to evaluate in {root}: every add_obj question was skipped; 2 entries")
+    assert "first: 0: " in msg and "\n" not in msg and not (tmp_path / "run").exists()

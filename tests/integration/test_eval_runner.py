@@ -236,6 +236,22 @@ def test_a_corrupt_image_is_skipped_and_the_run_goes_on(embedder, index, tmp_pat
     assert ranks and all(len(r["coarse"]) == len(set(r["coarse"])) for r in ranks)
 
 
+def test_a_corpus_that_ingest_empties_fails_the_run_with_one_line(embedder, index, tmp_path: Path) -> None:
+    """Every image file there but none decodable: the loader keeps them, ingest skips them all. That run has
+    nothing to measure: one error naming the folder, the count and the first reason, and no report."""
+    from retllm.errors import ConfigError
+
+    root = write_flickr(tmp_path / "c", n=3, missing=False)
+    for p in (root / "images").iterdir():
+        p.write_bytes(b"not an image")
+    with pytest.raises(ConfigError) as e:
+        go(load("flickr30k", root), embedder, index, None, tmp_path)
+    msg = str(e.value)
+    assert msg.startswith(f"flickr30k: nothing to evaluate in {root}: no item of corpus 'images' could be embedded")
+    assert "; 3 entries skipped, first: 0: not a supported image format" in msg and "\n" not in msg
+    assert not (tmp_path / "run").exists()
+
+
 def test_hosted_tokens_and_cache_only_queries_are_reported(
     flickr, embedder, index, scorer, fake: FakeOpenAI, tmp_path: Path
 ) -> None:

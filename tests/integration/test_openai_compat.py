@@ -182,3 +182,37 @@ def test_shrinking_for_a_body_limit_keeps_photos_as_jpeg(tmp_path: Path) -> None
         sent = [b["messages"][0]["content"][0]["image_url"]["url"][:16] for b in fake.pair_requests]
     assert [s.method for s in out] == ["logprobs", "logprobs"], [s.error for s in out]
     assert sc.pixel_budget < 1024 * 1024 and sent[-1] == "data:image/jpeg;"
+
+
+def test_a_gateway_that_reports_usage_oddly_fails_naming_the_switch_and_searches_with_it_off(
+    tmp_path: Path, embedder, candidate_images: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The vision probe compares prompt tokens; a gateway reporting the same usage for every request looks like a
+    server that drops images. The error names RETLLM_OPENAI_PROBE; with it off, searches work (no probe sent)."""
+    from retllm.index.edge import EdgeIndex
+    from retllm.ingest import Ingestor
+    from retllm.pipeline import Retriever
+    from retllm.registry import make_scorer
+    from retllm.settings import Settings
+    from retllm.types import Item
+    from tests.fakes.openai_server import is_probe
+
+    with EdgeIndex(tmp_path / "edge") as index, fake_openai(Switches(fixed_prompt_tokens=12)) as fake:
+        Ingestor(embedder, index, "pics").add([Item(image=str(p)) for p in candidate_images])
+        monkeypatch.setenv("RETLLM_OPENAI_BASE_URL", fake.url)
+        monkeypatch.setenv("RETLLM_OPENAI_API_KEY", "k")
+        monkeypatch.setenv("RETLLM_SCORER", "openai:fake-vlm")
+        default = Retriever(embedder, index, "pics", scorer=make_scorer(Settings()))
+        with pytest.raises(EndpointError) as e:
+            default.search(Query(text="a picture"), k=3)
+        msg = str(e.value)
+        assert "ignored an image" in msg and "RETLLM_OPENAI_PROBE=off" in msg and "\n" not in msg
+        assert fake.pair_requests == []
+        monkeypatch.setenv("RETLLM_OPENAI_PROBE", "off")
+        sent = len(fake.requests)
+        off = Retriever(embedder, index, "pics", scorer=make_scorer(Settings()))
+        hits = off.search(Query(text="a picture"), k=3, top=2)
+        assert len(hits) == 2 and all(h.method == "logprobs" for h in hits)
+        later = fake.requests[sent:]
+        assert len(later) == 3 and not any(is_probe(b) for b in later)  # the three pairs, no probe
+        assert not any("tools" in b for b in later)  # the documented assumption: no revisit tool unless REVISIT=on

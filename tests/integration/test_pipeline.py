@@ -68,3 +68,23 @@ def test_a_scorer_that_prefers_urls_gets_the_url(filled, embedder, candidate_ima
         r.search(Query(image=url), k=2)
     got = sc.seen[0].image
     assert got == url if urls else (isinstance(got, bytes) and got == candidate_images[0].read_bytes())
+
+
+class _Reversing(Scorer):
+    """A real Scorer subclass that ranks the coarse list upside down (so the re-ranked top differs from the coarse)."""
+
+    def score(self, query: Query, candidates: Sequence[Candidate]) -> list[Score]:
+        return [Score(value=1.0 - c.coarse_score, entropy=1.0, method="logits") for c in candidates]
+
+
+def test_the_final_event_reports_the_hits_returned_after_the_top_cut(filled, embedder) -> None:  # type: ignore[no-untyped-def]
+    """``k=5, top=2``: the model sees five, the caller gets two, and the final event (what the CLI, the web page and
+    SSE show) names exactly those two, in the returned order, not the five before the cut."""
+    events: list[dict] = []
+    r = Retriever(embedder, filled, "pics", scorer=_Reversing())
+    hits = r.search(Query(text="a picture"), k=5, top=2, on_event=events.append)
+    coarse = r.search(Query(text="a picture"), k=5, coarse_only=True)
+    assert [h.id for h in hits] == [coarse[4].id, coarse[3].id]  # re-ranked: the coarse list's last two, reversed
+    (final,) = [e for e in events if e["event"] == "final"]
+    assert [(h["id"], h["rank"], h["score"]) for h in final["hits"]] == [(h.id, h.rank, h.score) for h in hits]
+    assert len(final["hits"]) == 2

@@ -625,3 +625,22 @@ def test_mmeb_an_item_that_is_only_an_instruction_is_reported(tmp_path: Path) ->
     sub = ds.subsets["T"]
     assert [q.id for q in sub.queries] == ["0", "3"]
     assert [sub.candidates[c].text for c in sub.queries[1].candidates] == ["a", "b"]  # the positive once
+
+
+# --- nothing to evaluate (issue 18 item 6) -----------------------------------------------------------------------
+
+
+def test_sugarcrepe_and_mmeb_with_no_usable_question_are_one_line_errors(tmp_path: Path) -> None:
+    """Files there, every image in a folder the loaders do not know: an error, not an empty run that exits 0."""
+    sugar = tmp_path / "sugar"
+    write_category(sugar, "add_obj", {"0": sugar_entry(0), "1": sugar_entry(1)}, images="coco-pictures")
+    with pytest.raises(ConfigError) as e:
+        load_sugarcrepe(sugar)
+    msg = str(e.value)
+    assert msg.startswith(f"sugarcrepe: nothing to evaluate in {sugar}; 8 entries skipped, first: ") and "\n" not in msg
+    assert "add_obj.json: 0: image 000000000000.jpg not found in images/, val2017/" in msg
+    mmeb = tmp_path / "mmeb"
+    write_parquet(mmeb / "I2T" / "test-00000-of-00001.parquet", i2t_rows())
+    images_for(mmeb / "pictures", i2t_rows())
+    with pytest.raises(ConfigError, match=rf"^mmeb: nothing to evaluate in {mmeb}; 3 entries skipped, first: .*a\.png"):
+        load_mmeb(mmeb)

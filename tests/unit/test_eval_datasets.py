@@ -78,7 +78,8 @@ def test_karpathy_bad_entries_are_problems_and_the_rest_load(tmp_path: Path) -> 
     ds = load("flickr30k", tmp_path)
     assert list(ds.images) == ["1000", "1003", "1004"]
     assert ds.problems == [
-        "dataset_flickr30k.json: images[1]: image 1001.jpg not found in images/, ./",
+        "dataset_flickr30k.json: images[1]: image 1001.jpg not found in images/, flickr30k-images/, flickr30k_images/, "
+        "flickr30k_images/flickr30k_images/, ./",
         "dataset_flickr30k.json: images[2]: no captions",
         "dataset_flickr30k.json: images[3]: not an object",
         "dataset_flickr30k.json: images[4]: no filename",
@@ -103,7 +104,8 @@ def test_limit_keeps_the_first_images_in_file_order(tmp_path: Path) -> None:
     entries = [karpathy_entry(i, "train" if i % 2 else "test") for i in range(10)]
     ds = load("flickr30k", write_karpathy(tmp_path, "flickr30k", entries), limit=3)
     assert list(ds.images) == ["1000", "1002", "1004"] and len(ds.texts) == 15
-    assert load("flickr30k", tmp_path, limit=0).images == {}
+    with pytest.raises(ConfigError, match="nothing to evaluate"):  # not an empty run
+        load("flickr30k", tmp_path, limit=0)
 
 
 def test_any_single_dataset_file_is_used(tmp_path: Path) -> None:
@@ -384,7 +386,7 @@ def test_hf_saved_dataset_dict_by_split_key(tmp_path: Path) -> None:
     datasets.DatasetDict({"test": test}).save_to_disk(str(tmp_path / "coco"))
     ds = load("coco", tmp_path / "coco")
     assert list(ds.images) == ["1"] and ds.texts == {"1#0": "a cat"}
-    assert ds.problems == ["test[1]: image 2.jpg not found"]
+    assert ds.problems == ["test[1]: image 2.jpg not found in images/, val2014/, train2014/, ./"]
     with pytest.raises(ConfigError, match=r"no split 'val'.*splits there: test"):
         load("coco", tmp_path / "coco", split="val")
 
@@ -436,3 +438,85 @@ def test_a_file_name_that_is_not_utf8_is_a_problem_not_a_crash(tmp_path: Path) -
     )
     ds = load("flickr30k", data)
     assert list(ds.images) == ["1001"] and ds.problems == ["dataset_flickr30k.json: images[1]: file name is not UTF-8"]
+
+
+# --- the folder names the official archives unpack to (issue 18 item 6) -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "entry", "stored"),
+    [
+        ("flickr30k", {"filename": "1000.jpg"}, "flickr30k-images/1000.jpg"),  # flickr30k-images.tar.gz
+        ("flickr30k", {"filename": "1000.jpg"}, "flickr30k_images/1000.jpg"),
+        ("flickr30k", {"filename": "1000.jpg"}, "flickr30k_images/flickr30k_images/1000.jpg"),  # Kaggle's zip
+        ("coco", {"filename": "COCO_val2014_000000001000.jpg", "filepath": "val2014"}, "val2014/"),  # val2014.zip
+        ("coco", {"filename": "COCO_train2014_000000001000.jpg", "filepath": "train2014"}, "train2014/"),
+        ("coco", {"filename": "COCO_val2014_000000001000.jpg", "filepath": "val2014"}, "images/val2014/"),
+        ("coco", {"filename": "COCO_val2014_000000001000.jpg"}, "val2014/"),  # no filepath field: both 2014 folders
+        ("coco", {"filename": "COCO_val2014_000000001000.jpg", "filepath": "val2014"}, "val2017/000000001000.jpg"),
+        ("coco", {"filename": "COCO_val2014_000000001000.jpg", "filepath": "val2014"}, "train2017/000000001000.jpg"),
+    ],
+)
+def test_karpathy_images_in_the_folders_the_official_archives_unpack_to(
+    tmp_path: Path, name: str, entry: dict, stored: str
+) -> None:
+    """Karpathy's file names the image; the archive decides the folder (COCO 2017 drops the 2014 prefix)."""
+    path = tmp_path / (stored + entry["filename"] if stored.endswith("/") else stored)
+    png(path)
+    entry = entry | {"split": "test", "sentences": [{"raw": "a caption."}]}
+    (tmp_path / f"dataset_{name}.json").write_text(json.dumps({"images": [entry]}))
+    ds = load(name, tmp_path)
+    assert ds.images == {Path(entry["filename"]).stem: path} and ds.problems == []
+
+
+def test_urban1k_and_sharegpt4v_in_their_release_folders(tmp_path: Path) -> None:
+    urban = tmp_path / "u"
+    png(urban / "Urban1k" / "image" / "1.jpg")  # Urban1k.zip unpacks to Urban1k/{image,caption}/
+    (urban / "Urban1k" / "caption").mkdir()
+    (urban / "Urban1k" / "caption" / "1.txt").write_text("a long caption")
+    ds = load("urban1k", urban)
+    assert ds.images == {"1": urban / "Urban1k" / "image" / "1.jpg"} and ds.texts == {"1#0": "a long caption"}
+    share = tmp_path / "s"  # ShareGPT4V's data/ folder: the JSON in sharegpt4v/, image paths relative to data/
+    png(share / "coco" / "train2017" / "1.jpg")
+    (share / "sharegpt4v").mkdir()
+    rec = sharegpt_record(1, image="coco/train2017/1.jpg")
+    (share / "sharegpt4v" / "share-captioner_coco_lcs_sam_1246k_1107.json").write_text(json.dumps([rec]))
+    ds = load("sharegpt4v", share)
+    assert ds.images == {"sa_1": share / "coco" / "train2017" / "1.jpg"}
+
+
+@pytest.mark.parametrize("name", ["flickr30k", "coco"])
+def test_a_load_that_finds_no_image_is_one_error_naming_the_folder_and_the_first_reason(
+    tmp_path: Path, name: str
+) -> None:
+    """Not an empty run that exits 0 with "Corpus: none": where it looked, how many were skipped, the first why."""
+    write_karpathy(tmp_path, name, [karpathy_entry(i) for i in range(3)])
+    (tmp_path / "images").rename(tmp_path / "pictures")  # a folder name no loader knows
+    with pytest.raises(ConfigError) as e:
+        load(name, tmp_path)
+    msg = str(e.value)
+    assert "\n" not in msg and f"{name}: nothing to evaluate in {tmp_path}" in msg
+    assert "3 entries skipped" in msg and "first: dataset_" in msg and "image 1000.jpg not found in images/" in msg
+
+
+def test_urban1k_and_sharegpt4v_with_nothing_usable_are_errors(tmp_path: Path) -> None:
+    png(tmp_path / "u" / "image" / "1.jpg")
+    (tmp_path / "u" / "caption").mkdir()
+    with pytest.raises(ConfigError, match=r"urban1k: nothing to evaluate in .*1 entry skipped, first: image/1\.jpg"):
+        load("urban1k", tmp_path / "u")
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "share-captioner.jsonl").write_text(json.dumps(sharegpt_record(0)) + "\n")
+    with pytest.raises(ConfigError, match=r"sharegpt4v: nothing to evaluate .*first: .*sam/images/sa_0\.jpg not found"):
+        load("sharegpt4v", tmp_path / "s")
+
+
+def test_a_caption_no_item_may_hold_skips_that_caption_not_the_run(tmp_path) -> None:
+    """A caption with a NUL loaded without a problem, then failed the whole run when the corpus was built."""
+    from retllm.eval.datasets import EvalSet
+
+    es = EvalSet("x", "test")
+    es.add("a", tmp_path / "a.png", [("a#0", "fine"), ("a#1", "bad\x00caption")])
+    es.add("b", tmp_path / "b.png", [("b#0", "\ud800")])
+    corpora = es.corpora()
+    assert [i.id for i in corpora["images"]] == ["a"] and [i.id for i in corpora["texts"]] == ["a#0"]
+    assert [p.split(":")[0] for p in es.problems] == ["a", "b"] and "NUL" in es.problems[0]

@@ -60,6 +60,14 @@ def test_missing_query_is_a_miss_and_logged(caplog: pytest.LogCaptureFixture) ->
     assert "unknown queries" in caplog.text and "stray" in caplog.text
 
 
+def test_missing_queries_without_stray_rankings_count_as_misses() -> None:
+    """The mean is over the queries of ``positives``, never over the rankings given: 1 hit of 4 queries is 0.25
+    (dividing by the 1 ranking would report 1.0 for a run that lost three queries)."""
+    positives = {"q1": {"a"}, "q2": {"b"}, "q3": {"c"}, "q4": {"d"}}
+    assert mean_recall({"q1": ["a", "x"]}, positives, ks=(1, 2)) == {"R@1": 0.25, "R@2": 0.25}
+    assert mean_recall({"q1": ["x", "a"], "q2": ["b"]}, positives, ks=(1, 2)) == {"R@1": 0.25, "R@2": 0.5}
+
+
 def test_bad_inputs_raise() -> None:
     with pytest.raises(ValueError, match="q2"):
         mean_recall({"q1": ["a"], "q2": ["a"]}, {"q1": {"a"}, "q2": set()})
