@@ -8,6 +8,8 @@ Conversations persist in SQLite (``chat.sqlite`` in the data dir), one thread id
 from __future__ import annotations
 
 import sqlite3
+import threading
+import uuid
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -17,9 +19,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 from retllm.agent.context import Context
 from retllm.tools.deps import Deps, default_deps
-from retllm.tools.langchain_tools import build_tools
+from retllm.tools.langchain_tools import Deletes, build_tools
 
-from retllm.errors import BadItemError, ConfigError, MissingDependencyError
+from retllm.attachments import AttachmentStore
+from retllm.errors import BadItemError, Cancelled, ConfigError, MissingDependencyError, RetllmError
 from retllm.settings import Settings
 
 
@@ -77,16 +80,17 @@ def chat_db(settings: Settings) -> Path:
 ATTACHED_NOTE = "(I attached an image; search with image='attached' to use it.)"
 
 
-def slim_attachments(messages: list[Any], deps: Deps) -> list[Any]:
-    """User messages whose inline images (data URLs, base64 blocks) are kept on disk by content and replaced, in
-    place, by a ``[attached image N]`` text block; every image of the message, inline or URL, is listed in order
-    in ``additional_kwargs["retllm_attachments"]`` (what ``image='attached'`` / ``'attached:N'`` read). URL
-    image blocks and other blocks (text, files) stay as they are, so the chat model still sees them; checkpoints
-    hold a path per inline image instead of megabytes of base64. Same message ids; only changed messages return.
+def slim_attachments(messages: list[Any], deps: Deps, thread: str | None = None) -> list[Any]:
+    """User messages whose inline images (data URLs, base64 blocks) are kept on disk by content, in ``thread``'s
+    folder of the attachment store (:mod:`retllm.attachments`), and replaced, in place, by a ``[attached image N]``
+    text block; every image of the message, inline or URL, is listed in order in
+    ``additional_kwargs["retllm_attachments"]`` (what ``image='attached'`` / ``'attached:N'`` read). URL image
+    blocks and other blocks (text, files) stay as they are, so the chat model still sees them; checkpoints hold a
+    path per inline image instead of megabytes of base64. Same message ids; only changed messages return.
     """
     from langchain_core.messages import HumanMessage
     from retllm.tools import ops
-    from retllm.tools.langchain_tools import block_image
+    from retllm.tools.langchain_tools import block_image, keep_attachment
 
     out = []
     for m in messages:
@@ -106,7 +110,7 @@ def slim_attachments(messages: list[Any], deps: Deps) -> list[Any]:
                 continue
             if isinstance(found, bytes):
                 try:
-                    refs.append(ops.keep_checked(deps, found))
+                    refs.append(keep_attachment(deps, thread, found))
                 except (ops.ToolInputError, BadItemError) as e:
                     blocks.append({"type": "text", "text": f"[an attached image that could not be read: {e}]"})
                 else:
@@ -128,7 +132,7 @@ def slim_attachments(messages: list[Any], deps: Deps) -> list[Any]:
     return out
 
 
-def prepare_messages(messages: list[Any], deps: Deps) -> list[Any]:
+def prepare_messages(messages: list[Any], deps: Deps, thread: str | None = None) -> list[Any]:
     """``messages`` with inline images kept by reference (:func:`slim_attachments`): front ends call this before
     ``invoke`` so that not even the run's first checkpoint holds the base64 (the graph's own middleware slims
     what reaches it unprepared, for every later checkpoint)."""
@@ -137,59 +141,152 @@ def prepare_messages(messages: list[Any], deps: Deps) -> list[Any]:
     for m in messages:
         if getattr(m, "id", None) is None:
             m.id = str(uuid.uuid4())
-    slim = {x.id: x for x in slim_attachments(messages, deps)}
+    slim = {x.id: x for x in slim_attachments(messages, deps, thread)}
     return [slim.get(m.id, m) for m in messages]
 
 
-def turn_events(graph: Any, deps: Deps, thread: str | None, messages: list[Any]) -> Iterator[tuple[str, Any]]:
+class ConfirmationError(RetllmError):
+    """A turn that does not fit what the conversation waits for: a message while an action waits for the user's
+    answer, or an answer while nothing waits."""
+
+
+def check_turn(graph: Any, thread: str | None, confirm: bool | None) -> tuple[Any, ...]:
+    """The paused actions (LangGraph interrupts) a turn of ``thread`` answers when ``confirm`` is given;
+    :class:`ConfirmationError` when the turn does not fit what the conversation waits for."""
+    config = {"configurable": {"thread_id": thread}}
+    waiting = graph.get_state(config).interrupts if thread is not None and graph.checkpointer is not None else ()
+    if confirm is not None and not waiting:
+        raise ConfirmationError(f"nothing waits for a confirmation in conversation {thread!r}")
+    if confirm is None and waiting:
+        raise ConfirmationError(
+            f"conversation {thread!r} waits for the user to confirm: {_describe(waiting[0].value)}; answer that "
+            "first (yes or no)"
+        )
+    return tuple(waiting)
+
+
+def pending_actions(graph: Any, thread: str | None) -> list[dict[str, Any]]:
+    """The actions ``thread`` waits on the user to confirm (a paused ``delete_items``: ``action``, ``collection``,
+    ``ids``, ``missing``), oldest first; none for a graph without a checkpointer."""
+    if thread is None or graph.checkpointer is None:
+        return []
+    state = graph.get_state({"configurable": {"thread_id": thread}})
+    return [dict(i.value) for i in state.interrupts if isinstance(i.value, dict)]
+
+
+def turn_events(
+    graph: Any,
+    deps: Deps,
+    thread: str | None,
+    messages: list[Any],
+    *,
+    confirm: bool | None = None,
+    cancel: threading.Event | None = None,
+) -> Iterator[tuple[str, Any]]:
     """Run one chat turn and say what happens, as ``(kind, data)`` pairs, for every front end (terminal, SSE):
 
     - ``progress``: a stage event of the search (:mod:`retllm.events`);
     - ``search``: a ``multimodal_search`` result (:class:`SearchOut`); ``search_error``: its refusal (a message);
+    - ``confirm``: an action that waits for the user's yes (:func:`pending_actions`); the turn ends there;
     - ``answer``: the chat model's final text.
 
-    ``thread``: the conversation to continue (``None``: a graph without a checkpointer, one-off)."""
+    ``thread``: the conversation to continue (``None``: a graph without a checkpointer, one-off: its attachments
+    are deleted when the turn ends). ``confirm``: answer what waits instead of sending ``messages`` (every
+    action waiting gets the same answer); :class:`ConfirmationError` when that does not fit the conversation.
+    ``cancel``: once set (the caller has gone), the search drops its remaining model work and the graph runs no
+    further step (:class:`~retllm.errors.Cancelled`)."""
     from langchain_core.messages import AIMessage, ToolMessage
+    from langgraph.types import Command
     from retllm.agent.context import Context
     from retllm.tools.schemas import SearchOut
 
     config = {"configurable": {"thread_id": thread}} if thread is not None else {}
-    for mode, chunk in graph.stream(
-        {"messages": prepare_messages(messages, deps)},
-        config,
-        context=Context(deps=deps),
-        stream_mode=["custom", "updates"],
-    ):
-        if mode == "custom":
-            if isinstance(chunk, dict):
-                yield "progress", chunk
-            continue
-        for update in (chunk or {}).values():
-            for m in (update or {}).get("messages", []) if isinstance(update, dict) else []:
-                if isinstance(m, ToolMessage) and m.name == "multimodal_search":
-                    if m.status == "error" or not m.artifact:
-                        yield "search_error", str(m.content)
-                    else:
-                        yield "search", SearchOut.model_validate(m.artifact)
-                elif isinstance(m, AIMessage) and not m.tool_calls and m.content:
-                    yield "answer", m.text if hasattr(m, "text") else str(m.content)
+    waiting = check_turn(graph, thread, confirm)
+    one_off = f"one-off-{uuid.uuid4().hex}" if thread is None else None
+    if confirm is not None:
+        answers = {i.id: {"approved": confirm, "ids": (i.value or {}).get("ids", [])} for i in waiting}
+        run: Any = Command(resume=answers)
+    else:
+        run = {"messages": prepare_messages(messages, deps, thread if one_off is None else one_off)}
+    try:
+        context = Context(deps=deps, cancel=cancel)
+        for mode, chunk in graph.stream(run, config, context=context, stream_mode=["custom", "updates"]):
+            Cancelled.check(cancel)  # leaving the loop closes the stream: no further step starts
+            if mode == "custom":
+                if isinstance(chunk, dict):
+                    yield "progress", chunk
+                continue
+            for pause in (chunk or {}).get("__interrupt__", ()):
+                yield "confirm", pause.value
+            for update in (chunk or {}).values():
+                for m in (update or {}).get("messages", []) if isinstance(update, dict) else []:
+                    if isinstance(m, ToolMessage) and m.name == "multimodal_search":
+                        if m.status == "error" or not m.artifact:
+                            yield "search_error", str(m.content)
+                        else:
+                            yield "search", SearchOut.model_validate(m.artifact)
+                    elif isinstance(m, AIMessage) and not m.tool_calls and m.content:
+                        yield "answer", m.text if hasattr(m, "text") else str(m.content)
+    except Cancelled:
+        if thread is not None:
+            close_open_calls(graph, config)
+        raise
+    finally:
+        if one_off is not None:
+            AttachmentStore.of(deps.settings).delete(one_off)
 
 
-def build_chat_graph(deps: Deps | None = None, *, model: Any = None, checkpointer: Any = None) -> Any:
-    """The compiled chat graph. ``model``: any LangChain chat model with tool calling (default from settings)."""
+def close_open_calls(graph: Any, config: dict[str, Any]) -> None:
+    """Answer the tool calls a cancelled turn left without a result (as errors), so the conversation it kept is one
+    a chat model accepts on the next turn."""
+    from langchain_core.messages import AIMessage, ToolMessage
+
+    msgs = graph.get_state(config).values.get("messages", [])
+    last = next((m for m in reversed(msgs) if isinstance(m, AIMessage)), None)
+    answered = {m.tool_call_id for m in msgs if isinstance(m, ToolMessage)}
+    left = [c for c in (last.tool_calls if last is not None else []) if c["id"] not in answered]
+    if left:
+        said = "cancelled: the user left before this finished"
+        results = [ToolMessage(said, tool_call_id=c["id"], name=c["name"], status="error") for c in left]
+        graph.update_state(config, {"messages": results}, as_node="tools")
+
+
+def _describe(action: Any) -> str:
+    if isinstance(action, dict) and action.get("action") == "delete_items":
+        return f"delete {len(action.get('ids') or [])} item(s) from {action.get('collection')!r}"
+    return str(action)
+
+
+def build_chat_graph(
+    deps: Deps | None = None,
+    *,
+    model: Any = None,
+    checkpointer: Any = None,
+    write_tools: bool | None = None,
+    deletes: Deletes | None = None,
+) -> Any:
+    """The compiled chat graph. ``model``: any LangChain chat model with tool calling (default from settings).
+
+    The chat model only searches and lists (item text it reads could steer it) unless ``write_tools`` (default:
+    ``RETLLM_CHAT_WRITE_TOOLS``) adds ``add_items`` and ``delete_items``; a delete then asks the user (a graph
+    with a checkpointer: it pauses until :func:`turn_events` gets ``confirm``) or is refused (without one).
+    ``deletes`` overrides that choice (:data:`~retllm.tools.langchain_tools.Deletes`)."""
     from langchain.agents import create_agent
     from langchain.agents.middleware import before_agent
+    from langgraph.config import get_config
     from retllm.agent.context import deps_of
 
     @before_agent
     def keep_attachments(state: Any, runtime: Any) -> dict[str, Any] | None:
-        slim = slim_attachments(list(state["messages"]), deps_of(runtime.context, deps))
+        thread = (get_config().get("configurable") or {}).get("thread_id")
+        slim = slim_attachments(list(state["messages"]), deps_of(runtime.context, deps), thread)
         return {"messages": slim} if slim else None
 
     settings = (deps or default_deps()).settings
+    write = settings.chat_write_tools if write_tools is None else write_tools
     return create_agent(
         model if model is not None else make_chat_model(settings),
-        build_tools(deps),
+        build_tools(deps, write=write, deletes=deletes or ("ask" if checkpointer is not None else "refuse")),
         system_prompt=system_prompt(),
         middleware=[keep_attachments],
         checkpointer=checkpointer,
@@ -199,5 +296,5 @@ def build_chat_graph(deps: Deps | None = None, *, model: Any = None, checkpointe
 
 
 def make_graph() -> Any:
-    """The chat graph for ``langgraph.json`` (``langgraph dev`` brings its own checkpointer)."""
-    return build_chat_graph()
+    """The chat graph for ``langgraph.json`` (``langgraph dev`` brings its own checkpointer, so a delete asks)."""
+    return build_chat_graph(deletes="ask")

@@ -9,13 +9,21 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.messages import HumanMessage
-from retllm.agent.chat import ATTACHED_NOTE, build_chat_graph, chat_db, open_checkpointer, turn_events
+from retllm.agent.chat import (
+    ATTACHED_NOTE,
+    build_chat_graph,
+    chat_db,
+    open_checkpointer,
+    pending_actions,
+    turn_events,
+)
 from retllm.tools.deps import Deps
+from retllm.tools.langchain_tools import keep_attachment
 from retllm.tools.schemas import SearchOut
 from rich.console import Console
 from rich.table import Table
 
-from retllm.errors import BadItemError
+from retllm.errors import BadItemError, RetllmError
 from retllm.settings import Settings
 
 out = Console()
@@ -74,11 +82,14 @@ def _human(text: str, image: str | None) -> HumanMessage:
     return HumanMessage(content=f"{text}\n{ATTACHED_NOTE}", additional_kwargs={"retllm_attachments": [image]})
 
 
-def run_turn(graph: Any, deps: Deps, thread: str, message: HumanMessage) -> str:
-    """Send one message; show progress and result tables as they come; returns the model's answer."""
-    answer = ""
+def run_turn(
+    graph: Any, deps: Deps, thread: str, message: HumanMessage | None, *, confirm: bool | None = None
+) -> tuple[str, list[dict[str, Any]]]:
+    """Send one message (or, with ``confirm``, the answer to what waits); show progress and result tables as they
+    come; returns the model's answer and the actions that now wait for the user's confirmation."""
+    answer, pending = "", []
     with err.status("thinking...") as status:
-        for kind, data in turn_events(graph, deps, thread, [message]):
+        for kind, data in turn_events(graph, deps, thread, [message] if message else [], confirm=confirm):
             if kind == "progress":
                 line = _progress(data)
                 if line:
@@ -89,9 +100,27 @@ def run_turn(graph: Any, deps: Deps, thread: str, message: HumanMessage) -> str:
                 err.print(f"search refused: {data}", highlight=False, markup=False)
             elif kind == "search":
                 out.print(results_table(data))
+            elif kind == "confirm":
+                pending.append(data)
             elif kind == "answer":
                 answer = data
-    return answer
+    return answer, pending
+
+
+def ask(actions: list[dict[str, Any]], interactive: bool) -> bool:
+    """The user's yes or no to ``actions``, asked on the terminal; without one (``-m``, piped input): no."""
+    for a in actions:
+        ids = list(a.get("ids") or [])
+        shown = ", ".join(ids[:20]) + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")
+        line = f"The assistant wants to delete {len(ids)} item(s) from {a.get('collection')!r}: {shown}"
+        if a.get("missing"):
+            line += f" (not found: {', '.join(a['missing'][:20])})"
+        err.print(line, highlight=False, markup=False)
+    if not interactive:
+        err.print("Not confirmed: confirming needs a terminal (-m and piped input are never taken as a yes).")
+        return False
+    err.print("Delete? [y/N] ", end="", markup=False, highlight=False)
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
 def run_chat(
@@ -100,6 +129,8 @@ def run_chat(
     thread = thread or uuid.uuid4().hex[:12]
     deps = Deps(settings)
     saver = open_checkpointer(chat_db(settings))
+    given = list(messages) if messages else None
+    interactive = given is None and sys.stdin.isatty()
     try:
         graph = build_chat_graph(deps, checkpointer=saver)
         previous = graph.get_state({"configurable": {"thread_id": thread}}).values.get("messages", [])
@@ -111,12 +142,24 @@ def run_chat(
         attach = None
         if image is not None:
             try:
-                attach = deps.keep_image(image.read_bytes())
+                attach = keep_attachment(deps, thread, image.read_bytes())
             except OSError as e:
                 raise BadItemError(f"--image {image}: {e.strerror or e}") from e
-        for text in _lines(list(messages) if messages else None):
-            answer = run_turn(graph, deps, thread, _human(text, attach))
+            except RetllmError as e:  # not an image, too large
+                raise BadItemError(f"--image {image}: {e}") from e
+        pending = pending_actions(graph, thread)  # left waiting by an earlier run: answered before anything else
+        answer = ""
+        while pending:
+            answer, pending = run_turn(graph, deps, thread, None, confirm=ask(pending, interactive))
+        if answer:
+            out.print(answer, highlight=False, markup=False)
+        for text in _lines(given):
+            answer, pending = run_turn(graph, deps, thread, _human(text, attach))
             attach = None  # attached to the first message only
+            while pending:
+                if answer:
+                    out.print(answer, highlight=False, markup=False)
+                answer, pending = run_turn(graph, deps, thread, None, confirm=ask(pending, interactive))
             out.print(answer, highlight=False, markup=False)
         err.print(f"thread {thread}", highlight=False)
     finally:

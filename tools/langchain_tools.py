@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 from collections.abc import Callable, Iterable
-from typing import Annotated, Any, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
 
 from langchain_core.tools import BaseTool, InjectedToolArg, StructuredTool, ToolException
 from langgraph.prebuilt import ToolRuntime
+from langgraph.types import interrupt
 from pydantic import BaseModel, PlainSerializer, SkipValidation, ValidationError, WithJsonSchema, create_model
 from retllm.tools import ops
 from retllm.tools.deps import Deps, default_deps
 from retllm.tools.schemas import (
+    MAX_QUERY_CHARS,
     AddItemsArgs,
     CoarseSearchArgs,
     DeleteItemsArgs,
@@ -30,6 +34,7 @@ from retllm.tools.schemas import (
     SearchOut,
 )
 
+from retllm.attachments import AttachmentStore
 from retllm.scorers.base import Candidate
 from retllm.scorers.turns import REVISIT_DESCRIPTION, REVISIT_TOOL, check_revisit
 
@@ -188,6 +193,28 @@ def attached_image(messages: Iterable[Any], n: int | None = None) -> bytes | str
 _ATTACHED = re.compile(r"^attached(?::(\d+))?$")
 
 
+def thread_of(runtime: Any) -> str | None:
+    """The conversation a tool call runs in (its checkpointer thread id), if any."""
+    config = getattr(runtime, "config", None) or {}
+    thread = (config.get("configurable") or {}).get("thread_id")
+    return None if thread is None else str(thread)
+
+
+def _keeper(deps: Deps, runtime: Any) -> Callable[[bytes], str]:
+    """Where a query image fetched or sent inline is kept for this call: with the conversation's attachments
+    (bounded, deleted with it), so the results' reference outlives the call and nothing piles up."""
+    store = AttachmentStore.of(deps.settings)
+    thread = thread_of(runtime)
+    return lambda data: store.keep(thread, data)
+
+
+def keep_attachment(deps: Deps, thread: str | None, data: bytes) -> str:
+    """Attached image bytes, checked, kept for ``thread`` in the attachment store (bounded, apart from the blobs
+    items reference, deleted with the conversation); the file's path."""
+    store = AttachmentStore.of(deps.settings)
+    return ops.keep_checked(deps, data, keep=lambda b: store.keep(thread, b))
+
+
 def _resolve_image(deps: Deps, image: str | None, like: int | None, runtime: Any) -> tuple[str | None, str | None]:
     """(image reference, text of the liked hit) for a search: a path/URL, the attached image, or an earlier hit."""
     msgs = _messages(runtime)
@@ -209,8 +236,19 @@ def _resolve_image(deps: Deps, image: str | None, like: int | None, runtime: Any
         found = attached_image(msgs, int(m.group(1)) if m.group(1) else None)
         if found is None:
             raise ops.ToolInputError(f"image={image!r} but no image is attached in this conversation")
-        image = ops.keep_checked(deps, found) if isinstance(found, bytes) else found
+        image = keep_attachment(deps, thread_of(runtime), found) if isinstance(found, bytes) else found
+        if AttachmentStore.of(deps.settings).owns(image) and not Path(image).is_file():
+            raise ops.ToolInputError(
+                "that attached image is no longer kept (attachments are removed past their age and size limits): "
+                "ask the user to attach it again"
+            )
     return image, liked_text
+
+
+def _stored(deps: Deps, image: str | None, like: int | None) -> bool:
+    """Whether a search's image is ours rather than the caller's: an earlier hit, or a kept attachment (read as
+    stored data, not confined to the request roots)."""
+    return like is not None or AttachmentStore.of(deps.settings).owns(image)
 
 
 # --- the tools ------------------------------------------------------------------------------------------------
@@ -228,7 +266,23 @@ COARSE_SEARCH = (
 )
 ADD_ITEMS = "Add images and/or texts to a collection (created when missing). Bad items are skipped and reported."
 DELETE_ITEMS = "Delete items from a collection by id."
+DELETE_ASKS = " The user is asked to confirm first; nothing is deleted without their yes."
+
+Deletes = Literal["ask", "refuse", "allow"]
+"""How ``delete_items`` treats a call: ``ask`` the user first (a LangGraph ``interrupt``: the graph needs a
+checkpointer), ``refuse`` it (a front end that cannot ask), or ``allow`` it at once (inputs you trust)."""
+
+REFUSED_DELETE = (
+    "delete_items needs the user's confirmation, which this conversation cannot ask for (it is not kept: the "
+    "OpenAI-compatible route); nothing was deleted. The user can delete from the web page, retllm chat or the API."
+)
 LIST_COLLECTIONS = "List the collections with their item counts and vector sizes."
+
+
+def _cancel(runtime: Any) -> threading.Event | None:
+    """The run's cancel event (``Context.cancel``: set when the caller has gone), if it has one."""
+    found = getattr(getattr(runtime, "context", None), "cancel", None)
+    return found if isinstance(found, threading.Event) else None
 
 
 def multimodal_search_tool(deps: Deps | None = None) -> BaseTool:
@@ -238,11 +292,12 @@ def multimodal_search_tool(deps: Deps | None = None) -> BaseTool:
         d = resolve(runtime)
         args = _args(SearchArgs, kwargs)
         image, liked_text = _resolve_image(d, args.image, args.like, runtime)
-        if liked_text is not None:  # a text-only hit: search with its text
-            args = args.model_copy(update={"query": " ".join(x for x in (args.query, liked_text) if x)})
-        ref = ops.query_image_ref(d, image, fine=True, stored=args.like is not None)
+        if liked_text is not None:  # a text-only hit: search with its text (an item's text may be a document)
+            query = " ".join(x for x in (args.query, liked_text) if x)[:MAX_QUERY_CHARS]
+            args = args.model_copy(update={"query": query})
+        ref = ops.query_image_ref(d, image, fine=True, stored=_stored(d, image, args.like), keep=_keeper(d, runtime))
         writer = getattr(runtime, "stream_writer", None)
-        out = ops.search(d, args, ref, on_event=writer if callable(writer) else None)
+        out = ops.search(d, args, ref, on_event=writer if callable(writer) else None, cancel=_cancel(runtime))
         return ops.summary(out), out.model_dump(mode="json")
 
     return _make(multimodal_search, "multimodal_search", MULTIMODAL_SEARCH, SearchArgs)
@@ -255,8 +310,10 @@ def coarse_search_tool(deps: Deps | None = None) -> BaseTool:
         d = resolve(runtime)
         args = _args(CoarseSearchArgs, kwargs)
         image, _ = _resolve_image(d, args.image, None, runtime)
-        ref = ops.query_image_ref(d, image, fine=not d.coarse_only)
-        out = ops.coarse_search(d, args, ref)
+        ref = ops.query_image_ref(
+            d, image, fine=not d.coarse_only, stored=_stored(d, image, None), keep=_keeper(d, runtime)
+        )
+        out = ops.coarse_search(d, args, ref, cancel=_cancel(runtime))
         return ops.summary(out), out.model_dump(mode="json")
 
     return _make(coarse_search, "coarse_search", COARSE_SEARCH, CoarseSearchArgs)
@@ -305,17 +362,39 @@ def add_items_tool(deps: Deps | None = None) -> BaseTool:
     return _make(add_items, "add_items", ADD_ITEMS, AddItemsArgs)
 
 
-def delete_items_tool(deps: Deps | None = None) -> BaseTool:
+def delete_items_tool(deps: Deps | None = None, *, deletes: Deletes = "allow") -> BaseTool:
+    """``delete_items``; with ``deletes="ask"`` a call pauses the graph with the pending action (``action``,
+    ``collection``, ``ids`` that exist, ``missing``) and resumes with ``{"approved": bool, "ids": [...]}``: only
+    the approved ids that were asked for are deleted."""
     resolve = _resolver(deps)
 
     def delete_items(runtime: ToolRuntime = None, **kwargs: Any) -> tuple[str, dict[str, Any]]:  # type: ignore[assignment]
-        out = ops.delete_items(resolve(runtime), _args(DeleteItemsArgs, kwargs))
+        d = resolve(runtime)
+        args = _args(DeleteItemsArgs, kwargs)
+        if deletes == "refuse":
+            raise ops.ToolInputError(REFUSED_DELETE)
+        if deletes == "ask":
+            name = ops.collection_name(d, args.collection)
+            present = sorted(d.get_index().existing(name, list(args.ids)))
+            if present:  # nothing to delete needs no yes
+                missing = [i for i in args.ids if i not in set(present)]
+                pending = {"action": "delete_items", "collection": name, "ids": present, "missing": missing}
+                answer = interrupt(pending)
+                approved = set(answer.get("ids") or []) if isinstance(answer, dict) and answer.get("approved") else None
+                if approved is None:
+                    return (
+                        f"The user did not confirm: nothing was deleted from {name!r}.",
+                        {"collection": name, "deleted": 0, "missing": missing, "declined": present},
+                    )
+                args = args.model_copy(update={"ids": [i for i in args.ids if i in approved], "collection": name})
+        out = ops.delete_items(d, args)
         text = f"Deleted {out.deleted} item(s) from {out.collection!r}."
         if out.missing:
             text += f" Not found: {', '.join(out.missing[:20])}."
         return text, out.model_dump(mode="json")
 
-    return _make(delete_items, "delete_items", DELETE_ITEMS, DeleteItemsArgs)
+    description = DELETE_ITEMS + (DELETE_ASKS if deletes == "ask" else "")
+    return _make(delete_items, "delete_items", description, DeleteItemsArgs)
 
 
 def list_collections_tool(deps: Deps | None = None) -> BaseTool:
@@ -329,6 +408,11 @@ def list_collections_tool(deps: Deps | None = None) -> BaseTool:
     return _make(list_collections, "list_collections", LIST_COLLECTIONS, NoArgs)
 
 
-def build_tools(deps: Deps | None = None) -> list[BaseTool]:
-    """The tools a larger agent uses: ``multimodal_search``, ``add_items``, ``delete_items``, ``list_collections``."""
-    return [multimodal_search_tool(deps), add_items_tool(deps), delete_items_tool(deps), list_collections_tool(deps)]
+def build_tools(deps: Deps | None = None, *, write: bool = False, deletes: Deletes = "ask") -> list[BaseTool]:
+    """The tools a larger agent uses: ``multimodal_search`` and ``list_collections``, read-only (a model that
+    reads item text can be steered by it); with ``write``, ``add_items`` and ``delete_items`` too, a delete
+    treated as ``deletes`` says (:data:`Deletes`)."""
+    tools = [multimodal_search_tool(deps), list_collections_tool(deps)]
+    if write:
+        tools += [add_items_tool(deps), delete_items_tool(deps, deletes=deletes)]
+    return tools

@@ -9,6 +9,7 @@ import base64
 import json
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -17,13 +18,21 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import anyio
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from retllm.agent.service.bodies import openapi_body, parse, redact
-from retllm.agent.service.models import ChatRequest, ThreadInfo, ThreadTurn
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from retllm.agent.service.bodies import openapi_body, parse
+from retllm.agent.service.models import (
+    MAX_CONVERSATION_CHARS,
+    MAX_MESSAGE_CHARS,
+    ChatRequest,
+    ThreadInfo,
+    ThreadTurn,
+)
+from retllm.agent.service.security import watch_disconnect
 from retllm.tools.schemas import SearchOut
 
-from retllm.errors import BadItemError, RetllmError
-from retllm.images import decode_image, image_mime
+from retllm.attachments import AttachmentStore
+from retllm.errors import BadItemError, Cancelled, RetllmError
+from retllm.images import image_mime
 
 if TYPE_CHECKING:
     from retllm.agent.service.app import Service
@@ -40,7 +49,7 @@ def _message(e: Exception) -> str:
     if isinstance(e, HTTPException):
         return str(e.detail)
     if isinstance(e, RetllmError | ValidationError):
-        return redact(str(e))
+        return str(e)
     if upstream(e):
         log.warning("a model server failed: %s: %s", type(e).__name__, e)
         return f"the chat model's server failed: {type(e).__name__}"
@@ -53,12 +62,17 @@ def stream(
     work: Callable[[Emit], None],
     fmt: Callable[[str, Any], bytes | None],
     finish: Callable[[], None] | None = None,
+    *,
+    request: Request | None = None,
+    cancel: threading.Event | None = None,
 ) -> StreamingResponse:
     """Run ``work(emit)`` on a gated worker thread and stream what it emits, formatted by ``fmt``, as it comes.
 
     Admission happens before the response starts, so a full queue is a plain 503; an error inside becomes an
     ``error`` event; comments keep idle connections (proxies) open while the models work. ``finish`` runs when
-    the work is over (also when the client went away first)."""
+    the work is over (also when the client went away first). ``cancel`` (the event ``work`` was handed) is set
+    when the client goes while the work runs (``request`` is watched, and the stream's end is noticed), so the
+    work drops what is left of it."""
     try:
         svc.gate.admit()
     except Exception:
@@ -77,13 +91,20 @@ def stream(
     def guarded() -> None:
         try:
             work(emit)
+        except Cancelled:
+            log.info("a streamed request's client went away; its remaining model work was dropped")
         except Exception as e:
             emit("error", {"message": _message(e)})
 
     async def run() -> None:
+        watch = None
+        if request is not None and cancel is not None:
+            watch = asyncio.ensure_future(watch_disconnect(request, cancel))
         try:
             await anyio.to_thread.run_sync(guarded, limiter=svc.gate.limiter)
         finally:
+            if watch is not None:
+                watch.cancel()
             svc.gate.release()
             if finish is not None:
                 finish()
@@ -92,17 +113,22 @@ def stream(
     task = asyncio.ensure_future(run())
 
     async def body() -> AsyncIterator[bytes]:
-        while True:
-            try:
-                kind, data = await asyncio.wait_for(queue.get(), timeout=KEEPALIVE_S)
-            except TimeoutError:
-                yield b": working\n\n"
-                continue
-            if kind is None:
-                break
-            out = fmt(kind, data)
-            if out:
-                yield out
+        try:
+            while True:
+                try:
+                    kind, data = await asyncio.wait_for(queue.get(), timeout=KEEPALIVE_S)
+                except TimeoutError:
+                    yield b": working\n\n"
+                    continue
+                if kind is None:
+                    break
+                out = fmt(kind, data)
+                if out:
+                    yield out
+        except BaseException:  # the response ended early (Starlette stops the body when the client disconnects)
+            if cancel is not None:
+                cancel.set()
+            raise
         await task
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -132,9 +158,9 @@ def inline(svc: Service, url: str, where: str) -> str:
         raise HTTPException(422, f"{where}: give a data:image/...;base64 URL or an http(s) URL")
     try:
         data = svc.settings.request_limits.read(url)
-        decode_image(data, max_pixels=svc.settings.max_image_pixels)
+        svc.settings.image_limits.check(data)
     except BadItemError as e:
-        raise HTTPException(400, f"{where}: {redact(str(e))}") from e
+        raise HTTPException(400, f"{where}: {e}") from e
     return f"data:{image_mime(data)};base64," + base64.b64encode(data).decode()
 
 
@@ -164,6 +190,13 @@ def thread_messages(svc: Service, thread_id: str) -> list[Any] | None:
     return list(tup.checkpoint.get("channel_values", {}).get("messages", []))
 
 
+def drop_thread(svc: Service, thread_id: str) -> bool:
+    """Delete ``thread_id``'s checkpoints and attachments; whether there was any."""
+    existed = thread_messages(svc, thread_id) is not None
+    svc.saver.delete_thread(thread_id)
+    return AttachmentStore.of(svc.settings).delete(thread_id) > 0 or existed
+
+
 def list_threads(svc: Service, limit: int = 100) -> list[ThreadInfo]:
     with svc.saver.cursor(transaction=False) as cur:
         cur.execute(
@@ -187,12 +220,12 @@ def history(svc: Service, request: Request, msgs: list[Any]) -> list[ThreadTurn]
     for m in msgs:
         if m.type == "human":
             refs = (m.additional_kwargs or {}).get("retllm_attachments") or []
-            turns.append(ThreadTurn(role="user", text=redact(_text(m.content)), images=len(refs)))
+            turns.append(ThreadTurn(role="user", text=_text(m.content), images=len(refs)))
         elif m.type == "tool" and m.name == "multimodal_search" and m.status != "error" and m.artifact:
             search = svc.public(request, SearchOut.model_validate(m.artifact))
             turns.append(ThreadTurn(role="search", search=search))
         elif m.type == "ai" and not m.tool_calls and m.content:
-            turns.append(ThreadTurn(role="assistant", text=redact(_text(m.content))))
+            turns.append(ThreadTurn(role="assistant", text=_text(m.content)))
     return turns
 
 
@@ -202,8 +235,9 @@ def router(svc: Service) -> APIRouter:
     @r.post("/chat", openapi_extra=openapi_body(ChatRequest))
     async def chat(request: Request) -> StreamingResponse:
         """One user turn; server-sent events: ``thread`` (its id), ``progress`` (stage events), ``search`` (ranked
-        results), ``search_error``, ``answer`` (the reply), ``error``, and ``done`` last. History is kept per
-        thread (SQLite) and survives restarts."""
+        results), ``search_error``, ``confirm`` (an action that waits for the user's yes: answer with
+        ``{"thread_id", "confirm": true|false}``), ``answer`` (the reply), ``error``, and ``done`` last. History
+        is kept per thread (SQLite) and survives restarts."""
         body = await parse(request, ChatRequest)
         for i, u in enumerate(body.images):
             _check_scheme(u, f"images[{i}]")
@@ -211,32 +245,39 @@ def router(svc: Service) -> APIRouter:
         if thread in svc.busy_threads:  # two turns at once would both continue the same checkpoint
             raise HTTPException(409, f"conversation {thread!r} is still answering the previous message; retry after it")
         svc.busy_threads.add(thread)  # taken with the check, no await between them
+
+        def admit() -> list[str]:
+            """Before any event: the turn fits what the conversation waits for (409), its images are fetched."""
+            from retllm.agent.chat import ConfirmationError, check_turn
+
+            if body.thread_id is not None:
+                try:
+                    check_turn(svc.chat_graph(), thread, body.confirm)
+                except ConfirmationError as e:
+                    raise HTTPException(409, str(e)) from e
+            return [inline(svc, u, f"images[{i}]") for i, u in enumerate(body.images)]
+
         try:
-            images = (
-                await svc.gate.run(
-                    lambda: [inline(svc, u, f"images[{i}]") for i, u in enumerate(body.images)], request=request
-                )
-                if body.images
-                else []
-            )
+            images = await svc.gate.run(admit, request=request) if body.thread_id or body.images else []
         except BaseException:
             svc.busy_threads.discard(thread)
             raise
-        message = human(body.message, images)
+        messages = [human(body.message, images)] if body.message is not None else []
+
+        cancel = threading.Event()
 
         def work(emit: Emit) -> None:
             from retllm.agent.chat import turn_events
 
             emit("thread", {"thread_id": thread})
-            for kind, data in turn_events(svc.chat_graph(), svc.deps, thread, [message]):
+            turn = turn_events(svc.chat_graph(), svc.deps, thread, messages, confirm=body.confirm, cancel=cancel)
+            for kind, data in turn:
                 if kind == "search":
                     data = svc.public(request, data)
-                elif kind in ("search_error", "answer"):
-                    data = redact(data)
                 emit(kind, data)
             emit("done", {"thread_id": thread})
 
-        return stream(svc, work, sse, finish=lambda: svc.busy_threads.discard(thread))
+        return stream(svc, work, sse, finish=lambda: svc.busy_threads.discard(thread), request=request, cancel=cancel)
 
     @r.get("/chat/threads", response_model=list[ThreadInfo])
     async def threads(request: Request) -> list[ThreadInfo]:
@@ -245,11 +286,33 @@ def router(svc: Service) -> APIRouter:
 
     @r.get("/chat/threads/{thread_id}")
     async def thread(thread_id: str, request: Request) -> dict[str, Any]:
-        """One conversation's turns (user, search, assistant), to resume it."""
-        msgs = await svc.gate.run(thread_messages, svc, thread_id, request=request)
+        """One conversation's turns (user, search, assistant), to resume it, and the actions that wait for the
+        user's confirmation (``pending``: as the ``confirm`` events gave them)."""
+        from retllm.agent.chat import pending_actions
+
+        def read() -> tuple[list[Any] | None, list[dict[str, Any]]]:
+            return thread_messages(svc, thread_id), pending_actions(svc.chat_graph(), thread_id)
+
+        msgs, pending = await svc.gate.run(read, request=request)
         if msgs is None:
             raise HTTPException(404, f"no conversation {thread_id!r}")
-        return {"thread_id": thread_id, "turns": [t.model_dump() for t in history(svc, request, msgs)]}
+        turns = [t.model_dump() for t in history(svc, request, msgs)]
+        return {"thread_id": thread_id, "turns": turns, "pending": pending}
+
+    @r.delete("/chat/threads/{thread_id}")
+    async def delete_thread(thread_id: str, request: Request) -> dict[str, Any]:
+        """Delete a conversation: its checkpoints and the images attached in it (404: no such conversation;
+        409 while it answers a turn)."""
+        if thread_id in svc.busy_threads:
+            raise HTTPException(409, f"conversation {thread_id!r} is answering a message; delete it after that")
+        svc.busy_threads.add(thread_id)  # no turn starts on it while it goes
+        try:
+            found = await svc.gate.run(drop_thread, svc, thread_id, request=request)
+        finally:
+            svc.busy_threads.discard(thread_id)
+        if not found:
+            raise HTTPException(404, f"no conversation {thread_id!r}")
+        return {"thread_id": thread_id, "deleted": True}
 
     return r
 
@@ -291,6 +354,24 @@ class CompletionRequest(BaseModel):
     model: str = "retllm"
     messages: list[OpenAIMessage] = Field(min_length=1, max_length=200)
     stream: bool = False
+
+    @model_validator(mode="after")
+    def _bounded_text(self) -> CompletionRequest:
+        """The chat model reads all of it: the same bound per message as ``/chat``, and one for the whole."""
+        total = 0
+        for i, m in enumerate(self.messages):
+            parts = (
+                [m.content]
+                if isinstance(m.content, str)
+                else [p.text for p in m.content or [] if isinstance(p, TextPart)]
+            )
+            n = sum(len(t) for t in parts)
+            if n > MAX_MESSAGE_CHARS:
+                raise ValueError(f"messages[{i}] has {n:,} characters of text; at most {MAX_MESSAGE_CHARS:,}")
+            total += n
+        if total > MAX_CONVERSATION_CHARS:
+            raise ValueError(f"the messages hold {total:,} characters of text; at most {MAX_CONVERSATION_CHARS:,}")
+        return self
 
 
 MODEL_ID = "retllm"
@@ -373,19 +454,20 @@ def openai_router(svc: Service) -> APIRouter:
         body = await parse(request, CompletionRequest)
         messages = await svc.gate.run(to_langchain, svc, body.messages, request=request)
         created, cid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        cancel = threading.Event()
 
         def reply(emit: Emit | None = None) -> str:
             from retllm.agent.chat import turn_events
 
             answer, results = "", []
             graph = svc.chat_graph(stateless=True)
-            for kind, data in turn_events(graph, svc.deps, None, messages):
+            for kind, data in turn_events(graph, svc.deps, None, messages, cancel=cancel):
                 if kind == "search":
                     results.append(markdown(svc.public(request, data)))
                 elif kind == "answer":
-                    answer = redact(data)
+                    answer = data
                 elif kind == "search_error":
-                    results.append(f"_search refused: {redact(data)}_")
+                    results.append(f"_search refused: {data}_")
             text = "\n\n".join(x for x in (answer, *results[-1:]) if x)
             if emit is not None:
                 emit("content", text)
@@ -414,8 +496,8 @@ def openai_router(svc: Service) -> APIRouter:
             def work(emit: Emit) -> None:
                 reply(emit)
 
-            return stream(svc, work, fmt)
-        text = await svc.gate.run(reply, request=request)  # errors: the app's handlers (4xx caller, 502 upstream)
+            return stream(svc, work, fmt, request=request, cancel=cancel)
+        text = await svc.gate.run(reply, request=request, cancel=cancel)  # errors: the app's handlers (4xx, 502)
         return {
             "id": cid,
             "object": "chat.completion",

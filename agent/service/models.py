@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from retllm.tools.schemas import CoarseSearchArgs, HitOut
+
+MAX_MESSAGE_CHARS = 20_000
+"""Longest user message the chat takes (``/chat``, and each message of the OpenAI route)."""
+MAX_CONVERSATION_CHARS = 200_000
+"""Most text in one OpenAI-route request (it sends the whole conversation each time)."""
 
 
 class SearchRequest(CoarseSearchArgs):
@@ -46,7 +51,7 @@ class DeleteRequest(BaseModel):
 
 
 class ChatRequest(BaseModel):
-    """One user turn of a conversation."""
+    """One user turn of a conversation: a message, or the answer to the action a ``confirm`` event asked about."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -55,12 +60,29 @@ class ChatRequest(BaseModel):
         pattern=r"^[A-Za-z0-9_.-]{1,64}$",
         description="The conversation to continue (default: a new one; its id comes back in the first event).",
     )
-    message: str = Field(min_length=1, max_length=20_000, description="What the user says.")
+    message: str | None = Field(
+        default=None, min_length=1, max_length=MAX_MESSAGE_CHARS, description="What the user says."
+    )
     images: list[str] = Field(
         default_factory=list,
         max_length=8,
         description="Attached images: data:image/...;base64 URLs or http(s) URLs.",
     )
+    confirm: bool | None = Field(
+        default=None,
+        description="Instead of a message: the user's answer to what the conversation's `confirm` event asked "
+        "(true: do it, false: do not). Needs thread_id.",
+    )
+
+    @model_validator(mode="after")
+    def _message_or_confirm(self) -> ChatRequest:
+        if self.confirm is None and self.message is None:
+            raise ValueError("give a message (or confirm: true/false, to answer a confirm event)")
+        if self.confirm is not None and (self.message is not None or self.images):
+            raise ValueError("give a message (with images) or confirm, not both")
+        if self.confirm is not None and self.thread_id is None:
+            raise ValueError("confirm answers what a conversation waits for: give its thread_id")
+        return self
 
     @field_validator("thread_id")
     @classmethod

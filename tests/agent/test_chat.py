@@ -253,3 +253,88 @@ def test_an_unreadable_attachment_never_falls_back_to_an_older_image(tmp_path) -
         attached_image(msgs)
     assert attached_image(msgs[:2]) == "https://example.org/old.jpg"
     assert list(tmp_path.rglob("*")) == []  # nothing written for bytes that are not an image
+
+
+def _text_items(tmp_path: Path, ids: list[str]) -> Path:
+    m = tmp_path / "texts.jsonl"
+    m.write_text("".join(json.dumps({"id": i, "text": f"a street scene {i}"}) + "\n" for i in ids))
+    return m
+
+
+def _ids(env: dict[str, str]) -> set[str]:
+    with deps_from(env) as deps:
+        index = deps.get_index()
+        return set(index.existing("default", ["a", "b", "c"]))
+
+
+def test_a_chat_delete_waits_for_a_yes_and_a_new_message_does_not_skip_it(cli_env, tmp_path) -> None:
+    from retllm.agent.chat import ConfirmationError, pending_actions, turn_events
+
+    delete = tool_call("delete_items", {"ids": ["a", "zz"]})
+    script = ChatScript([delete, {"content": "no tool"}, delete, {"content": "kept"}, delete, {"content": "gone"}])
+    with fake_openai(Switches(chat_script=script)) as fake:
+        env = _env(cli_env, fake.url)
+        ingest(env, [_text_items(tmp_path, ["a", "b", "c"])])
+        with deps_from(env) as deps:
+            # read-only by default: the tool is not there, a call made anyway is an error, nothing is deleted
+            out = build_chat_graph(deps).invoke({"messages": [HumanMessage("delete a")]}, context=Context(deps=deps))
+            assert _tool_messages(out)[0].status == "error" and "not a valid tool" in _tool_messages(out)[0].content
+            assert deps.get_index().existing("default", ["a"]) == {"a"}
+            saver = open_checkpointer(chat_db(deps.settings))
+            try:
+                g = build_chat_graph(deps, checkpointer=saver, write_tools=True)
+                ev = list(turn_events(g, deps, "t", [HumanMessage("delete a")]))
+                assert ev == [
+                    ("confirm", {"action": "delete_items", "collection": "default", "ids": ["a"], "missing": ["zz"]})
+                ]
+                assert pending_actions(g, "t") == [ev[0][1]] and deps.get_index().existing("default", ["a"]) == {"a"}
+                with pytest.raises(ConfirmationError, match="waits for the user to confirm: delete 1 item"):
+                    list(turn_events(g, deps, "t", [HumanMessage("something else")]))
+                ev = list(turn_events(g, deps, "t", [], confirm=False))
+                assert ev == [("answer", "kept")] and deps.get_index().existing("default", ["a"]) == {"a"}
+                with pytest.raises(ConfirmationError, match="nothing waits"):
+                    list(turn_events(g, deps, "t", [], confirm=True))
+                assert [k for k, _ in turn_events(g, deps, "t", [HumanMessage("delete a, really")])] == ["confirm"]
+                assert list(turn_events(g, deps, "t", [], confirm=True)) == [("answer", "gone")]
+                assert deps.get_index().existing("default", ["a", "b"]) == {"b"}
+            finally:
+                saver.conn.close()
+    told = [m["content"] for b in script.bodies for m in b["messages"] if m["role"] == "tool"]
+    assert "The user did not confirm: nothing was deleted from 'default'." in told
+    assert "Deleted 1 item(s) from 'default'." in told
+
+
+@pytest.mark.slow  # CLI processes: CI's slow pass
+def test_retllm_chat_asks_on_the_terminal_and_refuses_without_one(cli_env, tmp_path) -> None:
+    import os
+    import subprocess
+
+    from tests.e2e.cli import RETLLM
+
+    script = ChatScript(
+        [tool_call("delete_items", {"ids": ["a"]}), _echo_tool, tool_call("delete_items", {"ids": ["b"]}), _echo_tool]
+    )
+    with fake_openai(Switches(chat_script=script)) as fake:
+        env = {**_env(cli_env, fake.url), "RETLLM_CHAT_WRITE_TOOLS": "true", "COLUMNS": "200"}
+        ingest(env, [_text_items(tmp_path, ["a", "b", "c"])])
+        r = run(["chat", "-m", "delete a"], env)  # -m: no terminal to ask on, so no
+        assert r.returncode == 0, r.stderr
+        assert "wants to delete 1 item(s) from 'default': a" in r.stderr and "Not confirmed" in r.stderr
+        assert "nothing was deleted" in r.stdout and _ids(env) == {"a", "b", "c"}
+        leader, follower = os.openpty()  # a terminal: the user types the message, then y
+        try:
+            p = subprocess.Popen(
+                [RETLLM, "chat"], stdin=follower, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+            )
+            os.write(leader, b"delete b\ny\n\x04")
+            stdout, stderr = p.communicate(timeout=180)
+        finally:
+            os.close(follower)
+            os.close(leader)
+    assert p.returncode == 0, stderr.decode()
+    assert "Delete? [y/N]" in stderr.decode() and "Deleted 1 item(s) from 'default'." in stdout.decode()
+    assert _ids(env) == {"a", "c"}
+
+
+def _echo_tool(body: dict[str, Any]) -> dict[str, Any]:
+    return {"content": f"Tool said: {_tool_text(body)}"}

@@ -68,7 +68,7 @@ def deps(tmp_path: Path, embedder, candidate_images) -> Any:
 
 
 def _run(deps: Deps, calls: list[tuple[str, dict[str, Any]]], history: list[Any] | None = None) -> list[ToolMessage]:
-    tools = [*build_tools(deps), coarse_search_tool(deps)]
+    tools = [*build_tools(deps, write=True, deletes="allow"), coarse_search_tool(deps)]
     g = StateGraph(MessagesState)
     g.add_node("tools", ToolNode(tools))
     g.add_edge(START, "tools")

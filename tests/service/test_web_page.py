@@ -472,3 +472,52 @@ def test_chat_page_shows_provenance_and_never_renders_result_text_as_html(scenes
         assert "thread_id" not in sent[2]
         _screenshot(page, tmp_path, "web_chat_provenance.png")
         watch.check(url)
+
+
+def test_chat_page_asks_before_a_delete_and_deletes_a_conversation(cli_env, page_of, tmp_path) -> None:
+    """Write tools on: the chat model's delete waits for the user's click, "Keep them" keeps, "Delete" (after a
+    reload, from the reopened thread) deletes; the sidebar deletes the conversation."""
+    from playwright.sync_api import expect
+
+    def said(body: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "content": "Tool said: " + next(m["content"] for m in reversed(body["messages"]) if m["role"] == "tool")
+        }
+
+    delete = tool_call("delete_items", {"ids": ["item0", "item1"]})
+    script = ChatScript([delete, said, delete, said])
+    with fake_openai(Switches(chat_script=script)) as fake:
+        env = service_env(cli_env, fake, RETLLM_CHAT_WRITE_TOOLS="true")
+        with running(env) as (url, _):
+            items = [{"id": f"item{i}", "text": f"a street scene {i}"} for i in range(4)]
+            assert httpx.post(f"{url}/items", json={"items": items}).json()["added"] == 4
+            count = lambda: httpx.get(f"{url}/collections/default").json()["items"]  # noqa: E731
+            page = page_of()
+            watch = Watch(page)
+            page.goto(url + "/")
+            page.get_by_test_id("message-input").fill("delete item0 and item1")
+            page.get_by_test_id("send").click()
+            box = page.get_by_test_id("confirm")
+            expect(box).to_contain_text('from the collection "default"')
+            assert box.get_by_test_id("confirm-ids").locator("li").all_text_contents() == ["item0", "item1"]
+            expect(box.get_by_test_id("confirm-no")).to_be_focused()  # the safe answer
+            box.get_by_test_id("confirm-no").click()
+            expect(page.get_by_test_id("answer")).to_contain_text("nothing was deleted")
+            assert count() == 4 and box.get_by_test_id("confirm-yes").is_disabled()
+            page.get_by_test_id("message-input").fill("delete them after all")
+            page.get_by_test_id("message-input").press("Enter")
+            expect(page.get_by_test_id("confirm")).to_have_count(2)
+            page.reload()  # the question survives a reload: the reopened thread shows it again
+            page.get_by_test_id("thread-item").click()
+            expect(page.get_by_test_id("confirm")).to_have_count(1)
+            _screenshot(page, tmp_path, "web_chat_confirm.png")
+            page.get_by_test_id("confirm-yes").click()
+            expect(page.get_by_test_id("answer").last).to_contain_text("Deleted 2 item(s) from 'default'")
+            assert count() == 2
+            thread = page.get_by_test_id("thread-item").get_attribute("data-thread-id")
+            page.on("dialog", lambda d: d.accept())
+            page.get_by_test_id("thread-delete").click()
+            expect(page.get_by_test_id("thread-item")).to_have_count(0)
+            expect(page.get_by_test_id("welcome")).to_be_visible()
+            assert httpx.get(f"{url}/chat/threads/{thread}").status_code == 404
+            watch.check(url)
