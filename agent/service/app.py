@@ -22,14 +22,15 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import ValidationError
-from retllm.agent.service.bodies import protect, redact
 from retllm.agent.service.config import ServeSettings
-from retllm.agent.service.security import Auth, BodyLimit, ClientGone, Gate
+from retllm.agent.service.outgoing import HidePaths
+from retllm.agent.service.security import Auth, BodyLimit, ClientGone, Gate, WebGuard, origin_of
 from retllm.tools import ops
 from retllm.tools.deps import Deps
 from retllm.tools.schemas import SearchOut
 
-from retllm.errors import CollectionNotFoundError, RetllmError
+from retllm.errors import CollectionBrokenError, CollectionNotFoundError, RetllmError
+from retllm.redact import protect, redact
 from retllm.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,7 @@ class Service:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        token = self.conf.api_token.get_secret_value() if self.conf.api_token else None
-        self.auth = Auth(token, self.conf.image_url_ttl)
+        self.auth = Auth(self.conf.token, self.conf.image_url_ttl)
         self.gate = Gate(self.conf.serve_workers, self.conf.max_queue, self.conf.retry_after)
 
     @property
@@ -87,7 +87,16 @@ class Service:
             return self._graphs[key]
 
     def base_url(self, request: Request) -> str:
-        return (self.conf.public_url or str(request.base_url)).rstrip("/")
+        """Where links to this service point: ``RETLLM_PUBLIC_URL``, else the address the connection came in on
+        (never the request's ``Host``, which the caller writes)."""
+        if self.conf.public_url:
+            return self.conf.public_url.rstrip("/")
+        scheme, server = request.scope.get("scheme", "http"), request.scope.get("server")
+        root = request.scope.get("root_path", "").rstrip("/")
+        if not server or server[1] is None:  # a Unix socket: only RETLLM_PUBLIC_URL can say
+            return f"{scheme}://localhost{root}"
+        host, port = server
+        return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}{root}"
 
     def image_url(self, request: Request, collection: str, item_id: str, size: int | None = None) -> str:
         params: dict[str, str] = {"collection": collection}
@@ -105,8 +114,6 @@ class Service:
         hits = []
         for h in out.hits:
             data = h.model_dump()
-            if h.error:
-                data["error"] = redact(h.error)
             if h.image:
                 data["image"] = self.image_url(request, out.collection, h.id)
                 data["thumbnail"] = self.image_url(request, out.collection, h.id, self.settings.thumbnail_size)
@@ -129,15 +136,18 @@ def upstream(e: Exception) -> bool:
 
 
 def error_response(e: Exception) -> JSONResponse:
-    """The HTTP answer to an error from the library or the tools (4xx: the caller can fix it)."""
+    """The HTTP answer to an error from the library or the tools (4xx: the caller can fix it); server paths in
+    the message are cut on the way out (:class:`~retllm.agent.service.outgoing.HidePaths`)."""
     if isinstance(e, CollectionNotFoundError):
-        return JSONResponse({"detail": redact(str(e))}, status_code=404)
+        return JSONResponse({"detail": str(e)}, status_code=404)
+    if isinstance(e, CollectionBrokenError):  # the store's state, not the request: recovered by an operator
+        return JSONResponse({"detail": str(e)}, status_code=409)
     if isinstance(e, ValidationError):
         return JSONResponse({"detail": ops.validation_message(e)}, status_code=422)
     if isinstance(e, ops.RECOVERABLE):
-        return JSONResponse({"detail": redact(str(e))}, status_code=400)
+        return JSONResponse({"detail": str(e)}, status_code=400)
     if isinstance(e, RetllmError):  # the models or the endpoint behind us: a wrong key, every pair failing
-        return JSONResponse({"detail": redact(str(e))}, status_code=502)
+        return JSONResponse({"detail": str(e)}, status_code=502)
     if upstream(e):
         log.warning("a model server failed: %s: %s", type(e).__name__, e)
         return JSONResponse({"detail": f"the chat model's server failed: {type(e).__name__}"}, status_code=502)
@@ -191,6 +201,8 @@ def create_app(
     app.state.service = svc
     probes = threading.BoundedSemaphore(2)  # threads checking the index for /readyz, stalled ones included
     app.add_middleware(BodyLimit, limit=svc.conf.max_body_bytes)
+    app.add_middleware(WebGuard, names=svc.conf.host_names, public_url=svc.conf.public_url)  # outermost: first
+    app.add_middleware(HidePaths)  # every JSON answer and server-sent event leaves through it
 
     @app.exception_handler(RetllmError)
     async def _retllm_error(request: Request, e: RetllmError) -> JSONResponse:
@@ -214,8 +226,9 @@ def create_app(
         return JSONResponse({"detail": "invalid request:\n" + "\n".join(lines)}, status_code=422)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def page() -> HTMLResponse:
-        return HTMLResponse(page_html(), headers={"Content-Security-Policy": CSP, "X-Frame-Options": "DENY"})
+    async def page(request: Request) -> HTMLResponse:
+        headers = {"Content-Security-Policy": csp(origin_of(svc.base_url(request))), "X-Frame-Options": "DENY"}
+        return HTMLResponse(page_html(), headers=headers)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -223,8 +236,9 @@ def create_app(
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"])
-    async def readyz() -> JSONResponse:
-        """The index is reachable and the models are loaded (readiness); 503 until then, or with the reason."""
+    async def readyz(request: Request) -> JSONResponse:
+        """The index is reachable and the models are loaded (readiness); 503 until then, or with the reason.
+        Broken collections are named to callers with the token; others (probes) get their number."""
         models = {"embedder": deps.embedder is not None, "scorer": deps.coarse_only or deps.scorer is not None}
         body: dict[str, Any] = {"models": models, "index": False}
         if svc.loaded.is_set() and svc.load_error is None:
@@ -232,22 +246,27 @@ def create_app(
                 body["error"] = "index unreachable: earlier checks are still waiting for it"
             else:
 
-                def check() -> None:
+                def check() -> dict[str, str]:
                     try:
-                        deps.get_index().list_collections()
+                        index = deps.get_index()
+                        return {n: why for n in index.list_collections() if (why := index.broken(n))}
                     finally:
                         probes.release()  # when the thread ends, even if nobody waits for it any more
 
                 try:  # not through the gate (a busy service is still ready); a stalled index is not ready
                     with anyio.fail_after(5):
-                        await anyio.to_thread.run_sync(check, abandon_on_cancel=True)
+                        broken = await anyio.to_thread.run_sync(check, abandon_on_cancel=True)
                     body["index"] = True
+                    if broken:  # the others still serve: ready, and says which ones do not
+                        body["broken"] = broken if svc.auth.bearer_ok(request) else len(broken)
                 except TimeoutError:
                     body["error"] = "index unreachable: no answer within 5 s"
                 except Exception as e:
                     body["error"] = f"index unreachable: {type(e).__name__}: {redact(str(e))}"
         ready = body["index"] and all(models.values()) and svc.load_error is None
         body["status"] = "ready" if ready else ("error" if svc.load_error or "error" in body else "loading")
+        if ready and "broken" in body:
+            body["status"] = "degraded"
         if svc.load_error:
             body["error"] = redact(svc.load_error)
         return JSONResponse(body, status_code=200 if ready else 503)
@@ -262,7 +281,10 @@ def create_app(
     return app
 
 
-CSP = (
-    "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
-    "script-src 'self' 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'"
-)
+def csp(links: str) -> str:
+    """The page's Content-Security-Policy: nothing from a third party; images also from ``links``, the origin
+    result links point to (the page may be open under another name of this service, e.g. localhost)."""
+    return (
+        f"default-src 'self'; img-src 'self' {links} data: blob:; style-src 'self' 'unsafe-inline'; "
+        "script-src 'self' 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'"
+    )

@@ -7,19 +7,21 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
-from retllm.agent.service.bodies import json_field, openapi_body, parse, read_body, redact, validate
+from retllm.agent.service.bodies import json_field, openapi_body, parse, read_body, validate
 from retllm.agent.service.models import DeleteRequest, PublicSearch, SearchRequest
 from retllm.tools import ops
 from retllm.tools.schemas import AddItemsArgs, AddOut, CoarseSearchArgs, CollectionsOut, DeleteItemsArgs, SearchArgs
 
 from retllm.errors import BadItemError, RetllmError
-from retllm.images import decode_image, encode_thumbnail, image_mime, is_url
+from retllm.images import encode_thumbnail, image_mime, is_url
 from retllm.ingest import MANIFEST_EXTENSIONS, Source, iter_sources
+from retllm.payload import check_payload
 from retllm.types import Item
 
 if TYPE_CHECKING:
@@ -42,11 +44,11 @@ def query_image(svc: Service, image: str | None, upload: bytes | None) -> bytes 
         data = s.request_limits.read(image)
     if not is_url(image or "") and len(data) > ops.MAX_INLINE_BYTES:
         raise ops.ToolInputError(f"image: over {ops.MAX_INLINE_BYTES // 2**20} MiB")
-    decode_image(data, max_pixels=s.max_image_pixels)
+    s.image_limits.check(data)
     return data
 
 
-def _search(svc: Service, args: SearchRequest, upload: bytes | None) -> Any:
+def _search(svc: Service, args: SearchRequest, upload: bytes | None, cancel: threading.Event | None = None) -> Any:
     deps = svc.deps
     name = ops.collection_name(deps, args.collection, non_empty=True)  # before reading any image
     image = query_image(svc, args.image, upload)
@@ -57,11 +59,11 @@ def _search(svc: Service, args: SearchRequest, upload: bytes | None) -> Any:
         "top": args.top or args.k,
     }
     if not args.coarse_only and not deps.coarse_only:
-        return ops.search(deps, SearchArgs(**fields), image)
+        return ops.search(deps, SearchArgs(**fields), image, cancel=cancel)
     if args.min_score is not None:
         raise ops.ToolInputError("min_score needs the MLLM's scores: leave out coarse_only or min_score")
     coarse = CoarseSearchArgs(**{k: v for k, v in fields.items() if k in CoarseSearchArgs.model_fields})
-    out = ops.coarse_search(deps, coarse, image)
+    out = ops.coarse_search(deps, coarse, image, cancel=cancel)
     out.hits = out.hits[: fields["top"]]
     return out
 
@@ -71,7 +73,8 @@ def _upload_sources(svc: Service, uploads: list[tuple[str, bytes]], payload: dic
     for i, (filename, data) in enumerate(uploads):
         origin = f"image[{i}] ({filename})"
         try:
-            decode_image(data, max_pixels=svc.settings.max_image_pixels)
+            check_payload({**payload, "filename": filename})
+            svc.settings.image_limits.check(data)
         except BadItemError as e:
             out.append(Source(origin, error=str(e)))
             continue
@@ -94,11 +97,6 @@ def _manifest(filename: str, data: bytes) -> list[Source]:
         if isinstance(image, str) and image.startswith(tmp + "/"):
             s.item, s.error = None, "an uploaded manifest cannot use relative image paths: give URLs or absolute paths"
     return sources
-
-
-def public_add(out: AddOut) -> AddOut:
-    out.skipped = [{**x, "reason": redact(x["reason"])} for x in out.skipped]
-    return out
 
 
 def router(svc: Service) -> APIRouter:
@@ -126,7 +124,8 @@ def router(svc: Service) -> APIRouter:
             args = validate(SearchRequest, fields)
         else:  # the file stands in for the image field in the "something to search" check
             args = validate(SearchRequest, {**fields, "image": "(upload)"}).model_copy(update={"image": None})
-        out = await svc.gate.run(_search, svc, args, upload, request=request)
+        cancel = threading.Event()  # set when the client leaves: the remaining pairs are not scored
+        out = await svc.gate.run(_search, svc, args, upload, cancel, request=request, cancel=cancel)
         return svc.public(request, out)
 
     @r.post(
@@ -144,11 +143,15 @@ def router(svc: Service) -> APIRouter:
         fields, files = await read_body(request, svc)
         if not files:
             args = validate(AddItemsArgs, fields)
-            return public_add(await svc.gate.run(ops.add_items, svc.deps, args, request=request))
+            return await svc.gate.run(ops.add_items, svc.deps, args, request=request)
         json_field(fields, "payload")
         payload = fields.get("payload") or {}
         if not isinstance(payload, dict) or any(k in payload for k in ("id", "text", "image")):
             raise HTTPException(422, "payload: a JSON object of extra fields (not id, text or image)")
+        try:
+            check_payload(payload)  # shared by every uploaded file: refused once, before anything is kept
+        except BadItemError as e:
+            raise HTTPException(422, str(e)) from e
         unknown = set(files) - {"image", "manifest"}
         if unknown:
             raise HTTPException(422, f"unknown file field(s) {sorted(unknown)}: use image (repeatable) or manifest")
@@ -162,7 +165,7 @@ def router(svc: Service) -> APIRouter:
                 sources += _manifest(filename, data)
             return ops.ingest(svc.deps, name, _upload_sources(svc, uploads, payload) + sources)
 
-        return public_add(await svc.gate.run(work, request=request))
+        return await svc.gate.run(work, request=request)
 
     @r.delete("/items", tags=["items"], openapi_extra=openapi_body(DeleteRequest))
     async def delete_items(request: Request) -> dict[str, Any]:
@@ -241,11 +244,11 @@ def _image(svc: Service, collection: str, item_id: str, size: int | None) -> tup
     try:
         data = svc.settings.image_limits.read(ref)
         if size is not None:
-            return encode_thumbnail(decode_image(data, max_pixels=svc.settings.max_image_pixels), size)
+            return encode_thumbnail(svc.settings.image_limits.decode(data, fit_side=size), size)
         mime = image_mime(data)
         if mime in SAFE_TYPES:
             return data, mime
-        im = decode_image(data, max_pixels=svc.settings.max_image_pixels)  # TIFF, BMP...: re-encoded for browsers
+        im = svc.settings.image_limits.decode(data)  # TIFF, BMP...: re-encoded for browsers
         return encode_thumbnail(im, max(im.size))
     except (RetllmError, OSError) as e:
         log.warning("the image of %r in %r cannot be read: %s", item_id, name, e)

@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from retllm.errors import CollectionNotFoundError, ConfigError, RetllmError
-from retllm.settings import Settings
+from retllm.settings import Settings, from_env
 from retllm.types import VECTOR_NAMES, Hit, Query, VectorName
 
 app = typer.Typer(
@@ -37,12 +36,7 @@ class _State:
 
 def settings() -> Settings:
     if _State.settings is None:
-        try:
-            _State.settings = Settings()
-        except ValidationError as e:
-            first = e.errors()[0]
-            loc = ".".join(str(x) for x in first["loc"]) or "settings"
-            raise ConfigError(f"invalid setting {loc}: {first['msg']}") from e
+        _State.settings = from_env(Settings)
     return _State.settings
 
 
@@ -111,7 +105,7 @@ def index_add(
         highlight=False,
     )
     for origin, reason in report.skipped:
-        err.print(f"  skipped {origin}: {reason}", highlight=False, markup=False)
+        err.print(f"  skipped {origin}: {reason}", highlight=False, markup=False, soft_wrap=True)
     if report.added + report.already_present + report.duplicates == 0:
         raise typer.Exit(1)
 
@@ -135,36 +129,65 @@ def index_drop(
     collection: Annotated[str, typer.Option("--collection", "-c", help="Collection to delete.")],
     yes: Annotated[bool, typer.Option("--yes", help="Confirm: this deletes every point.")] = False,
 ) -> None:
-    """Delete a whole collection."""
+    """Delete a whole collection (a broken one too)."""
     from retllm.registry import make_index
 
     with make_index(settings()) as index:
-        n = index.count(collection)  # raises for an unknown collection
+        index.dim(collection)  # raises for an unknown collection
+        why = index.broken(collection)
+        what = "its items (broken: count unknown)" if why else f"{index.count(collection)} items"
         if not yes:
-            raise ConfigError(f"dropping {collection!r} deletes {n} items; repeat with --yes")
+            raise ConfigError(f"dropping {collection!r} deletes {what}; repeat with --yes")
         index.drop_collection(collection)
-    out.print(f"dropped {collection!r} ({n} items)")
+    out.print(f"dropped {collection!r} ({what})")
 
 
 @index_app.command("stats")
 def index_stats(collection: CollectionOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Collections, their sizes and vector dimensions."""
+    """Collections, their sizes and vector dimensions; a broken one is listed with why and how to repair it."""
     from retllm.registry import make_index
 
     s = settings()
     with make_index(s) as index:
         names = [_collection(collection)] if collection else index.list_collections()
-        rows = [{"collection": n, "points": index.count(n), "dim": index.dim(n)} for n in names]
+        rows: list[dict[str, Any]] = []
+        for n in names:
+            dim, why = index.dim(n), index.broken(n)
+            rows.append({"collection": n, "points": None if why else index.count(n), "dim": dim, "broken": why})
         where = s.qdrant_url or str(s.edge_dir)
     if as_json:
         out.print_json(json.dumps({"backend": where, "collections": rows}))
-        return
-    t = Table(title=f"retllm index at {where}")
-    for col in ("collection", "points", "dim"):
-        t.add_column(col)
+    else:
+        t = Table(title=f"retllm index at {where}")
+        for col in ("collection", "points", "dim"):
+            t.add_column(col)
+        for r in rows:
+            t.add_row(str(r["collection"]), "broken" if r["broken"] else str(r["points"]), str(r["dim"]))
+        out.print(t)
     for r in rows:
-        t.add_row(str(r["collection"]), str(r["points"]), str(r["dim"]))
-    out.print(t)
+        if r["broken"]:
+            err.print(f"broken: {r['broken']}", highlight=False, markup=False, soft_wrap=True)
+
+
+@index_app.command("repair")
+def index_repair(collection: CollectionOpt = None) -> None:
+    """Rebuild a collection that will not open or read, keeping every item the store can read back and
+    naming each one left out; the old store is kept (the command prints where)."""
+    from retllm.registry import make_index
+
+    name = _collection(collection)
+    with make_index(settings()) as index, err.status(f"reading {name!r}"):
+        report = index.repair(name)
+    for what, why in report.dropped:
+        err.print(f"  left out {what}: {why}", highlight=False, markup=False, soft_wrap=True)
+    if report.backup is None:
+        out.print(f"{name!r} opens and all {report.kept} items read back: nothing to repair")
+        return
+    out.print(
+        f"repaired {name!r}: kept {report.kept} items, left out {len(report.dropped)}; "
+        f"the old store is at {report.backup} (delete it when you no longer need it)",
+        highlight=False,
+    )
 
 
 @index_app.command("optimize")
@@ -196,18 +219,24 @@ def index_export(
     collection: CollectionOpt = None,
     vectors: Annotated[bool, typer.Option("--vectors/--no-vectors")] = False,
 ) -> None:
-    """Write every item (payload, optionally vectors) as JSONL."""
+    """Write every item (payload, optionally vectors) as JSONL; items that cannot be read (a broken
+    collection) are left out and listed."""
     from retllm.registry import make_index
 
-    n = 0
-    with make_index(settings()) as index, output.open("w") as f:
-        for rec in index.scroll(_collection(collection), with_vectors=vectors):
-            row: dict[str, Any] = {"id": rec.id, **{k: v for k, v in rec.payload.items() if k != "retllm_id"}}
-            if vectors:
-                row["vectors"] = {k: v.tolist() for k, v in rec.vectors.items()}
-            f.write(json.dumps(row) + "\n")
-            n += 1
-    err.print(f"exported {n} items to {output}")
+    n, skipped = 0, []
+    with make_index(settings()) as index:
+        name = _collection(collection)
+        index.dim(name)  # an unknown collection: one line, before the file is created
+        with output.open("w") as f:
+            for rec in index.salvage(name, lambda what, why: skipped.append((what, why))):
+                row: dict[str, Any] = {"id": rec.id, **{k: v for k, v in rec.payload.items() if k != "retllm_id"}}
+                if vectors:
+                    row["vectors"] = {k: v.tolist() for k, v in rec.vectors.items()}
+                f.write(json.dumps(row) + "\n")
+                n += 1
+    for what, why in skipped:
+        err.print(f"  left out {what}: {why}", highlight=False, markup=False, soft_wrap=True)
+    err.print(f"exported {n} items to {output}" + (f"; left out {len(skipped)}" if skipped else ""))
 
 
 @index_app.command("migrate")

@@ -11,10 +11,28 @@ import pytest
 
 from tests.e2e.cli import run
 
+_EMBEDDERS: dict[tuple[str, int], Any] = {}
+
 
 def ingest(env: dict[str, str], paths: list[Path], collection: str | None = None) -> None:
-    r = run(["index", "add", *map(str, paths), *(["-c", collection] if collection else [])], env)
-    assert r.returncode == 0, r.stderr
+    """What ``retllm index add PATHS [-c COLLECTION]`` stores for ``env``, done in this process: the CLI's own
+    settings, sources and ingestor, without a process start per test (the command itself: tests/e2e)."""
+    from retllm.cli.main import _ingestor
+    from retllm.ingest import iter_sources
+    from retllm.registry import make_embedder, make_index
+    from retllm.settings import Settings
+
+    with environ(env):
+        s = Settings()
+    key = (s.embedder, s.batch_size)
+    if key not in _EMBEDDERS:
+        _EMBEDDERS[key] = make_embedder(s)
+    index = make_index(s)
+    try:
+        report = _ingestor(s, _EMBEDDERS[key], index, collection or s.collection).run(iter_sources(paths))
+    finally:
+        index.close()
+    assert report.added + report.already_present + report.duplicates > 0, report  # the CLI's exit 0
 
 
 def cli_search(env: dict[str, str], *args: str) -> list[dict[str, Any]]:

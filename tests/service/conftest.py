@@ -1,5 +1,5 @@
 """A real ``retllm serve`` app on uvicorn in a thread (loopback, a free port), over tiny models and the local
-OpenAI-compatible fake (scorer and chat model), with the scene images ingested by the real CLI."""
+OpenAI-compatible fake (scorer and chat model), with the scene images ingested as ``retllm index add`` does."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def running(env: dict[str, str], *, deps: Any = None, **conf: Any) -> Iterator[t
     with served(app) as url:
         headers = {"Authorization": f"Bearer {TOKEN}"} if sconf.api_token else None
         ready = wait_ready(url, headers)
-        assert ready["status"] == "ready", ready
+        assert ready["status"] in ("ready", "degraded"), ready  # degraded: a broken collection beside the others
         yield url, app.state.service
 
 

@@ -106,7 +106,7 @@ def test_items_add_upload_manifest_delete_and_collections(scenes_env, scene_imag
         r = httpx.post(f"{url}/items", data={"collection": "new"}, files={"manifest": ("m.jsonl", manifest)})
         out = r.json()
         assert out["added"] == 3 and out["skipped"][0]["item"] == "m.jsonl:4", out
-        assert httpx.get(f"{url}/collections/new").json() == {"name": "new", "items": 6, "dim": 32}
+        assert httpx.get(f"{url}/collections/new").json() == {"name": "new", "items": 6, "dim": 32, "broken": None}
         hits = httpx.post(
             f"{url}/search", json={"query": "x", "collection": "new", "k": 6, "top": 6, "coarse_only": True}
         )
