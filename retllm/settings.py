@@ -7,13 +7,15 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import platformdirs
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from retllm.images import ImageLimits
+from retllm.errors import ConfigError
+from retllm.images import DEFAULT_DECODE_BUDGET_MB, ImageLimits
+from retllm.scorers.base import DEFAULT_MAX_QUERY_TOKENS
 from retllm.scorers.config import RetraceConfig
 from retllm.urlguard import MAX_URL_BYTES, parse_networks
 
@@ -82,6 +84,13 @@ class Settings(BaseSettings):
         "os.pathsep or commas. Unset: any path.",
     )
     decode_workers: int = Field(default=2, ge=1, le=64, description="Threads decoding images at ingest.")
+    decode_budget_mb: int = Field(
+        default=DEFAULT_DECODE_BUDGET_MB,
+        ge=16,
+        description="MiB that images being decoded at once may take across the process (decodes wait for room); "
+        "an image that needs more alone is refused. A 64 MP image needs about 250 MiB at full size, a few MiB "
+        "where only a bounded size is needed (queries, thumbnails, the MLLM's input).",
+    )
     vector_fusion: Literal["rank", "rrf", "dbsf"] = Field(
         default="rank",
         description="How `auto` vector search fuses the image, text and fused searches: rank = each item at "
@@ -138,6 +147,19 @@ class Settings(BaseSettings):
     )
     max_revisits: int = Field(default=1, ge=0, le=8, description="Revisit-image calls allowed per pair.")
     send_image_urls: bool = Field(default=False, description="Send http(s) image URLs as URLs, not data URLs.")
+    max_query_tokens: int | None = Field(
+        default=DEFAULT_MAX_QUERY_TOKENS,
+        ge=8,
+        description="Query text past this many tokens is cut before the MLLM sees it (logged): local models count "
+        "with their tokenizer, hosted ones by an estimate (4 letters, 2 digits or signs, or 1 other character per "
+        "token). Requests take at most 2,000 characters of query text anyway. Empty: never cut.",
+    )
+    openai_probe: Literal["auto", "off"] = Field(
+        default="auto",
+        description="auto: check once per scorer, by prompt-token counts, that the endpoint reads images and shows "
+        "tools; off: no check (for a gateway that reports token usage its own way): images are assumed to reach a "
+        "vision encoder and the revisit tool is offered only with RETLLM_REVISIT=on.",
+    )
 
     chat_model: str = Field(
         default="openai:gpt-4o-mini",
@@ -152,6 +174,21 @@ class Settings(BaseSettings):
         default=None,
         description="API key for the chat model (default: the provider's own variable, e.g. OPENAI_API_KEY).",
     )
+    chat_write_tools: bool = Field(
+        default=False,
+        description="Give the chat model add_items and delete_items too (default: it only searches and lists). "
+        "A delete then waits for the user's confirmation (the web page, retllm chat); the stateless OpenAI "
+        "route refuses deletes.",
+    )
+    chat_attachments_thread_mb: float = Field(
+        default=64, gt=0, description="Images attached in one conversation kept at most (MiB); the oldest go first."
+    )
+    chat_attachments_total_mb: float = Field(
+        default=1024, gt=0, description="Images attached in all conversations kept at most (MiB); the oldest go first."
+    )
+    chat_attachments_days: float = Field(
+        default=30, gt=0, description="Days an attached image is kept (deleting a conversation deletes its images)."
+    )
     thumbnail_size: int = Field(
         default=256, ge=16, le=2048, description="Longest side (px) of result thumbnails (MCP image content)."
     )
@@ -161,7 +198,9 @@ class Settings(BaseSettings):
     def _blank_is_none(cls, v: str | None) -> str | None:
         return v or None
 
-    @field_validator("scorer_min_image_tokens", "scorer_max_image_tokens", "min_score", mode="before")
+    @field_validator(
+        "scorer_min_image_tokens", "scorer_max_image_tokens", "min_score", "max_query_tokens", mode="before"
+    )
     @classmethod
     def _blank_means_unset(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
@@ -212,6 +251,7 @@ class Settings(BaseSettings):
             max_bytes=self.max_url_bytes,
             allow_private=self.allow_private_urls,
             allowed_networks=parse_networks(self.allowed_url_networks),
+            decode_budget_mb=self.decode_budget_mb,
         )
 
     @property
@@ -231,3 +271,19 @@ class Settings(BaseSettings):
     def blob_dir(self) -> Path:
         """Folder where images given as bytes are kept so the fine stage can read them later."""
         return self.data_dir / "blobs"
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def from_env(cls: type[S], **values: Any) -> S:
+    """``cls(**values)`` with the rest read from the environment; bad values raise one :class:`ConfigError` of
+    one line (never pydantic's report, which would also echo the value: a token, say)."""
+    try:
+        return cls(**values)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"]) or "settings"
+            problems.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
+        raise ConfigError(f"invalid setting {'; '.join(problems)}") from e
