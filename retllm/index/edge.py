@@ -294,7 +294,7 @@ class EdgeIndex(Index):
         with _OpenShards.lock:
             self._shut(key)
             _OpenShards.broken[key] = (_state(key), message)
-        log.warning("%s", message)
+        log.info("%s", message)  # the error itself carries it to the caller
 
     def delete(self, collection: str, ids: Sequence[str]) -> int:
         present = self.existing(collection, ids)
